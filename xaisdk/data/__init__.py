@@ -1,0 +1,26 @@
+"""Datasets for xaisdk: built-in digits and synthetic shapes, and loaders for the caller's own images.
+
+All images are float32 (N, C, H, W) in [0, 1] with int64 labels; every random choice takes a seed.
+"""
+
+from xaisdk.data.dataset import Dataset, Split, stratified_split
+from xaisdk.data.digits import load_digits
+from xaisdk.data.load import load_dataset
+from xaisdk.data.shapes import SHAPE_BACKGROUNDS, SHAPE_OBJECTS, confounder_patch, load_shapes, make_shapes
+from xaisdk.data.user import IMAGE_EXTENSIONS, load_image_folder, load_npz
+
+__all__ = [
+    "Dataset",
+    "Split",
+    "stratified_split",
+    "load_digits",
+    "make_shapes",
+    "load_shapes",
+    "confounder_patch",
+    "SHAPE_OBJECTS",
+    "SHAPE_BACKGROUNDS",
+    "load_npz",
+    "load_image_folder",
+    "IMAGE_EXTENSIONS",
+    "load_dataset",
+]

@@ -1,0 +1,48 @@
+"""scikit-learn's bundled handwritten digits, upsampled to a model-friendly size."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from xaisdk.data._checks import check_fraction, check_int, check_seed
+from xaisdk.data._resize import resize_bilinear
+from xaisdk.data.dataset import Dataset, Split, split_dataset
+
+DIGIT_CLASS_NAMES = tuple(str(d) for d in range(10))
+
+
+def load_digits(*, size: int = 28, test_fraction: float = 0.2, seed: int = 0) -> Split:
+    """The 1,797 real 8x8 handwritten digits of sklearn.datasets.load_digits, split train/test.
+
+    Pixel values 0..16 are divided by 16, then each image is resized to size x size (4..256) with
+    bilinear interpolation (torch interpolate, align_corners=False; antialiased if size < 8)
+    and clipped to [0, 1]. x is float32 (N, 1, size, size); classes "0".."9". The split is
+    `stratified_split(y, test_fraction, seed)`; the same call gives the same arrays.
+    Needs no download: the data ship with scikit-learn.
+
+    >>> split = load_digits(size=16)
+    >>> split.train.x.shape[1:], len(split.train) + len(split.test), split.train.num_classes
+    ((1, 16, 16), 1797, 10)
+    """
+    size = check_int("size", size, minimum=4, maximum=256)
+    test_fraction = check_fraction(test_fraction)
+    seed = check_seed(seed)
+    images, labels = _bundled_digits()
+    x = resize_bilinear(images[:, None] / np.float32(16.0), (size, size))
+    full = Dataset(x, labels.copy(), DIGIT_CLASS_NAMES, "digits")
+    return split_dataset(full, test_fraction, seed)
+
+
+@lru_cache(maxsize=1)
+def _bundled_digits() -> tuple[np.ndarray, np.ndarray]:
+    # Imported here: scikit-learn takes a while to import and only this loader needs it.
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    images = bunch.images.astype(np.float32)
+    labels = bunch.target.astype(np.int64)
+    images.flags.writeable = False  # cached: callers get derived arrays, never these
+    labels.flags.writeable = False
+    return images, labels
