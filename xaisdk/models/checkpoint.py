@@ -1,0 +1,162 @@
+"""Classifier checkpoints: architecture config + weights + class names + input spec in one file.
+
+A checkpoint is a plain dict saved with ``torch.save`` and read with ``weights_only=True`` (no
+pickled code is executed on load).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from xaisdk.errors import InputError
+from xaisdk.models.classifiers import ARCHITECTURES, build_classifier
+
+CHECKPOINT_KIND = "xaisdk.classifier"
+FORMAT_VERSION = 1
+SHIPPED = {"digits": "digits_mnist_cnn.pt"}
+
+
+@dataclass
+class Classifier:
+    """A loaded classifier: the torch module (in eval mode) and what it expects.
+
+    ``input_shape`` is (C, H, W); inputs are float32 NCHW in ``value_range``.
+    """
+
+    model: nn.Module
+    arch: str
+    config: dict[str, Any]
+    class_names: tuple[str, ...]
+    input_shape: tuple[int, int, int]
+    value_range: tuple[float, float] = (0.0, 1.0)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def save_classifier(path: str | os.PathLike, classifier: Classifier) -> Path:
+    """Write ``classifier`` to ``path`` atomically (a temporary file renamed into place).
+
+    >>> import tempfile, os
+    >>> from xaisdk.models import build_classifier
+    >>> cfg = dict(in_channels=1, image_size=28, num_classes=2)
+    >>> clf = Classifier(build_classifier("mnist_cnn", **cfg), "mnist_cnn", cfg, ("a", "b"), (1, 28, 28))
+    >>> out = save_classifier(os.path.join(tempfile.mkdtemp(), "clf.pt"), clf)
+    >>> load_classifier(out).class_names
+    ('a', 'b')
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "kind": CHECKPOINT_KIND,
+        "format_version": FORMAT_VERSION,
+        "arch": classifier.arch,
+        "config": dict(classifier.config),
+        "class_names": list(classifier.class_names),
+        "input_shape": list(classifier.input_shape),
+        "value_range": list(classifier.value_range),
+        "metadata": dict(classifier.metadata),
+        "state_dict": {k: v.detach().cpu() for k, v in classifier.model.state_dict().items()},
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _require(payload: dict, key: str, kind: type | tuple[type, ...], path: Path) -> Any:
+    if key not in payload:
+        raise InputError(f"{path}: not a valid xaisdk classifier checkpoint (missing {key!r})")
+    value = payload[key]
+    if not isinstance(value, kind):
+        raise InputError(f"{path}: checkpoint field {key!r} has type {type(value).__name__}")
+    return value
+
+
+def load_classifier(path: str | os.PathLike) -> Classifier:
+    """Load a checkpoint written by :func:`save_classifier` (or ``xaisdk train classifier``).
+
+    The model comes back on the CPU in eval mode. Missing files, other file formats and checkpoints
+    whose weights do not fit their architecture raise :class:`xaisdk.InputError`.
+
+    >>> clf = load_classifier(shipped_classifier_path("digits"))
+    >>> clf.arch, clf.input_shape, clf.num_classes
+    ('mnist_cnn', (1, 28, 28), 10)
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a file that is not its format
+        raise InputError(f"{path}: not a readable torch checkpoint ({type(err).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("kind") != CHECKPOINT_KIND:
+        raise InputError(f"{path}: not an xaisdk classifier checkpoint")
+    version = _require(payload, "format_version", int, path)
+    if version > FORMAT_VERSION:
+        raise InputError(f"{path}: checkpoint format {version} is newer than this xaisdk reads ({FORMAT_VERSION})")
+    arch = _require(payload, "arch", str, path)
+    if arch not in ARCHITECTURES:
+        raise InputError(f"{path}: unknown architecture {arch!r}")
+    config = _require(payload, "config", dict, path)
+    class_names = tuple(str(c) for c in _require(payload, "class_names", (list, tuple), path))
+    input_shape = tuple(int(v) for v in _require(payload, "input_shape", (list, tuple), path))
+    if len(input_shape) != 3:
+        raise InputError(f"{path}: input_shape must be (C, H, W), got {input_shape}")
+    value_range = tuple(float(v) for v in payload.get("value_range", (0.0, 1.0)))
+    state = _require(payload, "state_dict", dict, path)
+    model = build_classifier(arch, **config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise InputError(f"{path}: weights do not fit architecture {arch!r}: {first}") from None
+    model.eval()
+    with torch.no_grad():
+        num_outputs = model(torch.zeros(1, *input_shape)).shape[1]
+    if num_outputs != len(class_names):
+        raise InputError(f"{path}: model has {num_outputs} outputs but {len(class_names)} class names")
+    return Classifier(
+        model=model,
+        arch=arch,
+        config=config,
+        class_names=class_names,
+        input_shape=input_shape,  # type: ignore[arg-type]
+        value_range=value_range,  # type: ignore[arg-type]
+        metadata=dict(payload.get("metadata", {})),
+    )
+
+
+def shipped_classifier_path(name: str = "digits") -> Path:
+    """Path of a classifier checkpoint shipped inside the package (``"digits"``).
+
+    >>> shipped_classifier_path("digits").name
+    'digits_mnist_cnn.pt'
+    """
+    if name not in SHIPPED:
+        raise InputError(f"no shipped classifier {name!r}; shipped: {', '.join(sorted(SHIPPED))}")
+    return Path(str(resources.files("xaisdk") / "weights" / SHIPPED[name]))
+
+
+def load_shipped_classifier(name: str = "digits") -> Classifier:
+    """Load a classifier shipped with xaisdk.
+
+    >>> load_shipped_classifier("digits").class_names[:3]
+    ('0', '1', '2')
+    """
+    return load_classifier(shipped_classifier_path(name))
