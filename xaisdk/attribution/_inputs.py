@@ -1,0 +1,193 @@
+"""Argument handling shared by every attribution method: inputs, classes, the attributed score."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from xaisdk.errors import InputError
+from xaisdk.models.checkpoint import Classifier
+
+ClassSpec = int | Sequence[int] | np.ndarray | None
+OUTPUTS = ("logits", "probabilities")
+AUTO_ROWS = 1024  # rows per forward/backward pass when a method's batch_size is None
+
+
+def as_module(model: nn.Module | Classifier) -> nn.Module:
+    """The torch module behind ``model`` (a module or a loaded :class:`Classifier`)."""
+    if isinstance(model, Classifier):
+        return model.model
+    if isinstance(model, nn.Module):
+        return model
+    raise InputError(f"model: expected a torch.nn.Module or xaisdk Classifier, got {type(model).__name__}")
+
+
+def as_batch(x: np.ndarray | torch.Tensor, name: str = "x") -> torch.Tensor:
+    """``x`` as a float32 CPU tensor of shape (N, C, H, W) (or (N, D) for flat models), checked finite."""
+    if isinstance(x, torch.Tensor):
+        tensor = x.detach().to(device="cpu", dtype=torch.float32)
+    else:
+        try:
+            array = np.asarray(x)
+        except Exception:
+            raise InputError(f"{name}: cannot be read as an array") from None
+        if array.dtype == object or not np.issubdtype(array.dtype, np.number):
+            raise InputError(f"{name}: expected a numeric array, got dtype {array.dtype}")
+        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    if tensor.ndim < 2:
+        raise InputError(f"{name}: expected a batch (N, C, H, W), got shape {tuple(tensor.shape)}")
+    if tensor.shape[0] == 0:
+        raise InputError(f"{name}: the batch is empty")
+    if not torch.isfinite(tensor).all():
+        raise InputError(f"{name}: contains NaN or infinite values")
+    return tensor.contiguous()
+
+
+def as_reference_batch(value: np.ndarray | torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
+    """A per-sample array (baseline) broadcast to ``x``'s shape: scalar, (C,H,W), (1,C,H,W) or (N,C,H,W)."""
+    if isinstance(value, (int, float)):
+        return torch.full_like(x, float(value))
+    tensor = as_batch(value, name) if np.ndim(value) >= 2 else torch.as_tensor(np.asarray(value, dtype=np.float32))
+    if not torch.isfinite(tensor).all():
+        raise InputError(f"{name}: contains NaN or infinite values")
+    if tuple(tensor.shape) == tuple(x.shape[1:]):
+        tensor = tensor.unsqueeze(0)
+    try:
+        return torch.broadcast_to(tensor, x.shape).contiguous()
+    except RuntimeError:
+        raise InputError(
+            f"{name}: shape {tuple(tensor.shape)} does not match the inputs {tuple(x.shape)} "
+            "(expected a scalar, one image, or one per sample)"
+        ) from None
+
+
+def _class_vector(value: ClassSpec, n: int, num_classes: int, name: str) -> np.ndarray:
+    array = np.asarray(value)
+    if array.ndim == 0:
+        array = np.full(n, array)
+    if array.ndim != 1 or len(array) != n:
+        raise InputError(f"{name}: expected one class index or one per sample ({n}), got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.integer):
+        if np.issubdtype(array.dtype, np.floating) and np.all(np.mod(array, 1) == 0):
+            array = array.astype(np.int64)
+        else:
+            raise InputError(f"{name}: class indices must be integers, got {array.dtype}")
+    if array.min() < 0 or array.max() >= num_classes:
+        raise InputError(f"{name}: class index out of range [0, {num_classes}): {array.tolist()}")
+    return array.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """The attributed score ``sum_k w[n, k] * out_k(x_n)``: ``w = e_source - e_target`` (one-vs-one)
+    or ``e_source`` (one-vs-all), on logits or on softmax probabilities."""
+
+    source: np.ndarray
+    target: np.ndarray | None
+    weights: torch.Tensor
+    output: str
+
+    def repeat(self, counts: int) -> "ScoreSpec":
+        """The same spec for a batch where every sample is repeated ``counts`` times consecutively."""
+        return ScoreSpec(
+            np.repeat(self.source, counts),
+            None if self.target is None else np.repeat(self.target, counts),
+            self.weights.repeat_interleave(counts, dim=0),
+            self.output,
+        )
+
+    def select(self, index: torch.Tensor | np.ndarray) -> "ScoreSpec":
+        """The spec restricted to the samples ``index`` (rows of the weight matrix)."""
+        index = np.asarray(index)
+        return ScoreSpec(
+            self.source[index],
+            None if self.target is None else self.target[index],
+            self.weights[torch.as_tensor(index)],
+            self.output,
+        )
+
+
+def score_spec(
+    module: nn.Module, x: torch.Tensor, source: ClassSpec, target: ClassSpec, output: str = "logits"
+) -> ScoreSpec:
+    """Resolve ``source`` (default: the predicted class) and ``target`` (None: one-vs-all) for ``x``."""
+    if output not in OUTPUTS:
+        raise InputError(f"output: expected one of {OUTPUTS}, got {output!r}")
+    with torch.no_grad():
+        logits = module(x)
+    if logits.ndim != 2:
+        raise InputError(f"model: expected logits of shape (N, classes), got {tuple(logits.shape)}")
+    n, num_classes = logits.shape
+    src = logits.argmax(1).numpy() if source is None else _class_vector(source, n, num_classes, "source")
+    weights = torch.zeros(n, num_classes)
+    weights[torch.arange(n), torch.from_numpy(src)] = 1.0
+    tgt = None
+    if target is not None:
+        tgt = _class_vector(target, n, num_classes, "target")
+        same = np.flatnonzero(tgt == src)
+        if len(same):
+            raise InputError(
+                f"target equals source for sample(s) {same.tolist()} (class {int(src[same[0]])}): "
+                "a one-vs-one score S_source - S_target needs two different classes"
+            )
+        weights[torch.arange(n), torch.from_numpy(tgt)] = -1.0
+    return ScoreSpec(src, tgt, weights, output)
+
+
+def attributed_score(module: nn.Module, x: torch.Tensor, spec: ScoreSpec) -> torch.Tensor:
+    """Per-sample score ``S_source - S_target`` (or ``S_source``) of ``x`` under ``spec``; differentiable."""
+    out = module(x)
+    if spec.output == "probabilities":
+        out = torch.softmax(out, dim=1)
+    return (out * spec.weights).sum(dim=1)
+
+
+def input_gradient(module: nn.Module, x: torch.Tensor, spec: ScoreSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score and its gradient w.r.t. ``x`` (one backward pass for the batch)."""
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        score = attributed_score(module, xg, spec)
+        (grad,) = torch.autograd.grad(score.sum(), xg)
+    return score.detach(), grad
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Run with dropout and batch norm in inference mode, restoring the caller's mode afterwards."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def chunks(total: int, size: int | None) -> Iterator[slice]:
+    """Consecutive slices of ``range(total)`` with at most ``size`` items (all at once for None)."""
+    if size is not None and int(size) < 1:
+        raise InputError(f"batch_size must be >= 1 or None, got {size}")
+    step = total if size is None else int(size)
+    for start in range(0, total, max(step, 1)):
+        yield slice(start, min(start + step, total))
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(np.float32, copy=False)
+
+
+BaselineFn = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
+
+
+def baseline_batch(baseline: object, x: torch.Tensor, spec: ScoreSpec, name: str = "baseline") -> torch.Tensor:
+    """Resolve a baseline spec (name, number, array, callable) to a tensor shaped like ``x``."""
+    from xaisdk.baselines import make_baseline
+
+    if isinstance(baseline, torch.Tensor):
+        baseline = baseline.detach().cpu().numpy()
+    value = make_baseline(baseline, to_numpy(x), spec.target)  # type: ignore[arg-type]
+    return as_reference_batch(value if value.ndim else float(value), x, name)

@@ -1,0 +1,232 @@
+"""DeepLIFT with the rescale rule (Shrikumar et al. 2017) and DeepSHAP (DeepLIFT averaged over baselines).
+
+The rescale rule replaces the local derivative of every element-wise nonlinearity by
+``(f(x) - f(x0)) / (x - x0)`` (the ordinary derivative where ``|x - x0| < eps``). Between them the
+network must be affine (convolutions, linear layers, batch norm in eval mode, average pooling,
+flatten, dropout in eval mode), and then the attributions sum exactly to ``S(x) - S(x0)``.
+Nonlinearities are found as ``nn.Module`` instances; a model that calls ``F.relu`` directly is
+not rescaled there, which the convergence delta reveals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from xaisdk.attribution._inputs import (
+    ClassSpec,
+    ScoreSpec,
+    as_batch,
+    as_module,
+    attributed_score,
+    baseline_batch,
+    chunks,
+    eval_mode,
+    score_spec,
+    to_numpy,
+)
+from xaisdk.errors import InputError
+from xaisdk.models.checkpoint import Classifier
+
+ELEMENTWISE = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish,
+    nn.LogSigmoid, nn.Tanhshrink,
+)  # fmt: skip
+UNSUPPORTED = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d, nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.LayerNorm, nn.GroupNorm,
+    nn.LocalResponseNorm, nn.MultiheadAttention, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+)  # fmt: skip
+EPS = 1e-10
+
+
+class _RescaleHooks:
+    """Forward hooks that give each element-wise nonlinearity the rescale-rule gradient.
+
+    The batch holds the inputs in its first half and their baselines in its second; each hook
+    returns ``out.detach() + (inp - inp.detach()) * m`` so the value is unchanged and the gradient
+    w.r.t. ``inp`` is the multiplier ``m`` (the same for both halves).
+    """
+
+    def __init__(self, module: nn.Module, eps: float = EPS) -> None:
+        self.module = module
+        self.eps = eps
+        self._busy = False
+
+    def _local_derivative(self, mod: nn.Module, inp: torch.Tensor) -> torch.Tensor:
+        self._busy = True  # the module is called again below: its own hook must pass through
+        try:
+            with torch.enable_grad():
+                probe = inp.detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(mod(probe).sum(), probe)
+        finally:
+            self._busy = False
+        return grad
+
+    def _hook(self, mod: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor | None:
+        if self._busy:
+            return None
+        inp = inputs[0]
+        half = inp.shape[0] // 2
+        d_in = inp[:half] - inp[half:]
+        d_out = out[:half] - out[half:]
+        near = d_in.abs() < self.eps
+        ratio = d_out / torch.where(near, torch.ones_like(d_in), d_in)
+        local = self._local_derivative(mod, inp[:half])
+        multiplier = torch.where(near, local, ratio).detach()
+        multiplier = torch.cat([multiplier, multiplier])
+        return out.detach() + (inp - inp.detach()) * multiplier
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        handles, inplace = [], []
+        try:
+            for sub in self.module.modules():
+                if isinstance(sub, UNSUPPORTED):
+                    raise InputError(
+                        f"deeplift: the model contains {type(sub).__name__}, which the rescale rule does not cover "
+                        "(supported: affine layers and element-wise activations); use integrated_gradients instead"
+                    )
+                if isinstance(sub, ELEMENTWISE):
+                    if getattr(sub, "inplace", False):
+                        sub.inplace = False  # an in-place op would overwrite the input the hook compares
+                        inplace.append(sub)
+                    handles.append(sub.register_forward_hook(self._hook))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            for sub in inplace:
+                sub.inplace = True
+
+
+def _deeplift_rows(module: nn.Module, x: torch.Tensor, base: torch.Tensor, spec: ScoreSpec, eps: float) -> torch.Tensor:
+    """Rescale-rule attributions for paired rows of ``x`` and ``base``."""
+    hooks = _RescaleHooks(module, eps)
+    both = torch.cat([x, base]).requires_grad_(True)
+    doubled = ScoreSpec(spec.source, spec.target, torch.cat([spec.weights, spec.weights]), spec.output)
+    with hooks.active(), torch.enable_grad():
+        scores = attributed_score(module, both, doubled)
+        (grads,) = torch.autograd.grad(scores[: len(x)].sum(), both)
+    return (x - base) * grads[: len(x)]
+
+
+def _check_output(output: str) -> None:
+    if output != "logits":
+        raise InputError(
+            "deeplift/deepshap: only output='logits' is supported; the rescale rule does not cover the "
+            "softmax across classes"
+        )
+
+
+def _delta(module: nn.Module, x: torch.Tensor, base: torch.Tensor, spec: ScoreSpec, attr: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        expected = attributed_score(module, x, spec) - attributed_score(module, base, spec)
+    return attr.flatten(1).sum(1) - expected
+
+
+def deeplift(
+    model: nn.Module | Classifier,
+    x: np.ndarray | torch.Tensor,
+    *,
+    source: ClassSpec = None,
+    target: ClassSpec = None,
+    baseline: object = "zero",
+    output: str = "logits",
+    batch_size: int | None = None,
+    eps: float = EPS,
+    return_convergence_delta: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """DeepLIFT (rescale rule) of ``S_source - S_target`` relative to ``baseline``.
+
+    Attributions sum to ``S(x) - S(baseline)`` for networks of affine layers and element-wise
+    activation modules; ``return_convergence_delta`` also returns that sum's error per sample.
+    Models with max pooling, softmax or normalization across features raise ``InputError``.
+
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    >>> x = np.array([[0.5, -1.0]], np.float32)
+    >>> attr, delta = deeplift(net, x, source=0, target=1, return_convergence_delta=True)
+    >>> attr.shape, bool(abs(delta[0]) < 1e-5)
+    ((1, 2), True)
+    """
+    _check_output(output)
+    module = as_module(model)
+    xt = as_batch(x)
+    with eval_mode(module):
+        spec = score_spec(module, xt, source, target, output)
+        base = baseline_batch(baseline, xt, spec)
+        attr = torch.empty_like(xt)
+        for sl in chunks(len(xt), batch_size):
+            rows = np.arange(sl.start, sl.stop)
+            attr[sl] = _deeplift_rows(module, xt[sl], base[sl], spec.select(rows), eps)
+        if not return_convergence_delta:
+            return to_numpy(attr)
+        return to_numpy(attr), to_numpy(_delta(module, xt, base, spec, attr))
+
+
+def deepshap(
+    model: nn.Module | Classifier,
+    x: np.ndarray | torch.Tensor,
+    *,
+    baselines: Any,
+    source: ClassSpec = None,
+    target: ClassSpec = None,
+    output: str = "logits",
+    batch_size: int | None = None,
+    eps: float = EPS,
+    return_convergence_delta: bool = False,
+    progress: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """DeepSHAP: DeepLIFT averaged over a set of baselines (as SHAP's DeepExplainer and Captum's
+    DeepLiftShap), attributing ``S_source - S_target``.
+
+    ``baselines``: (M, C, H, W) shared by every input, (N, M, C, H, W) per input (e.g.
+    ``TargetClassSample(...).references(target, M)`` for target-class baselines), or a callable
+    ``(x, target) -> (N, M, C, H, W)``. The convergence delta compares the sum of attributions with
+    ``S(x) - mean_m S(b_m)``.
+
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    >>> attr = deepshap(net, np.ones((2, 2), np.float32), baselines=np.zeros((4, 2), np.float32), source=0)
+    >>> attr.shape
+    (2, 2)
+    """
+    _check_output(output)
+    module = as_module(model)
+    xt = as_batch(x)
+    with eval_mode(module):
+        spec = score_spec(module, xt, source, target, output)
+        if callable(baselines):
+            baselines = baselines(to_numpy(xt), spec.target)
+        refs = torch.as_tensor(np.asarray(baselines, dtype=np.float32))
+        if refs.ndim == xt.ndim:
+            refs = refs.unsqueeze(0).expand(len(xt), *refs.shape)
+        if refs.ndim != xt.ndim + 1 or refs.shape[0] != len(xt) or refs.shape[2:] != xt.shape[1:]:
+            raise InputError(
+                f"baselines: expected (M, {', '.join(map(str, xt.shape[1:]))}) or "
+                f"({len(xt)}, M, ...), got {tuple(refs.shape)}"
+            )
+        if not torch.isfinite(refs).all():
+            raise InputError("baselines: contains NaN or infinite values")
+        n_refs = refs.shape[1]
+        flat_x = xt.repeat_interleave(n_refs, dim=0)
+        flat_b = refs.reshape(-1, *xt.shape[1:]).contiguous()
+        flat_spec = spec.repeat(n_refs)
+        attr = torch.empty_like(flat_x)
+        pieces = list(chunks(len(flat_x), batch_size))
+        for sl in tqdm(pieces, desc="deepshap", unit="chunk", disable=not progress or len(pieces) < 2):
+            rows = np.arange(sl.start, sl.stop)
+            attr[sl] = _deeplift_rows(module, flat_x[sl], flat_b[sl], flat_spec.select(rows), eps)
+        per_input = attr.view(len(xt), n_refs, *xt.shape[1:]).mean(1)
+        if not return_convergence_delta:
+            return to_numpy(per_input)
+        delta = _delta(module, flat_x, flat_b, flat_spec, attr).view(len(xt), n_refs).mean(1)
+    return to_numpy(per_input), to_numpy(delta)

@@ -1,0 +1,100 @@
+"""Occlusion (Zeiler & Fergus 2014) of the one-vs-one score: slide a window, replace it by a
+baseline, attribute the score drop to the occluded pixels."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from xaisdk.attribution._inputs import (
+    AUTO_ROWS,
+    ClassSpec,
+    as_batch,
+    as_module,
+    attributed_score,
+    baseline_batch,
+    chunks,
+    eval_mode,
+    score_spec,
+    to_numpy,
+)
+from xaisdk.errors import InputError
+from xaisdk.models.checkpoint import Classifier
+
+
+def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(pair) != 2 or any(int(v) != v or v < 1 for v in pair):
+        raise InputError(f"{name}: expected a positive int or (height, width), got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def window_starts(size: int, window: int, stride: int) -> list[int]:
+    """Start offsets along one axis: every ``stride`` pixels, with a last window clipped at the
+    border when ``stride`` does not divide ``size - window`` (so every pixel is covered).
+
+    >>> window_starts(5, 2, 2)
+    [0, 2, 4]
+    """
+    return [i * stride for i in range(math.ceil((size - window) / stride) + 1)]
+
+
+def occlusion(
+    model: nn.Module | Classifier,
+    x: np.ndarray | torch.Tensor,
+    *,
+    source: ClassSpec = None,
+    target: ClassSpec = None,
+    window: int | tuple[int, int] = 1,
+    stride: int | tuple[int, int] = 1,
+    baseline: object = 0.0,
+    output: str = "logits",
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """Occlusion: each pixel gets the mean, over the windows covering it, of ``S(x) - S(x with the
+    window replaced by the baseline)``; all channels are occluded together. ``window=1`` is the
+    GANMEX paper's Occlusion-1. Equals Captum's ``Occlusion`` with sliding window (C, h, w) and
+    strides (C, sh, sw).
+
+    >>> import torch
+    >>> lin = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2, bias=False))
+    >>> with torch.no_grad(): lin[1].weight.copy_(torch.tensor([[1., 2., 3., 4.], [0., 0., 0., 0.]]))
+    >>> occlusion(lin, np.ones((1, 1, 2, 2), np.float32), source=0, target=1).ravel().tolist()
+    [1.0, 2.0, 3.0, 4.0]
+    """
+    module = as_module(model)
+    xt = as_batch(x)
+    if xt.ndim != 4:
+        raise InputError(f"x: occlusion needs images (N, C, H, W), got shape {tuple(xt.shape)}")
+    height, width = xt.shape[2:]
+    kh, kw = _pair(window, "window")
+    sh, sw = _pair(stride, "stride")
+    if kh > height or kw > width:
+        raise InputError(f"window {(kh, kw)} is larger than the image {(height, width)}")
+    positions = [(i, j) for i in window_starts(height, kh, sh) for j in window_starts(width, kw, sw)]
+    n_pos = len(positions)
+    with eval_mode(module), torch.no_grad():
+        spec = score_spec(module, xt, source, target, output)
+        base = baseline_batch(baseline, xt, spec)
+        reference = attributed_score(module, xt, spec)
+        total = torch.zeros(len(xt), 1, height, width)
+        pieces = list(chunks(len(xt) * n_pos, AUTO_ROWS if batch_size is None else batch_size))
+        for sl in tqdm(pieces, desc="occlusion", unit="chunk", disable=not progress or len(pieces) < 2):
+            flat = torch.arange(sl.start, sl.stop)
+            sample, pos = flat // n_pos, flat % n_pos
+            masks = torch.zeros(len(flat), 1, height, width)
+            for row, p in enumerate(pos.tolist()):
+                i, j = positions[p]
+                masks[row, :, i : i + kh, j : j + kw] = 1.0
+            occluded = xt[sample] * (1 - masks) + base[sample] * masks
+            drop = reference[sample] - attributed_score(module, occluded, spec.select(sample.numpy()))
+            total.index_add_(0, sample, drop.view(-1, 1, 1, 1) * masks)
+        counts = torch.zeros(1, 1, height, width)
+        for i, j in positions:
+            counts[..., i : i + kh, j : j + kw] += 1.0
+    return to_numpy((total / counts).expand_as(xt).contiguous())

@@ -1,0 +1,65 @@
+"""Baselines for path and reference attribution methods.
+
+A baseline is given as a name (``"zero"``, ``"max"``, ``"blur"``, ``"noise"``), a number, an array
+(one image or one per sample), or a callable ``(x, target) -> array`` such as :class:`MDTS`,
+:class:`TargetClassSample`, :class:`Blur` or :class:`UniformNoise` with chosen parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from xaisdk.baselines.data_driven import MDTS, TargetClassSample, nearest_by_l2
+from xaisdk.baselines.simple import Blur, Constant, UniformNoise
+from xaisdk.errors import InputError
+
+NAMED: dict[str, Callable[[np.ndarray, np.ndarray | None], np.ndarray]] = {
+    "zero": Constant(0.0),
+    "max": Constant(1.0),
+    "blur": Blur(),
+    "noise": UniformNoise(),
+}
+NEEDS_DATA = {"mdts": "MDTS", "target_sample": "TargetClassSample"}
+
+BaselineSpec = str | float | int | np.ndarray | Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
+
+
+def make_baseline(spec: BaselineSpec, x: np.ndarray, target: np.ndarray | None) -> np.ndarray:
+    """The baseline array for inputs ``x`` (N, C, H, W) and per-sample ``target`` (or None).
+
+    >>> make_baseline("zero", np.ones((2, 1, 3, 3), np.float32), None).sum()
+    0.0
+    >>> make_baseline(0.5, np.ones((1, 1, 2, 2), np.float32), None).ravel().tolist()
+    [0.5, 0.5, 0.5, 0.5]
+    """
+    if isinstance(spec, str):
+        key = spec.lower()
+        if key in NAMED:
+            return NAMED[key](x, target)
+        if key in NEEDS_DATA:
+            raise InputError(
+                f"baseline {spec!r} needs training data: pass baseline=xaisdk.baselines.{NEEDS_DATA[key]}(train_x, train_y)"
+            )
+        raise InputError(f"unknown baseline {spec!r}; named baselines: {', '.join(list(NAMED) + list(NEEDS_DATA))}")
+    if isinstance(spec, (int, float, np.ndarray)) or hasattr(spec, "__array__"):
+        return np.asarray(spec, dtype=np.float32)
+    if callable(spec):
+        out = spec(x, target)
+        if out is None:
+            raise InputError("baseline callable returned None")
+        return np.asarray(out, dtype=np.float32)
+    raise InputError(f"baseline: expected a name, number, array or callable, got {type(spec).__name__}")
+
+
+__all__ = [
+    "MDTS",
+    "NAMED",
+    "Blur",
+    "Constant",
+    "TargetClassSample",
+    "UniformNoise",
+    "make_baseline",
+    "nearest_by_l2",
+]
