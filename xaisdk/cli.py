@@ -1,0 +1,95 @@
+"""The ``xaisdk`` command."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from xaisdk import __version__
+from xaisdk.errors import InputError
+
+
+def _clean_errors(func):
+    """Turn xaisdk.InputError (bad input) into a one-line CLI error with exit status 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except InputError as err:
+            raise click.ClickException(str(err)) from None
+
+    return wrapper
+
+
+def _refuse_overwrite(path: Path, force: bool, what: str) -> None:
+    if force:
+        return
+    if path.is_dir() and any(path.iterdir()) or path.is_file():
+        raise click.ClickException(f"{what} {path} already exists; pass --force to overwrite it")
+
+
+@click.group()
+@click.version_option(__version__, prog_name="xaisdk")
+def main() -> None:
+    """xaisdk: one-vs-one attribution and generated counterfactuals for image classifiers."""
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("runs/quickstart"), show_default=True,
+              help="Folder for the figures and the summary.")
+@click.option("--n-images", default=4, show_default=True, help="How many test digits to explain.")
+@click.option("--target", "targets", type=int, multiple=True,
+              help="Also explain against this target class (repeatable); the runner-up class is always done.")
+@click.option("--seed", default=0, show_default=True, help="Seed for the image choice and sampled references.")
+@click.option("--force", is_flag=True, help="Write into --out even if it holds files.")
+@_clean_errors
+def quickstart(out_dir: Path, n_images: int, targets: tuple[int, ...], seed: int, force: bool) -> None:
+    """Explain a few test digits one-vs-one with every method; write PNG grids and a summary."""
+    from xaisdk.quickstart import run_quickstart
+
+    _refuse_overwrite(out_dir, force, "output folder")
+    result = run_quickstart(out_dir, n_images=n_images, targets=targets, seed=seed, progress=sys.stderr.isatty())
+    click.echo((out_dir / "summary.txt").read_text())
+    for figure in result.figures:
+        click.echo(f"wrote {figure}")
+
+
+@main.group()
+def train() -> None:
+    """Train models (classifier)."""
+
+
+@train.command("classifier")
+@click.option("--dataset", required=True, help="'digits', 'shapes', an .npz with x and y, or a folder of class folders.")
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Checkpoint file to write.")
+@click.option("--arch", default="mnist_cnn", show_default=True, type=click.Choice(["mnist_cnn", "cifar_cnn"]))
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--lr", "learning_rate", default=1e-3, show_default=True)
+@click.option("--max-shift", default=2, show_default=True, help="Random-translation augmentation in pixels.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@_clean_errors
+def train_classifier_command(dataset: str, out_path: Path, arch: str, epochs: int, batch_size: int,
+                             learning_rate: float, max_shift: int, seed: int, force: bool) -> None:
+    """Train a classifier and save a checkpoint (architecture, weights, class names, input spec)."""
+    from xaisdk.data import load_dataset
+    from xaisdk.models import save_classifier
+    from xaisdk.train import ClassifierTrainingConfig, train_classifier
+
+    _refuse_overwrite(out_path, force, "checkpoint")
+    split = load_dataset(dataset, seed=seed)
+    config = ClassifierTrainingConfig(arch=arch, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                                      max_shift=max_shift, seed=seed)
+    classifier, history = train_classifier(split, config, progress=sys.stderr.isatty())
+    save_classifier(out_path, classifier)
+    click.echo(f"train accuracy {history['train_accuracy']:.4f}, test accuracy {history['test_accuracy']:.4f}")
+    click.echo(f"wrote {out_path}")
+
+
+if __name__ == "__main__":
+    main()
