@@ -32,7 +32,7 @@ def gradient(
 
     >>> import torch
     >>> lin = torch.nn.Linear(3, 2, bias=False)
-    >>> with torch.no_grad(): lin.weight.copy_(torch.tensor([[1., 2., 3.], [0., 1., 0.]]))
+    >>> with torch.no_grad(): _ = lin.weight.copy_(torch.tensor([[1., 2., 3.], [0., 1., 0.]]))
     >>> gradient(lin, np.ones((1, 3), np.float32), source=0, target=1).tolist()
     [[1.0, 1.0, 3.0]]
     """
@@ -59,7 +59,7 @@ def grad_x_input(
 
     >>> import torch
     >>> lin = torch.nn.Linear(2, 2, bias=False)
-    >>> with torch.no_grad(): lin.weight.copy_(torch.tensor([[2., 0.], [0., 1.]]))
+    >>> with torch.no_grad(): _ = lin.weight.copy_(torch.tensor([[2., 0.], [0., 1.]]))
     >>> grad_x_input(lin, np.array([[3., 4.]], np.float32), source=0, target=1).tolist()
     [[6.0, -4.0]]
     """

@@ -63,7 +63,7 @@ def occlusion(
 
     >>> import torch
     >>> lin = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2, bias=False))
-    >>> with torch.no_grad(): lin[1].weight.copy_(torch.tensor([[1., 2., 3., 4.], [0., 0., 0., 0.]]))
+    >>> with torch.no_grad(): _ = lin[1].weight.copy_(torch.tensor([[1., 2., 3., 4.], [0., 0., 0., 0.]]))
     >>> occlusion(lin, np.ones((1, 1, 2, 2), np.float32), source=0, target=1).ravel().tolist()
     [1.0, 2.0, 3.0, 4.0]
     """

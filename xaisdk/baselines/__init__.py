@@ -29,7 +29,7 @@ BaselineSpec = str | float | int | np.ndarray | Callable[[np.ndarray, "np.ndarra
 def make_baseline(spec: BaselineSpec, x: np.ndarray, target: np.ndarray | None) -> np.ndarray:
     """The baseline array for inputs ``x`` (N, C, H, W) and per-sample ``target`` (or None).
 
-    >>> make_baseline("zero", np.ones((2, 1, 3, 3), np.float32), None).sum()
+    >>> float(make_baseline("zero", np.ones((2, 1, 3, 3), np.float32), None).sum())
     0.0
     >>> make_baseline(0.5, np.ones((1, 1, 2, 2), np.float32), None).ravel().tolist()
     [0.5, 0.5, 0.5, 0.5]
@@ -44,13 +44,21 @@ def make_baseline(spec: BaselineSpec, x: np.ndarray, target: np.ndarray | None) 
             )
         raise InputError(f"unknown baseline {spec!r}; named baselines: {', '.join(list(NAMED) + list(NEEDS_DATA))}")
     if isinstance(spec, (int, float, np.ndarray)) or hasattr(spec, "__array__"):
-        return np.asarray(spec, dtype=np.float32)
-    if callable(spec):
-        out = spec(x, target)
-        if out is None:
+        value = np.asarray(spec, dtype=np.float32)
+    elif callable(spec):
+        value = spec(x, target)
+        if value is None:
             raise InputError("baseline callable returned None")
-        return np.asarray(out, dtype=np.float32)
-    raise InputError(f"baseline: expected a name, number, array or callable, got {type(spec).__name__}")
+        value = np.asarray(value, dtype=np.float32)
+    else:
+        raise InputError(f"baseline: expected a name, number, array or callable, got {type(spec).__name__}")
+    try:
+        return np.broadcast_to(value, np.shape(x)).copy()
+    except ValueError:
+        raise InputError(
+            f"baseline: shape {value.shape} does not match the inputs {np.shape(x)} "
+            "(expected a scalar, one image, or one per sample)"
+        ) from None
 
 
 __all__ = [
