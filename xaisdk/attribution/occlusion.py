@@ -43,6 +43,13 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
     return [i * stride for i in range(math.ceil((size - window) / stride) + 1)]
 
 
+def _window_cover(size: int, window: int, stride: int) -> torch.Tensor:
+    """(positions, size) 0/1 matrix: which pixels along one axis each window position covers."""
+    starts = torch.tensor(window_starts(size, window, stride))[:, None]
+    pixel = torch.arange(size)[None, :]
+    return ((pixel >= starts) & (pixel < starts + window)).float()
+
+
 def occlusion(
     model: nn.Module | Classifier,
     x: np.ndarray | torch.Tensor,
@@ -76,8 +83,9 @@ def occlusion(
     sh, sw = _pair(stride, "stride")
     if kh > height or kw > width:
         raise InputError(f"window {(kh, kw)} is larger than the image {(height, width)}")
-    positions = [(i, j) for i in window_starts(height, kh, sh) for j in window_starts(width, kw, sw)]
-    n_pos = len(positions)
+    rows_in = _window_cover(height, kh, sh)  # (positions along H, H)
+    cols_in = _window_cover(width, kw, sw)  # (positions along W, W)
+    n_pos = len(rows_in) * len(cols_in)
     with eval_mode(module), torch.no_grad():
         spec = score_spec(module, xt, source, target, output)
         base = baseline_batch(baseline, xt, spec)
@@ -87,14 +95,9 @@ def occlusion(
         for sl in tqdm(pieces, desc="occlusion", unit="chunk", disable=not progress or len(pieces) < 2):
             flat = torch.arange(sl.start, sl.stop)
             sample, pos = flat // n_pos, flat % n_pos
-            masks = torch.zeros(len(flat), 1, height, width)
-            for row, p in enumerate(pos.tolist()):
-                i, j = positions[p]
-                masks[row, :, i : i + kh, j : j + kw] = 1.0
+            masks = (rows_in[pos // len(cols_in)][:, :, None] * cols_in[pos % len(cols_in)][:, None, :]).unsqueeze(1)
             occluded = xt[sample] * (1 - masks) + base[sample] * masks
             drop = reference[sample] - attributed_score(module, occluded, spec.select(sample.numpy()))
             total.index_add_(0, sample, drop.view(-1, 1, 1, 1) * masks)
-        counts = torch.zeros(1, 1, height, width)
-        for i, j in positions:
-            counts[..., i : i + kh, j : j + kw] += 1.0
+        counts = rows_in.sum(0)[:, None] * cols_in.sum(0)[None, :]  # windows covering each pixel
     return to_numpy((total / counts).expand_as(xt).contiguous())
