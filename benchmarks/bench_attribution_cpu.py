@@ -29,7 +29,7 @@ import xaisdk
 from xaisdk import attribution
 from xaisdk.baselines import MDTS, TargetClassSample
 from xaisdk.data import load_digits
-from xaisdk.models import load_shipped_classifier
+from xaisdk.models import WeightedScore, class_weights, load_shipped_classifier
 from xaisdk.runtime import ig_loop, integrated_gradients_loop, integrated_gradients_reference
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -55,15 +55,6 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-class ScoreDelta(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x, w):
-        return (self.model(x) * w).sum(1)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-images", type=int, default=32)
@@ -85,10 +76,8 @@ def main() -> None:
     baseline_np = MDTS(split.train)(x_np, target)
     baseline = torch.from_numpy(baseline_np)
     refs_np = TargetClassSample(split.train, seed=0).references(target, per_input=16)
-    w = torch.zeros(len(x), 10)
-    w[torch.arange(len(x)), torch.from_numpy(source)] = 1
-    w[torch.arange(len(x)), torch.from_numpy(target)] = -1
-    delta_model = ScoreDelta(clf.model).eval()
+    w = class_weights(source, target, clf.num_classes)
+    delta_model = WeightedScore(clf.model).eval()
     common = dict(source=source, target=target)
 
     cases: dict[str, dict[str, object]] = {

@@ -102,13 +102,15 @@ def test_occlusion_of_an_additive_model_recovers_each_term():
     c = torch.arange(1.0, 10.0).view(1, 1, 3, 3)
     model = TwoOutputs(lambda x: (c * x**2).flatten(1).sum(1))
     x = np.random.default_rng(0).random((2, 1, 3, 3)).astype(np.float32)
-    np.testing.assert_allclose(occlusion(model, x, source=0, target=1), c.numpy() * x**2, rtol=1e-5, atol=5e-6)  # float32 differences of sums
+    # atol: float32 differences of sums lose the last digits of the smallest terms
+    np.testing.assert_allclose(occlusion(model, x, source=0, target=1), c.numpy() * x**2, rtol=1e-5, atol=5e-6)
 
 
 def test_path_rules_integrate_polynomials():
     for rule in RULES:
         alphas, weights = path_rule(rule, 100)
         assert weights.sum() == pytest.approx(1.0, abs=1e-12)
-        assert (weights * alphas).sum() == pytest.approx(0.5, abs=1e-9 if rule != "riemann_left" and rule != "riemann_right" else 6e-3)
+        one_sided = rule in ("riemann_left", "riemann_right")  # off by 1/(2n) on int alpha
+        assert (weights * alphas).sum() == pytest.approx(0.5, abs=6e-3 if one_sided else 1e-9)
     alphas, weights = path_rule("gausslegendre", 5)
     assert (weights * alphas**9).sum() == pytest.approx(0.1, abs=1e-12)

@@ -8,27 +8,15 @@ import torch
 from captum.attr import DeepLift, DeepLiftShap, GradientShap, IntegratedGradients, Occlusion
 
 from xaisdk.attribution import RULES, deeplift, deepshap, expected_gradients, integrated_gradients, occlusion
+from xaisdk.models import WeightedScore as ScoreDelta
+from xaisdk.models import class_weights as _class_weights
 
 SOURCE = np.array([1, 2, 3])
 TARGET = np.array([4, 5, 0])
 
 
-class ScoreDelta(torch.nn.Module):
-    """The classifier wrapped so that its output is S_source - S_target per sample (weights w)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x, w):
-        return (self.model(x) * w).sum(1)
-
-
-def class_weights(source, target, num_classes=10):
-    w = torch.zeros(len(source), num_classes)
-    w[torch.arange(len(source)), torch.as_tensor(source)] = 1.0
-    w[torch.arange(len(source)), torch.as_tensor(target)] -= 1.0
-    return w
+def class_weights(source, target):
+    return _class_weights(source, target, 10)
 
 
 def relative_error(ours: np.ndarray, theirs: torch.Tensor) -> float:

@@ -38,7 +38,9 @@ def test_ig_completeness_within_one_percent_with_mdts_baseline(shipped, digits, 
         logits = shipped.model(torch.from_numpy(batch)).numpy()
     source, target = logits.argmax(1), np.argsort(logits, 1)[:, -2]
     baseline = MDTS(digits.train)(batch, target)
-    attr, delta = integrated_gradients(shipped, batch, target=target, baseline=baseline, n_steps=200, return_convergence_delta=True)
+    attr, delta = integrated_gradients(
+        shipped, batch, target=target, baseline=baseline, n_steps=200, return_convergence_delta=True
+    )
     expected = _delta(shipped.model, batch, baseline, source, target)
     np.testing.assert_allclose(attr.reshape(len(batch), -1).sum(1), expected, rtol=0.01)
     np.testing.assert_allclose(delta, attr.reshape(len(batch), -1).sum(1) - expected, atol=1e-4)

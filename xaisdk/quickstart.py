@@ -43,7 +43,9 @@ def _runner_up(logits: np.ndarray) -> np.ndarray:
     return np.argsort(logits, axis=1)[:, -2]
 
 
-def _explain_all(clf, train, x: np.ndarray, source: np.ndarray, target: np.ndarray, seed: int, bar) -> tuple[np.ndarray, dict, dict, dict]:
+def _explain_all(
+    clf, train, x: np.ndarray, source: np.ndarray, target: np.ndarray, seed: int, bar
+) -> tuple[np.ndarray, dict, dict, dict]:
     """Every method on ``x`` for the (source, target) pairs; baseline = MDTS of the target class."""
     baseline = MDTS(train)(x, target)
     deepshap_refs = TargetClassSample(train, seed=seed).references(target, per_input=16)

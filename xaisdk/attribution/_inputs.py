@@ -12,6 +12,7 @@ from torch import nn
 
 from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import Classifier
+from xaisdk.models.score import class_weights
 
 ClassSpec = int | Sequence[int] | np.ndarray | None
 OUTPUTS = ("logits", "probabilities")
@@ -124,8 +125,6 @@ def score_spec(
         raise InputError(f"model: expected logits of shape (N, classes), got {tuple(logits.shape)}")
     n, num_classes = logits.shape
     src = logits.argmax(1).numpy() if source is None else _class_vector(source, n, num_classes, "source")
-    weights = torch.zeros(n, num_classes)
-    weights[torch.arange(n), torch.from_numpy(src)] = 1.0
     tgt = None
     if target is not None:
         tgt = _class_vector(target, n, num_classes, "target")
@@ -135,8 +134,7 @@ def score_spec(
                 f"target equals source for sample(s) {same.tolist()} (class {int(src[same[0]])}): "
                 "a one-vs-one score S_source - S_target needs two different classes"
             )
-        weights[torch.arange(n), torch.from_numpy(tgt)] = -1.0
-    return ScoreSpec(src, tgt, weights, output)
+    return ScoreSpec(src, tgt, class_weights(src, tgt, num_classes), output)
 
 
 def attributed_score(module: nn.Module, x: torch.Tensor, spec: ScoreSpec) -> torch.Tensor:

@@ -8,6 +8,7 @@ from xaisdk.models.checkpoint import (
     shipped_classifier_path,
 )
 from xaisdk.models.classifiers import ARCHITECTURES, CifarCNN, MnistCNN, build_classifier
+from xaisdk.models.score import WeightedScore, class_weights
 
 __all__ = [
     "ARCHITECTURES",
@@ -19,4 +20,6 @@ __all__ = [
     "load_shipped_classifier",
     "save_classifier",
     "shipped_classifier_path",
+    "WeightedScore",
+    "class_weights",
 ]

@@ -75,7 +75,9 @@ def accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch_size: i
     return correct / max(len(x), 1)
 
 
-def train_classifier(split: Split, config: ClassifierTrainingConfig | None = None, *, progress: bool = True) -> tuple[Classifier, dict]:
+def train_classifier(
+    split: Split, config: ClassifierTrainingConfig | None = None, *, progress: bool = True
+) -> tuple[Classifier, dict]:
     """Train a classifier on ``split.train`` and report accuracy on ``split.test``.
 
     Returns the trained :class:`~xaisdk.models.Classifier` (eval mode) and a history dict with the
