@@ -21,11 +21,16 @@ AUTO_ROWS = 1024  # rows per forward/backward pass when a method's batch_size is
 
 def as_module(model: nn.Module | Classifier) -> nn.Module:
     """The torch module behind ``model`` (a module or a loaded :class:`Classifier`)."""
-    if isinstance(model, Classifier):
-        return model.model
-    if isinstance(model, nn.Module):
-        return model
-    raise InputError(f"model: expected a torch.nn.Module or xaisdk Classifier, got {type(model).__name__}")
+    module = model.model if isinstance(model, Classifier) else model
+    if not isinstance(module, nn.Module):
+        raise InputError(f"model: expected a torch.nn.Module or xaisdk Classifier, got {type(model).__name__}")
+    devices = {t.device.type for t in list(module.parameters()) + list(module.buffers())}
+    if devices - {"cpu"}:
+        raise InputError(
+            f"model: its weights are on {', '.join(sorted(devices - {'cpu'}))}; the torch reference backend "
+            "runs on the CPU, so pass model.cpu()"
+        )
+    return module
 
 
 def as_batch(x: np.ndarray | torch.Tensor, name: str = "x") -> torch.Tensor:
@@ -120,7 +125,7 @@ def score_spec(
     if output not in OUTPUTS:
         raise InputError(f"output: expected one of {OUTPUTS}, got {output!r}")
     with torch.no_grad():
-        logits = module(x)
+        logits = torch.cat([module(x[sl]) for sl in chunks(len(x), AUTO_ROWS)])
     if logits.ndim != 2:
         raise InputError(f"model: expected logits of shape (N, classes), got {tuple(logits.shape)}")
     n, num_classes = logits.shape
