@@ -143,6 +143,7 @@ def test_model_mode_is_restored(shipped, batch):
         ({"source": [1, 2]}, "one per sample"),
         ({"source": 1.5}, "integers"),
         ({"source": 1, "target": 2, "baseline": np.zeros((2, 1, 28, 28))}, "does not match"),
+        ({"source": 1, "baseline": np.full((1, 28, 28), np.nan)}, "NaN"),
         ({"source": 1, "baseline": "mdts"}, "needs training data"),
         ({"source": 1, "baseline": "sparkles"}, "unknown baseline"),
         ({"source": 1, "rule": "simpson"}, "rule"),
@@ -184,3 +185,12 @@ def test_deeplift_handles_inplace_relu_and_restores_it(rng):
     attr, delta = deeplift(net, x, source=0, target=1, return_convergence_delta=True)
     assert np.abs(delta).max() < 1e-5 and np.abs(attr).max() > 0
     assert relu.inplace
+
+
+def test_baseline_forms_agree(shipped, batch):
+    """A number, one image, one image per sample and a torch tensor describe the same baseline."""
+    image = np.full((1, 28, 28), 0.3, np.float32)
+    forms = [0.3, image, np.repeat(image[None], len(batch), 0), torch.full((len(batch), 1, 28, 28), 0.3)]
+    results = [integrated_gradients(shipped, batch, source=1, target=2, baseline=b, n_steps=16) for b in forms]
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])

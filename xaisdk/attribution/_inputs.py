@@ -54,24 +54,6 @@ def as_batch(x: np.ndarray | torch.Tensor, name: str = "x") -> torch.Tensor:
     return tensor.contiguous()
 
 
-def as_reference_batch(value: np.ndarray | torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
-    """A per-sample array (baseline) broadcast to ``x``'s shape: scalar, (C,H,W), (1,C,H,W) or (N,C,H,W)."""
-    if isinstance(value, (int, float)):
-        return torch.full_like(x, float(value))
-    tensor = as_batch(value, name) if np.ndim(value) >= 2 else torch.as_tensor(np.asarray(value, dtype=np.float32))
-    if not torch.isfinite(tensor).all():
-        raise InputError(f"{name}: contains NaN or infinite values")
-    if tuple(tensor.shape) == tuple(x.shape[1:]):
-        tensor = tensor.unsqueeze(0)
-    try:
-        return torch.broadcast_to(tensor, x.shape).contiguous()
-    except RuntimeError:
-        raise InputError(
-            f"{name}: shape {tuple(tensor.shape)} does not match the inputs {tuple(x.shape)} "
-            "(expected a scalar, one image, or one per sample)"
-        ) from None
-
-
 def _class_vector(value: ClassSpec, n: int, num_classes: int, name: str) -> np.ndarray:
     array = np.asarray(value)
     if array.ndim == 0:
@@ -186,11 +168,13 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 BaselineFn = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
 
 
-def baseline_batch(baseline: object, x: torch.Tensor, spec: ScoreSpec, name: str = "baseline") -> torch.Tensor:
-    """Resolve a baseline spec (name, number, array, callable) to a tensor shaped like ``x``."""
+def baseline_batch(baseline: object, x: torch.Tensor, spec: ScoreSpec) -> torch.Tensor:
+    """Resolve a baseline spec (name, number, array, callable) to a finite tensor shaped like ``x``."""
     from xaisdk.baselines import make_baseline
 
     if isinstance(baseline, torch.Tensor):
         baseline = baseline.detach().cpu().numpy()
     value = make_baseline(baseline, to_numpy(x), spec.target)  # type: ignore[arg-type]
-    return as_reference_batch(value if value.ndim else float(value), x, name)
+    if not np.isfinite(value).all():
+        raise InputError("baseline: contains NaN or infinite values")
+    return torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
