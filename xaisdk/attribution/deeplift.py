@@ -79,8 +79,10 @@ class _RescaleHooks:
         d_out = out[:half] - out[half:]
         near = d_in.abs() < self.eps
         ratio = d_out / torch.where(near, torch.ones_like(d_in), d_in)
-        local = self._local_derivative(mod, inp[:half])
-        multiplier = torch.where(near, local, ratio).detach()
+        multiplier = ratio
+        if near.any():
+            multiplier = torch.where(near, self._local_derivative(mod, inp[:half]), ratio)
+        multiplier = multiplier.detach()
         multiplier = torch.cat([multiplier, multiplier])
         return out.detach() + (inp - inp.detach()) * multiplier
 
