@@ -106,11 +106,14 @@ def score_spec(
     """Resolve ``source`` (default: the predicted class) and ``target`` (None: one-vs-all) for ``x``."""
     if output not in OUTPUTS:
         raise InputError(f"output: expected one of {OUTPUTS}, got {output!r}")
+    # The whole batch goes through the model only when the prediction is needed; otherwise one
+    # sample tells the number of classes.
+    probe = x if source is None else x[:1]
     with torch.no_grad():
-        logits = torch.cat([module(x[sl]) for sl in chunks(len(x), AUTO_ROWS)])
+        logits = torch.cat([module(probe[sl]) for sl in chunks(len(probe), AUTO_ROWS)])
     if logits.ndim != 2:
         raise InputError(f"model: expected logits of shape (N, classes), got {tuple(logits.shape)}")
-    n, num_classes = logits.shape
+    n, num_classes = len(x), logits.shape[1]
     src = logits.argmax(1).numpy() if source is None else _class_vector(source, n, num_classes, "source")
     tgt = None
     if target is not None:
