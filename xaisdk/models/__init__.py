@@ -8,9 +8,29 @@ from xaisdk.models.checkpoint import (
     shipped_classifier_path,
 )
 from xaisdk.models.classifiers import ARCHITECTURES, CifarCNN, MnistCNN, build_classifier
+from xaisdk.models.ganmex import (
+    GanmexModel,
+    load_ganmex,
+    load_shipped_ganmex,
+    save_ganmex,
+    shipped_ganmex_path,
+)
+from xaisdk.models.randomize import randomized_copy, weighted_layers
 from xaisdk.models.score import WeightedScore, class_weights
+from xaisdk.models.stargan import CriticConfig, GeneratorConfig, PatchCritic, StarGenerator
 
 __all__ = [
+    "CriticConfig",
+    "GanmexModel",
+    "GeneratorConfig",
+    "PatchCritic",
+    "StarGenerator",
+    "load_ganmex",
+    "randomized_copy",
+    "weighted_layers",
+    "load_shipped_ganmex",
+    "save_ganmex",
+    "shipped_ganmex_path",
     "ARCHITECTURES",
     "CifarCNN",
     "Classifier",

@@ -55,9 +55,12 @@ def save_classifier(path: str | os.PathLike, classifier: Classifier) -> Path:
     >>> load_classifier(out).class_names
     ('a', 'b')
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
+    return atomic_torch_save(classifier_payload(classifier), path)
+
+
+def classifier_payload(classifier: Classifier) -> dict[str, Any]:
+    """The plain-dict form of ``classifier`` that :func:`save_classifier` writes (also embedded in GANMEX files)."""
+    return {
         "kind": CHECKPOINT_KIND,
         "format_version": FORMAT_VERSION,
         "arch": classifier.arch,
@@ -68,15 +71,43 @@ def save_classifier(path: str | os.PathLike, classifier: Classifier) -> Path:
         "metadata": dict(classifier.metadata),
         "state_dict": {k: v.detach().cpu() for k, v in classifier.model.state_dict().items()},
     }
+
+
+def atomic_torch_save(payload: dict[str, Any], path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then rename it over ``path``.
+
+    A crash mid-write leaves the previous file intact, never a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a checkpoint is an ordinary file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def read_torch_file(path: str | os.PathLike, kind: str, what: str) -> dict[str, Any]:
+    """Load ``path`` with ``weights_only=True`` and check it is an xaisdk file of ``kind``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a file that is not its format
+        raise InputError(f"{path}: not a readable torch checkpoint ({type(err).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("kind") != kind:
+        found = payload.get("kind") if isinstance(payload, dict) else None
+        hint = f" (it is a {found!r} file)" if isinstance(found, str) else ""
+        raise InputError(f"{path}: not an xaisdk {what} checkpoint{hint}")
+    return payload
 
 
 def _require(payload: dict, key: str, kind: type | tuple[type, ...], path: Path) -> Any:
@@ -99,14 +130,14 @@ def load_classifier(path: str | os.PathLike) -> Classifier:
     ('mnist_cnn', (1, 28, 28), 10)
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such checkpoint file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a file that is not its format
-        raise InputError(f"{path}: not a readable torch checkpoint ({type(err).__name__})") from None
+    return classifier_from_payload(read_torch_file(path, CHECKPOINT_KIND, "classifier"), path)
+
+
+def classifier_from_payload(payload: dict[str, Any], path: str | os.PathLike) -> Classifier:
+    """Rebuild a :class:`Classifier` from :func:`classifier_payload`'s dict; ``path`` names it in errors."""
+    path = Path(path)
     if not isinstance(payload, dict) or payload.get("kind") != CHECKPOINT_KIND:
-        raise InputError(f"{path}: not an xaisdk classifier checkpoint")
+        raise InputError(f"{path}: does not hold an xaisdk classifier")
     version = _require(payload, "format_version", int, path)
     if version > FORMAT_VERSION:
         raise InputError(f"{path}: checkpoint format {version} is newer than this xaisdk reads ({FORMAT_VERSION})")
