@@ -4,7 +4,7 @@ All images are float32 (N, C, H, W) in [0, 1] with int64 labels; every random ch
 """
 
 from xaisdk.data.dataset import Dataset, Split, stratified_split
-from xaisdk.data.digits import load_digits
+from xaisdk.data.digits import DIGIT_COLORS, dominant_channel, load_colored_digits, load_digits
 from xaisdk.data.load import load_dataset
 from xaisdk.data.shapes import SHAPE_BACKGROUNDS, SHAPE_OBJECTS, confounder_patch, load_shapes, make_shapes
 from xaisdk.data.user import IMAGE_EXTENSIONS, load_image_folder, load_npz
@@ -14,6 +14,9 @@ __all__ = [
     "Split",
     "stratified_split",
     "load_digits",
+    "load_colored_digits",
+    "dominant_channel",
+    "DIGIT_COLORS",
     "make_shapes",
     "load_shapes",
     "confounder_patch",

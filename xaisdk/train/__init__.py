@@ -1,5 +1,6 @@
 """Training loops (torch)."""
 
 from xaisdk.train.classifier import ClassifierTrainingConfig, accuracy, train_classifier
+from xaisdk.train.ganmex import GanmexTrainingConfig, train_ganmex
 
-__all__ = ["ClassifierTrainingConfig", "accuracy", "train_classifier"]
+__all__ = ["ClassifierTrainingConfig", "accuracy", "train_classifier", "GanmexTrainingConfig", "train_ganmex"]
