@@ -12,6 +12,7 @@ from torch import nn
 
 from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import Classifier
+from xaisdk.models.ganmex import GanmexModel
 from xaisdk.models.score import class_weights
 
 ClassSpec = int | Sequence[int] | np.ndarray | None
@@ -19,11 +20,13 @@ OUTPUTS = ("logits", "probabilities")
 AUTO_ROWS = 1024  # rows per forward/backward pass when a method's batch_size is None
 
 
-def as_module(model: nn.Module | Classifier) -> nn.Module:
-    """The torch module behind ``model`` (a module or a loaded :class:`Classifier`)."""
+def as_module(model: nn.Module | Classifier | GanmexModel) -> nn.Module:
+    """The torch module behind ``model`` (a module, a loaded :class:`Classifier` or a GANMEX model's classifier)."""
+    if isinstance(model, GanmexModel):
+        model = model.classifier
     module = model.model if isinstance(model, Classifier) else model
     if not isinstance(module, nn.Module):
-        raise InputError(f"model: expected a torch.nn.Module or xaisdk Classifier, got {type(model).__name__}")
+        raise InputError(f"model: expected a torch.nn.Module, xaisdk Classifier or GanmexModel, got {type(model).__name__}")
     devices = {t.device.type for t in list(module.parameters()) + list(module.buffers())}
     if devices - {"cpu"}:
         raise InputError(
@@ -171,10 +174,20 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 BaselineFn = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
 
 
-def baseline_batch(baseline: object, x: torch.Tensor, spec: ScoreSpec) -> torch.Tensor:
-    """Resolve a baseline spec (name, number, array, callable) to a finite tensor shaped like ``x``."""
-    from xaisdk.baselines import make_baseline
+def baseline_batch(baseline: object, x: torch.Tensor, spec: ScoreSpec, model: object = None,
+                   generator: object = None) -> torch.Tensor:
+    """Resolve a baseline spec (name, number, array, callable) to a finite tensor shaped like ``x``.
 
+    ``baseline="ganmex"`` runs ``generator`` (or, when that is None, the generator of ``model`` if it
+    is a :class:`~xaisdk.models.GanmexModel`) on ``x`` and the per-sample target classes.
+    """
+    from xaisdk.baselines import make_baseline
+    from xaisdk.baselines.generated import generator_for, is_generator_name
+
+    if is_generator_name(baseline):
+        baseline = generator_for(str(baseline), model, generator)
+    elif generator is not None:
+        raise InputError(f"generator= is used only with baseline='ganmex' (the baseline given is {baseline!r})")
     if isinstance(baseline, torch.Tensor):
         baseline = baseline.detach().cpu().numpy()
     value = make_baseline(baseline, to_numpy(x), spec.target)  # type: ignore[arg-type]

@@ -31,8 +31,10 @@ from xaisdk.attribution._inputs import (
     score_spec,
     to_numpy,
 )
+from xaisdk.baselines.generated import generator_for, is_generator_name
 from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import Classifier
+from xaisdk.models.ganmex import GanmexModel
 
 ELEMENTWISE = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
@@ -135,12 +137,13 @@ def _delta(module: nn.Module, x: torch.Tensor, base: torch.Tensor, spec: ScoreSp
 
 
 def deeplift(
-    model: nn.Module | Classifier,
+    model: nn.Module | Classifier | GanmexModel,
     x: np.ndarray | torch.Tensor,
     *,
     source: ClassSpec = None,
     target: ClassSpec = None,
     baseline: object = "zero",
+    generator: object = None,
     output: str = "logits",
     batch_size: int | None = None,
     eps: float = EPS,
@@ -164,7 +167,7 @@ def deeplift(
     xt = as_batch(x)
     with eval_mode(module):
         spec = score_spec(module, xt, source, target, output)
-        base = baseline_batch(baseline, xt, spec)
+        base = baseline_batch(baseline, xt, spec, model, generator)
         attr = torch.empty_like(xt)
         for sl in chunks(len(xt), batch_size):
             rows = np.arange(sl.start, sl.stop)
@@ -175,10 +178,11 @@ def deeplift(
 
 
 def deepshap(
-    model: nn.Module | Classifier,
+    model: nn.Module | Classifier | GanmexModel,
     x: np.ndarray | torch.Tensor,
     *,
     baselines: Any,
+    generator: object = None,
     source: ClassSpec = None,
     target: ClassSpec = None,
     output: str = "logits",
@@ -192,7 +196,8 @@ def deepshap(
 
     ``baselines``: (M, C, H, W) shared by every input, (N, M, C, H, W) per input (e.g.
     ``TargetClassSample(...).references(target, M)`` for target-class baselines), or a callable
-    ``(x, target) -> (N, M, C, H, W)``. The convergence delta compares the sum of attributions with
+    ``(x, target) -> (N, M, C, H, W)``, or ``"ganmex"`` for the one GANMEX baseline per input (from
+    ``generator`` or the GANMEX model passed as ``model``). The convergence delta compares the sum of attributions with
     ``S(x) - mean_m S(b_m)``.
 
     >>> import torch
@@ -206,7 +211,11 @@ def deepshap(
     xt = as_batch(x)
     with eval_mode(module):
         spec = score_spec(module, xt, source, target, output)
-        if callable(baselines):
+        if is_generator_name(baselines):
+            baselines = generator_for(str(baselines), model, generator)(to_numpy(xt), spec.target)[:, None]
+        elif generator is not None:
+            raise InputError("generator= is used only with baselines='ganmex'")
+        elif callable(baselines):
             baselines = baselines(to_numpy(xt), spec.target)
         refs = torch.as_tensor(np.asarray(baselines, dtype=np.float32))
         if refs.ndim == xt.ndim:

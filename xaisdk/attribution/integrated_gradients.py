@@ -23,6 +23,7 @@ from xaisdk.attribution._inputs import (
 )
 from xaisdk.attribution.quadrature import path_rule
 from xaisdk.models.checkpoint import Classifier
+from xaisdk.models.ganmex import GanmexModel
 
 
 def path_gradient_sum(
@@ -52,12 +53,13 @@ def path_gradient_sum(
 
 
 def integrated_gradients(
-    model: nn.Module | Classifier,
+    model: nn.Module | Classifier | GanmexModel,
     x: np.ndarray | torch.Tensor,
     *,
     source: ClassSpec = None,
     target: ClassSpec = None,
     baseline: object = "zero",
+    generator: object = None,
     n_steps: int = 200,
     rule: str = "riemann_middle",
     output: str = "logits",
@@ -87,7 +89,7 @@ def integrated_gradients(
     alphas, weights = path_rule(rule, n_steps)
     with eval_mode(module):
         spec = score_spec(module, xt, source, target, output)
-        base = baseline_batch(baseline, xt, spec)
+        base = baseline_batch(baseline, xt, spec, model, generator)
         attr = (xt - base) * path_gradient_sum(module, xt, base, spec, alphas, weights, batch_size, progress)
         if not return_convergence_delta:
             return to_numpy(attr)

@@ -24,6 +24,7 @@ from xaisdk.attribution._inputs import (
 )
 from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import Classifier
+from xaisdk.models.ganmex import GanmexModel
 
 
 def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
@@ -51,7 +52,7 @@ def _window_cover(size: int, window: int, stride: int) -> torch.Tensor:
 
 
 def occlusion(
-    model: nn.Module | Classifier,
+    model: nn.Module | Classifier | GanmexModel,
     x: np.ndarray | torch.Tensor,
     *,
     source: ClassSpec = None,
@@ -59,6 +60,7 @@ def occlusion(
     window: int | tuple[int, int] = 1,
     stride: int | tuple[int, int] = 1,
     baseline: object = 0.0,
+    generator: object = None,
     output: str = "logits",
     batch_size: int | None = None,
     progress: bool = False,
@@ -88,7 +90,7 @@ def occlusion(
     n_pos = len(rows_in) * len(cols_in)
     with eval_mode(module), torch.no_grad():
         spec = score_spec(module, xt, source, target, output)
-        base = baseline_batch(baseline, xt, spec)
+        base = baseline_batch(baseline, xt, spec, model, generator)
         reference = attributed_score(module, xt, spec)
         total = torch.zeros(len(xt), 1, height, width)
         pieces = list(chunks(len(xt) * n_pos, AUTO_ROWS if batch_size is None else batch_size))

@@ -2,7 +2,9 @@
 
 A baseline is given as a name (``"zero"``, ``"max"``, ``"blur"``, ``"noise"``), a number, an array
 (one image or one per sample), or a callable ``(x, target) -> array`` such as :class:`MDTS`,
-:class:`TargetClassSample`, :class:`Blur` or :class:`UniformNoise` with chosen parameters.
+:class:`TargetClassSample`, :class:`GanmexBaseline`, :class:`Blur` or :class:`UniformNoise` with chosen
+parameters. Attribution functions also take ``baseline="ganmex"`` with a GANMEX model (see
+:func:`xaisdk.attribution.integrated_gradients`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from xaisdk.baselines.data_driven import MDTS, TargetClassSample, nearest_by_l2
+from xaisdk.baselines.generated import GanmexBaseline, resolve_generator
 from xaisdk.baselines.simple import Blur, Constant, UniformNoise
 from xaisdk.errors import InputError
 
@@ -38,11 +41,14 @@ def make_baseline(spec: BaselineSpec, x: np.ndarray, target: np.ndarray | None) 
         key = spec.lower()
         if key in NAMED:
             return NAMED[key](x, target)
+        if key == "ganmex":
+            raise InputError("baseline 'ganmex' needs a generator: pass baseline=xaisdk.baselines.GanmexBaseline("
+                             "gm) or, in attribution functions, the GANMEX model as the model or generator=gm")
         if key in NEEDS_DATA:
             raise InputError(
                 f"baseline {spec!r} needs training data: pass baseline=xaisdk.baselines.{NEEDS_DATA[key]}(train_x, train_y)"
             )
-        raise InputError(f"unknown baseline {spec!r}; named baselines: {', '.join(list(NAMED) + list(NEEDS_DATA))}")
+        raise InputError(f"unknown baseline {spec!r}; named baselines: {', '.join(list(NAMED) + list(NEEDS_DATA) + ['ganmex'])}")
     if isinstance(spec, (int, float, np.ndarray)) or hasattr(spec, "__array__"):
         value = np.asarray(spec, dtype=np.float32)
     elif callable(spec):
@@ -66,8 +72,10 @@ __all__ = [
     "NAMED",
     "Blur",
     "Constant",
+    "GanmexBaseline",
     "TargetClassSample",
     "UniformNoise",
     "make_baseline",
     "nearest_by_l2",
+    "resolve_generator",
 ]
