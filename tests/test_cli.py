@@ -27,23 +27,27 @@ def test_quickstart_writes_figures_and_summary(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["grids"]) == {"runner-up", "class-0"}
-    for grid in summary["grids"].values():
-        assert set(grid["seconds"]) == {
-            "gradient", "grad_x_input", "integrated_gradients", "expected_gradients", "deeplift", "deepshap", "occlusion",
-        }  # fmt: skip
-        # the attributions of IG / DeepLIFT add up to the score delta between input and MDTS baseline
-        gap = np.abs(np.array(grid["score_delta_input"]) - np.array(grid["score_delta_baseline"]))
-        assert grid["completeness_error"]["integrated_gradients"] <= 0.01 * gap.max()
-        assert grid["completeness_error"]["deeplift"] <= 1e-5 * max(gap.max(), 1.0)
-        image = Image.open(out / grid["figure"])
+    panel = summary["one_vs_one"]
+    assert {row["why"] for row in panel["rows"]} == {"runner-up", "--target"}
+    assert set(panel["seconds"]) == {"integrated_gradients", "deeplift", "occlusion", "deepshap"}
+    for row in panel["rows"]:
+        for baseline in ("zero", "mdts", "ganmex"):
+            # the attributions of IG / DeepLIFT add up to the score delta between input and baseline
+            gap = abs(row["score_delta"]["input"] - row["score_delta"][baseline])
+            assert row["completeness_error"]["integrated_gradients"][baseline] <= 0.01 * max(gap, 1.0)
+            assert row["completeness_error"]["deeplift"][baseline] <= 1e-5 * max(gap, 1.0)
+    figures = [panel["figure"], summary["why_not_true_class"]["figure"]]
+    assert figures == ["figure2_one_vs_one.png", "figure2_why_not_true_class.png"]
+    for name in figures:
+        image = Image.open(out / name)
         assert image.size[0] > 800 and image.size[1] > 300
         pixels = np.asarray(image.convert("RGB"), dtype=int)
         assert (pixels[..., 2] - pixels[..., 0] > 100).any(), "no blue (positive) attribution drawn"
         assert (pixels[..., 0] - pixels[..., 2] > 100).any(), "no red (negative) attribution drawn"
+        assert f"wrote {out / name}" in result.stdout
     text = (out / "summary.txt").read_text()
-    assert "test accuracy" in text and "S_" in text
-    assert "[runner-up] saliency_runner-up.png" in result.stdout
+    assert "test accuracy" in text and "S_source - S_target" in text
+    assert "[Fig. 2.A] figure2_one_vs_one.png" in result.stdout
 
 
 def test_quickstart_refuses_to_overwrite_a_folder_with_files(tmp_path):

@@ -1,10 +1,16 @@
-"""The quickstart job: explain a few digits one-vs-one with every method, write figures and a summary."""
+"""The quickstart job: the GANMEX paper's Figure 2 on the shipped digits classifier.
+
+Fig. 2.A explains a few test digits one-vs-one ("why the predicted class and not the target?") with
+IG, DeepLIFT, Occlusion-1 and DeepSHAP, each relative to the Zero, MDTS and GANMEX baselines.
+Fig. 2.B explains the misclassified test digits: why the predicted class and not the true one, relative
+to the GANMEX baseline G(x, true class), the closest realistic image of the true class.
+"""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,23 +19,31 @@ import torch
 from tqdm.auto import tqdm
 
 from xaisdk import attribution
-from xaisdk.baselines import MDTS, TargetClassSample
+from xaisdk.baselines import MDTS
 from xaisdk.data import load_digits
 from xaisdk.errors import InputError
-from xaisdk.models import load_shipped_classifier
-from xaisdk.viz import save_saliency_grid
+from xaisdk.models import load_shipped_ganmex, shipped_ganmex_path
+from xaisdk.viz import save_grouped_saliency_grid
 
-METHOD_ORDER = (
-    "gradient",
-    "grad_x_input",
-    "integrated_gradients",
-    "expected_gradients",
-    "deeplift",
-    "deepshap",
-    "occlusion",
-)
+BASELINES = ("zero", "mdts", "ganmex")
+METHODS = ("integrated_gradients", "deeplift", "occlusion", "deepshap")
 # Methods whose attributions should sum to S(x) - S(baseline); the summary reports the error.
 COMPLETE = ("integrated_gradients", "deeplift")
+WHY_NOT_METHODS = ("integrated_gradients", "deeplift", "occlusion")
+LABELS = {
+    "zero": "Zero",
+    "mdts": "MDTS",
+    "ganmex": "GANMEX",
+    "integrated_gradients": "IG",
+    "deeplift": "DeepLIFT",
+    "occlusion": "Occlusion-1",
+    "deepshap": "DeepSHAP",
+}
+IG_STEPS = 200
+MAX_MISCLASSIFIED = 4
+FIGURE_A = "figure2_one_vs_one.png"
+FIGURE_B = "figure2_why_not_true_class.png"
+COLOURS = "blue: evidence for the source class, red: for the target; each map on its own symmetric scale"
 
 
 @dataclass
@@ -39,42 +53,79 @@ class QuickstartResult:
     summary: dict = field(default_factory=dict)
 
 
-def _runner_up(logits: np.ndarray) -> np.ndarray:
-    return np.argsort(logits, axis=1)[:, -2]
+def _logits(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
 
 
-def _explain_all(
-    clf, train, x: np.ndarray, source: np.ndarray, target: np.ndarray, seed: int, bar
-) -> tuple[np.ndarray, dict, dict, dict]:
-    """Every method on ``x`` for the (source, target) pairs; baseline = MDTS of the target class."""
-    baseline = MDTS(train)(x, target)
-    deepshap_refs = TargetClassSample(train, seed=seed).references(target, per_input=16)
+def _score_delta(module: torch.nn.Module, x: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Per-row ``S_source - S_target`` (logits) of ``x``."""
+    logits = _logits(module, x)
+    rows = np.arange(len(x))
+    return logits[rows, source] - logits[rows, target]
+
+
+def _attribute(clf, method: str, x: np.ndarray, source: np.ndarray, target: np.ndarray,
+               baseline: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """One method relative to one baseline per row: the attributions and, for IG/DeepLIFT, the completeness error."""
     common = dict(source=source, target=target)
-    calls = {
-        "gradient": lambda: attribution.gradient(clf, x, **common),
-        "grad_x_input": lambda: attribution.grad_x_input(clf, x, **common),
-        "integrated_gradients": lambda: attribution.integrated_gradients(
-            clf, x, baseline=baseline, n_steps=200, return_convergence_delta=True, **common
-        ),
-        "expected_gradients": lambda: attribution.expected_gradients(
-            clf, x, references=train, n_samples=200, seed=seed, **common
-        ),
-        "deeplift": lambda: attribution.deeplift(clf, x, baseline=baseline, return_convergence_delta=True, **common),
-        "deepshap": lambda: attribution.deepshap(clf, x, baselines=deepshap_refs, **common),
-        "occlusion": lambda: attribution.occlusion(clf, x, window=1, baseline=baseline, **common),
+    if method == "integrated_gradients":
+        return attribution.integrated_gradients(clf, x, baseline=baseline, n_steps=IG_STEPS,
+                                                return_convergence_delta=True, **common)
+    if method == "deeplift":
+        return attribution.deeplift(clf, x, baseline=baseline, return_convergence_delta=True, **common)
+    if method == "occlusion":
+        return attribution.occlusion(clf, x, window=1, baseline=baseline, **common), None
+    return attribution.deepshap(clf, x, baselines=baseline[:, None], **common), None
+
+
+def _explain(clf, x: np.ndarray, source: np.ndarray, target: np.ndarray, baselines: dict[str, np.ndarray],
+             methods: Sequence[str], bar) -> tuple[dict, dict, dict]:
+    """``maps[method][baseline]``, ``seconds[method][baseline]`` and per-row completeness errors."""
+    maps: dict = {m: {} for m in methods}
+    seconds: dict = {m: {} for m in methods}
+    errors: dict = {m: {} for m in methods if m in COMPLETE}
+    for method in methods:
+        for name, baseline in baselines.items():
+            bar.set_postfix_str(f"{LABELS[method]} / {LABELS[name]}")
+            start = time.perf_counter()
+            maps[method][name], delta = _attribute(clf, method, x, source, target, baseline)
+            seconds[method][name] = time.perf_counter() - start
+            if delta is not None:
+                errors[method][name] = np.abs(delta)
+            bar.update(1)
+    return maps, seconds, errors
+
+
+def _timed(make: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:
+    start = time.perf_counter()
+    value = make()
+    return value, time.perf_counter() - start
+
+
+def _panel_summary(module, x, source, target, baselines, errors, seconds, baseline_seconds) -> dict:
+    """Per-row score deltas, distances and completeness errors, and their aggregates, for one figure."""
+    delta_x = _score_delta(module, x, source, target)
+    delta_b = {name: _score_delta(module, b, source, target) for name, b in baselines.items()}
+    predicted_b = {name: _logits(module, b).argmax(1) for name, b in baselines.items()}
+    l2 = {name: np.sqrt(((x - b) ** 2).reshape(len(x), -1).sum(1)) for name, b in baselines.items()}
+    rows = []
+    for i in range(len(x)):
+        rows.append({
+            "source": int(source[i]),
+            "target": int(target[i]),
+            "score_delta": {"input": float(delta_x[i]), **{k: float(v[i]) for k, v in delta_b.items()}},
+            "baseline_predicted": {k: int(v[i]) for k, v in predicted_b.items()},
+            "l2_distance": {k: float(v[i]) for k, v in l2.items()},
+            "completeness_error": {m: {k: float(v[i]) for k, v in per.items()} for m, per in errors.items()},
+        })
+    return {
+        "rows": rows,
+        "mean_l2_distance": {k: float(v.mean()) for k, v in l2.items()},
+        "max_completeness_error": {m: {k: float(v.max()) for k, v in per.items()} for m, per in errors.items()},
+        "seconds": seconds,
+        "baseline_seconds": baseline_seconds,
     }
-    maps, seconds, deltas = {}, {}, {}
-    for name in METHOD_ORDER:
-        bar.set_postfix_str(name)
-        start = time.perf_counter()
-        result = calls[name]()
-        seconds[name] = time.perf_counter() - start
-        if isinstance(result, tuple):
-            result, delta = result
-            deltas[name] = delta
-        maps[name] = result
-        bar.update(1)
-    return baseline, maps, seconds, deltas
 
 
 def run_quickstart(
@@ -85,96 +136,181 @@ def run_quickstart(
     seed: int = 0,
     progress: bool = True,
 ) -> QuickstartResult:
-    """Load the shipped digits classifier and explain ``n_images`` test digits one-vs-one.
+    """Explain test digits with the shipped GANMEX model in the layout of the GANMEX paper's Figure 2.
 
-    One grid per target choice: the runner-up class of each image (always), and each class in
-    ``targets`` (images predicted as that class are left out of its grid). Writes
-    ``saliency_<target>.png``, ``summary.txt`` and ``summary.json`` to ``out_dir``.
+    ``figure2_one_vs_one.png`` (Fig. 2.A): ``n_images`` test digits (a seeded choice), each against its
+    runner-up class and against every class in ``targets`` other than its predicted one; one row per
+    (input, target) pair: the input, the Zero / MDTS / GANMEX baselines, then IG, DeepLIFT, Occlusion-1
+    and DeepSHAP maps of ``S_predicted - S_target`` relative to each baseline.
+    ``figure2_why_not_true_class.png`` (Fig. 2.B): up to 4 misclassified test digits, why the predicted
+    class and not the true one, relative to the GANMEX baseline ``G(x, true class)`` (left out when the
+    classifier misclassifies none). ``summary.txt`` and ``summary.json`` hold, per row, the score delta at
+    the input and at each baseline, the distance ``||x - b||``, the IG / DeepLIFT completeness errors, and
+    each method's time.
 
     >>> import tempfile
     >>> res = run_quickstart(tempfile.mkdtemp(), n_images=1, progress=False)
-    >>> [p.name for p in res.figures]
-    ['saliency_runner-up.png']
+    >>> res.figures[0].name, len(res.summary["one_vs_one"]["rows"])
+    ('figure2_one_vs_one.png', 1)
     """
     if not 1 <= int(n_images) <= 64:
         raise InputError(f"n_images must be in [1, 64], got {n_images}")
     out = Path(out_dir)
-    clf = load_shipped_classifier("digits")
+    gm = load_shipped_ganmex("digits")
+    clf, module = gm.classifier, gm.classifier.model
+    extra: list[int] = []
     for t in targets:
         if not 0 <= int(t) < clf.num_classes:
             raise InputError(f"target {t} is not a class index in [0, {clf.num_classes})")
+        if int(t) not in extra:
+            extra.append(int(t))
     split = load_digits()
+    test = split.test
+    test_predicted = _logits(module, test.x).argmax(1)
+    misclassified = np.flatnonzero(test_predicted != test.y)[:MAX_MISCLASSIFIED]
+
+    # Fig. 2.A rows: every chosen image against its runner-up class, then against each extra target.
     rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(len(split.test), size=int(n_images), replace=False))
-    x, labels = split.test.x[pick], split.test.y[pick]
-    with torch.no_grad():
-        logits = clf.model(torch.from_numpy(x)).numpy()
-    source = logits.argmax(1)
-    jobs: list[tuple[str, np.ndarray]] = [("runner-up", np.arange(len(x)))]
-    jobs += [(f"class-{int(t)}", np.flatnonzero(source != int(t))) for t in targets]
-    jobs = [(name, rows) for name, rows in jobs if len(rows)]
+    pick = np.sort(rng.choice(len(test), size=int(n_images), replace=False))
+    logits = _logits(module, test.x[pick])
+    predicted, runner_up = logits.argmax(1), np.argsort(logits, axis=1)[:, -2]
+    pairs: list[tuple[int, int, str]] = []  # (index into pick, target, why)
+    for i in range(len(pick)):
+        pairs.append((i, int(runner_up[i]), "runner-up"))
+        pairs += [(i, t, "--target") for t in extra if t not in (predicted[i], runner_up[i])]
+    which = np.array([i for i, _, _ in pairs])
+    x, source = test.x[pick[which]], predicted[which]
+    target = np.array([t for _, t, _ in pairs])
+
     out.mkdir(parents=True, exist_ok=True)
     result = QuickstartResult(out_dir=out)
+    steps = len(METHODS) * len(BASELINES) + (len(WHY_NOT_METHODS) if len(misclassified) else 0)
+    bar = tqdm(total=steps, desc="quickstart", unit="map", disable=not progress)
+
+    mdts, mdts_s = _timed(lambda: MDTS(split.train)(x, target))
+    ganmex, ganmex_s = _timed(lambda: gm.baseline(x, target))
+    baselines = {"zero": np.zeros_like(x), "mdts": mdts, "ganmex": ganmex}
+    maps, seconds, errors = _explain(clf, x, source, target, baselines, METHODS, bar)
+    titles = [f"#{pick[i]}: {source[r]} -> {target[r]}" for r, i in enumerate(which)]
+    result.figures.append(save_grouped_saliency_grid(
+        out / FIGURE_A, x,
+        {LABELS[k]: v for k, v in baselines.items()},
+        {LABELS[m]: {LABELS[k]: v for k, v in per.items()} for m, per in maps.items()},
+        row_titles=titles,
+        title=f"Fig. 2.A  one-vs-one: why the predicted class (source) and not the target?  "
+              f"Rows '#test image: source -> target'.\nMaps of S_source - S_target relative to each baseline; {COLOURS}.",
+    ))
+    panel_a = _panel_summary(module, x, source, target, baselines, errors, seconds,
+                             {"zero": 0.0, "mdts": mdts_s, "ganmex": ganmex_s})
+    for row, (i, _, why) in zip(panel_a["rows"], pairs):
+        row.update(image=int(pick[i]), label=int(test.y[pick[i]]), why=why)
+    panel_a["rows"] = [_ordered(row) for row in panel_a["rows"]]
+
     summary: dict = {
         "classifier": {"arch": clf.arch, **{k: clf.metadata.get(k) for k in ("test_accuracy", "dataset")}},
+        "ganmex_checkpoint": shipped_ganmex_path("digits").name,
         "images": [int(i) for i in pick],
-        "labels": labels.tolist(),
-        "predicted": source.tolist(),
-        "grids": {},
+        "labels": test.y[pick].tolist(),
+        "predicted": predicted.tolist(),
+        "runner_up": runner_up.tolist(),
+        "extra_targets": extra,
+        "ig_steps": IG_STEPS,
+        "one_vs_one": {"figure": FIGURE_A, **panel_a},
     }
-    bar = tqdm(total=len(jobs) * len(METHOD_ORDER), desc="quickstart", unit="method", disable=not progress)
-    for name, rows in jobs:
-        xs, src = x[rows], source[rows]
-        tgt = _runner_up(logits[rows]) if name == "runner-up" else np.full(len(rows), int(name.split("-")[1]))
-        baseline, maps, seconds, deltas = _explain_all(clf, split.train, xs, src, tgt, seed, bar)
-        titles = [f"#{pick[r]}: {src[i]} vs {tgt[i]}" for i, r in enumerate(rows)]
-        figure = save_saliency_grid(
-            out / f"saliency_{name}.png",
-            xs,
-            baseline,
-            maps,
-            row_titles=titles,
-            title=f"S_source - S_target, target = {name}; baseline = MDTS (nearest training image of the target)",
-        )
-        result.figures.append(figure)
-        with torch.no_grad():
-            delta_x = (logits[rows, src] - logits[rows, tgt]).tolist()
-            logit_b = clf.model(torch.from_numpy(baseline)).numpy()
-        summary["grids"][name] = {
-            "figure": figure.name,
-            "rows": [int(pick[r]) for r in rows],
-            "source": src.tolist(),
-            "target": tgt.tolist(),
-            "score_delta_input": delta_x,
-            "score_delta_baseline": (logit_b[np.arange(len(rows)), src] - logit_b[np.arange(len(rows)), tgt]).tolist(),
-            "seconds": seconds,
-            "completeness_error": {k: np.abs(v).max().item() for k, v in deltas.items()},
-        }
+
+    # Fig. 2.B: why the predicted class c_m and not the true class c_o, baseline G(x, c_o).
+    why_not: dict = {"figure": None, "misclassified": len(np.flatnonzero(test_predicted != test.y)), "rows": []}
+    if len(misclassified):
+        xm, pm, tm = test.x[misclassified], test_predicted[misclassified], test.y[misclassified]
+        expected, gen_s = _timed(lambda: gm.baseline(xm, tm))
+        maps_m, seconds_m, errors_m = _explain(clf, xm, pm, tm, {"ganmex": expected}, WHY_NOT_METHODS, bar)
+        result.figures.append(save_grouped_saliency_grid(
+            out / FIGURE_B, xm,
+            {"GANMEX G(x, true)": expected},
+            {"attribution, baseline GANMEX": {LABELS[m]: per["ganmex"] for m, per in maps_m.items()}},
+            row_titles=[f"#{i}: predicted {p}, true {t}" for i, p, t in zip(misclassified, pm, tm)],
+            baseline_group="expected image",
+            title="Fig. 2.B  misclassified test digits: why the predicted class and not the true one?\n"
+                  "Maps of S_predicted - S_true relative to G(x, true); blue: evidence for the predicted\n"
+                  "class, red: for the true class; each map on its own symmetric scale.",
+        ))
+        panel_b = _panel_summary(module, xm, pm, tm, {"ganmex": expected}, errors_m, seconds_m, {"ganmex": gen_s})
+        for row, i in zip(panel_b["rows"], misclassified):
+            row.update(image=int(i), label=int(test.y[i]))
+        panel_b["rows"] = [_ordered(row) for row in panel_b["rows"]]
+        why_not.update(figure=FIGURE_B, **panel_b)
+    summary["why_not_true_class"] = why_not
     bar.close()
+
     result.summary = summary
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "summary.txt").write_text(_summary_text(summary))
     return result
 
 
+def _ordered(row: dict) -> dict:
+    """The row's keys in reading order: which image and pair first, then the numbers."""
+    first = ("image", "label", "source", "target", "why")
+    return {**{k: row[k] for k in first if k in row}, **{k: v for k, v in row.items() if k not in first}}
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
+    """Text table: first column left-aligned, the others right-aligned."""
+    widths = [max(len(str(line[c])) for line in [header, *rows]) for c in range(len(header))]
+    lines = []
+    for line in [header, *rows]:
+        cells = [str(line[0]).ljust(widths[0])] + [str(v).rjust(w) for v, w in zip(line[1:], widths[1:])]
+        lines.append(indent + "  ".join(cells).rstrip())
+    return lines
+
+
+def _panel_text(panel: dict, names: Sequence[str], row_label: Callable[[dict], str]) -> list[str]:
+    labels = [LABELS[k] for k in names]
+    lines = ["  S(x), S(b): S_source - S_target at the input x and at each baseline b (negative: the classifier calls b "
+             "the target class); class(b): the class predicted for b; |x-b|: the L2 distance ||x - b||"]
+    header = ["row", "S(x)", *[f"S({k})" for k in labels], *[f"class({k})" for k in labels],
+              *[f"|x-{k}|" for k in labels]]
+    body = [[row_label(row), f"{row['score_delta']['input']:.2f}",
+             *[f"{row['score_delta'][k]:.2f}" for k in names],
+             *[str(row["baseline_predicted"][k]) for k in names],
+             *[f"{row['l2_distance'][k]:.2f}" for k in names]] for row in panel["rows"]]
+    lines += _table(header, body)
+    mean = panel["mean_l2_distance"]
+    lines.append("  mean ||x - b||: " + ", ".join(f"{LABELS[k]} {mean[k]:.2f}" for k in names))
+    lines.append("  seconds per method and baseline:")
+    lines += _table(["", *labels], [[LABELS[m], *[f"{per[k]:.2f}" for k in names]] for m, per in panel["seconds"].items()],
+                    indent="    ")
+    made = [f"{LABELS[k]} {s:.2f} s" for k, s in panel["baseline_seconds"].items() if k != "zero"]
+    lines.append("  making the baselines: " + ", ".join(made))
+    lines.append("  max |sum(attr) - (S(x) - S(b))| (completeness error):")
+    lines += _table(["", *labels], [[LABELS[m], *[f"{per[k]:.1e}" for k in names]]
+                                    for m, per in panel["max_completeness_error"].items()], indent="    ")
+    return lines
+
+
 def _summary_text(summary: dict) -> str:
     acc = summary["classifier"].get("test_accuracy")
+    accuracy = f", test accuracy {acc:.4f}" if acc is not None else ""
     lines = [
-        "xaisdk quickstart: one-vs-one attribution on the shipped digits classifier",
-        f"classifier: {summary['classifier']['arch']}, test accuracy {acc:.4f}" if acc is not None else "",
-        f"test images {summary['images']}, labels {summary['labels']}, predicted {summary['predicted']}",
+        "xaisdk quickstart: the GANMEX paper's Figure 2 on the shipped digits classifier",
+        f"classifier: {summary['classifier']['arch']}{accuracy}; baseline generator: {summary['ganmex_checkpoint']}",
+        f"test images {summary['images']}, labels {summary['labels']}, predicted {summary['predicted']}, "
+        f"runner-up {summary['runner_up']}",
         "",
     ]
-    for name, grid in summary["grids"].items():
-        lines.append(f"[{name}] {grid['figure']}")
-        for i, row in enumerate(grid["rows"]):
-            lines.append(
-                f"  image {row}: S_{grid['source'][i]} - S_{grid['target'][i]} = {grid['score_delta_input'][i]:.3f} "
-                f"(baseline: {grid['score_delta_baseline'][i]:.3f})"
-            )
-        timing = ", ".join(f"{k} {v:.2f}s" for k, v in grid["seconds"].items())
-        lines.append(f"  time: {timing}")
-        errors = ", ".join(f"{k} {v:.2e}" for k, v in grid["completeness_error"].items())
-        lines.append(f"  max |sum(attr) - (S(x) - S(baseline))|: {errors}")
-        lines.append("")
-    return "\n".join(line for line in lines if line is not None) + "\n"
+    panel = summary["one_vs_one"]
+    lines.append(f"[Fig. 2.A] {panel['figure']}: why the predicted class (source) and not the target? "
+                 f"IG ({summary['ig_steps']} steps), DeepLIFT, Occlusion-1, DeepSHAP with Zero, MDTS, GANMEX baselines")
+    lines += _panel_text(panel, BASELINES, lambda r: f"#{r['image']}: {r['source']} -> {r['target']} ({r['why']})")
+    lines.append("  (DeepSHAP averages DeepLIFT over the baselines given; with one baseline per input it equals DeepLIFT.)")
+    lines.append("")
+    panel = summary["why_not_true_class"]
+    if panel["figure"] is None:
+        lines.append("[Fig. 2.B] no figure: the classifier misclassifies none of the test digits")
+    else:
+        lines.append(f"[Fig. 2.B] {panel['figure']}: {len(panel['rows'])} of the {panel['misclassified']} misclassified "
+                     "test digits: why the predicted class (source) and not the true one (target)? "
+                     "Baseline GANMEX G(x, true class)")
+        lines += _panel_text(panel, ("ganmex",),
+                             lambda r: f"#{r['image']}: predicted {r['source']}, true {r['target']}")
+    return "\n".join(lines) + "\n"

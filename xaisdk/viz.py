@@ -30,6 +30,18 @@ def saliency_map(attr: np.ndarray) -> np.ndarray:
     return np.asarray(attr, dtype=np.float64).sum(axis=0)
 
 
+def _draw_panel(ax, kind: str, value: np.ndarray) -> None:
+    """Draw an image in [0, 1] (``kind="image"``) or a signed saliency map on its own symmetric scale."""
+    if kind == "image":
+        ax.imshow(_as_image(value), cmap="gray" if value.shape[0] == 1 else None, vmin=0, vmax=1)
+    else:
+        heat = saliency_map(value)
+        limit = float(np.abs(heat).max()) or 1.0
+        ax.imshow(heat, cmap=SALIENCY_CMAP, vmin=-limit, vmax=limit)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def save_saliency_grid(
     path: str | Path,
     images: np.ndarray,
@@ -58,7 +70,6 @@ def save_saliency_grid(
     columns = ["input"] + (["baseline"] if baselines is not None else []) + list(maps)
     rows = len(images)
     fig, axes = plt.subplots(rows, len(columns), figsize=(1.6 * len(columns), 1.6 * rows + 0.6), squeeze=False)
-    grey = "gray" if images.shape[1] == 1 else None
     for r in range(rows):
         panels = [("image", images[r])]
         if baselines is not None:
@@ -66,14 +77,7 @@ def save_saliency_grid(
         panels += [("map", maps[name][r]) for name in maps]
         for c, (kind, value) in enumerate(panels):
             ax = axes[r, c]
-            if kind == "image":
-                ax.imshow(_as_image(value), cmap=grey, vmin=0, vmax=1)
-            else:
-                heat = saliency_map(value)
-                limit = float(np.abs(heat).max()) or 1.0
-                ax.imshow(heat, cmap=SALIENCY_CMAP, vmin=-limit, vmax=limit)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            _draw_panel(ax, kind, value)
             if r == 0:
                 ax.set_title(columns[c], fontsize=8)
         if row_titles is not None:
@@ -84,5 +88,86 @@ def save_saliency_grid(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_grouped_saliency_grid(
+    path: str | Path,
+    images: np.ndarray,
+    baselines: Mapping[str, np.ndarray],
+    maps: Mapping[str, Mapping[str, np.ndarray]],
+    row_titles: Sequence[str] | None = None,
+    title: str | None = None,
+    baseline_group: str = "baselines",
+    panel_inches: float = 1.1,
+    dpi: int = 110,
+) -> Path:
+    """One row per image, columns in labelled groups: the input; the baselines (one column each, e.g.
+    Zero | MDTS | GANMEX); then one group per method (``maps[method][column]``, e.g. one map per baseline).
+
+    Every array is shaped like ``images`` (N, C, H, W). Each group's name is written over its columns
+    and underlined, each column's name over its first panel. Maps are drawn as in
+    :func:`save_saliency_grid`: each on its own symmetric scale, blue positive, red negative.
+
+    >>> import tempfile, os
+    >>> x = np.random.default_rng(0).random((2, 1, 8, 8)).astype(np.float32)
+    >>> maps = {"IG": {"zero": x - 0.5, "mean": 0.5 - x}, "Occlusion": {"zero": x, "mean": -x}}
+    >>> out = save_grouped_saliency_grid(os.path.join(tempfile.mkdtemp(), "g.png"), x,
+    ...                                  {"zero": 0 * x, "mean": 0 * x + x.mean()}, maps, ["a", "b"])
+    >>> out.stat().st_size > 0
+    True
+    """
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise InputError(f"images: expected (N, C, H, W), got {images.shape}")
+    groups: list[tuple[str | None, list[tuple[str, str, np.ndarray]]]] = [(None, [("input", "image", images)])]
+    if baselines:
+        groups.append((baseline_group, [(name, "image", np.asarray(value)) for name, value in baselines.items()]))
+    for group, columns in maps.items():
+        if not columns:
+            raise InputError(f"map group {group!r} has no columns")
+        groups.append((group, [(name, "map", np.asarray(value)) for name, value in columns.items()]))
+    for group, columns in groups:
+        for name, _, value in columns:
+            if value.shape != images.shape:
+                raise InputError(f"{group or 'input'} / {name}: shape {value.shape} differs from images {images.shape}")
+    rows = len(images)
+    if row_titles is not None and len(row_titles) != rows:
+        raise InputError(f"row_titles: {len(row_titles)} titles for {rows} rows")
+
+    # Layout in inches: panels of panel_inches, small gaps inside a group, wider gaps between groups.
+    panel, inner, between, row_gap = panel_inches, 0.05 * panel_inches, 0.3 * panel_inches, 0.08 * panel_inches
+    column_title, group_title = 0.22, 0.26
+    top = (0.15 + 0.17 * (title.count("\n") + 1) if title else 0.1) + group_title + column_title
+    width = sum(len(cols) * panel + (len(cols) - 1) * inner for _, cols in groups) + (len(groups) - 1) * between
+    height = top + rows * panel + (rows - 1) * row_gap + 0.05
+    fig = plt.figure(figsize=(width, height))
+    x0 = 0.0
+    for group, columns in groups:
+        left = x0
+        for name, kind, value in columns:
+            for r in range(rows):
+                bottom = height - top - r * (panel + row_gap) - panel
+                ax = fig.add_axes((x0 / width, bottom / height, panel / width, panel / height))
+                _draw_panel(ax, kind, value[r])
+                if r == 0:
+                    ax.set_title(name, fontsize=8, pad=3)
+                if x0 == 0.0 and row_titles is not None:
+                    ax.text(-0.06, 0.5, row_titles[r], transform=ax.transAxes, ha="right", va="center", fontsize=8)
+            x0 += panel + inner
+        right = x0 - inner
+        if group is not None:
+            line_y = (height - top + column_title) / height
+            fig.add_artist(plt.Line2D([(left + 0.04) / width, (right - 0.04) / width], [line_y, line_y],
+                                      transform=fig.transFigure, color="0.3", linewidth=0.8))
+            fig.text((left + right) / 2 / width, line_y + 0.04 / height, group, ha="center", va="bottom",
+                     fontsize=9, fontweight="bold")
+        x0 += between - inner
+    if title:
+        fig.text(0.5, (height - 0.08) / height, title, ha="center", va="top", fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=0.1, facecolor="white")
     plt.close(fig)
     return path
