@@ -114,3 +114,20 @@ def test_training_learns_on_shapes():
     assert history["test_accuracy"] > 0.75  # chance is 1/3; measured 0.88
     assert clf.metadata["dataset"] == "shapes"
     assert np.isfinite(history["loss"]).all()
+
+
+def test_randomized_copy_keeps_norms_and_leaves_the_original(mnist_cnn):
+    from xaisdk.models import randomized_copy, weighted_layers
+
+    before = {k: v.clone() for k, v in mnist_cnn.state_dict().items()}
+    layers = weighted_layers(mnist_cnn)
+    assert len(layers) == 4  # conv1, conv2, fc, output: the paper's cascading-randomization layers
+    partly = randomized_copy(mnist_cnn, layers=layers[-1:], seed=3)
+    for (name, new), old in zip(partly.named_parameters(), mnist_cnn.parameters()):
+        changed = name.startswith(layers[-1] + ".")
+        assert torch.equal(new, old) != changed, name
+        torch.testing.assert_close(new.norm(), old.norm())
+    for key, value in mnist_cnn.state_dict().items():
+        assert torch.equal(value, before[key])
+    with pytest.raises(InputError, match="no layer named"):
+        randomized_copy(mnist_cnn, layers=["nope"])

@@ -15,10 +15,9 @@ def weighted_layers(module: nn.Module) -> list[str]:
     """Names of the sub-modules that own weights directly (convolutions, linear layers, norms), input to output.
 
     >>> weighted_layers(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)))
-    ['0', '1']
+    ['0', '2']
     """
-    return [name for name, sub in module.named_modules()
-            if name and any(True for _ in sub.parameters(recurse=False))]
+    return [name for name, sub in module.named_modules() if any(True for _ in sub.parameters(recurse=False))]
 
 
 def randomized_copy(module: nn.Module, layers: Sequence[str] | None = None, seed: int = 0) -> nn.Module:
