@@ -56,6 +56,24 @@ def test_generator_indices_equal_one_hot():
     torch.testing.assert_close(by_index, by_onehot)
 
 
+def test_input_skip_makes_a_zero_head_the_identity():
+    """With the skip, G outputs sigmoid(head + logit(x)): a zero head returns x (clipped to [5%, 95%] of the range)."""
+    config = GeneratorConfig.for_input((3, 16, 16), 4, value_range=(0.0, 2.0), base_channels=4, n_res=1,
+                                       input_skip=True)
+    g = StarGenerator(config).eval()
+    torch.nn.init.zeros_(g.head.weight)
+    torch.nn.init.zeros_(g.head.bias)
+    x = torch.rand(2, 3, 16, 16) * 2
+    with torch.no_grad():
+        out = g(x, torch.tensor([0, 3]))
+    torch.testing.assert_close(out, x.clamp(0.1, 1.9))
+    assert GeneratorConfig.from_dict(config.to_dict()) == config
+    # configs saved before the option existed load without it
+    old = config.to_dict()
+    del old["input_skip"]
+    assert GeneratorConfig.from_dict(old).input_skip is False
+
+
 def test_generator_rejects_bad_targets():
     g = StarGenerator(GeneratorConfig.for_input((1, 28, 28), 10, base_channels=4, n_res=1))
     x = torch.rand(2, 1, 28, 28)
