@@ -101,10 +101,8 @@ def test_short_training_moves_every_loss_term_the_right_way(digits, shipped_ganm
                                   samples_dir=tmp_path / "samples", progress=False)
     # The generator learns to make the classifier say c_t, while staying near x and cycling back.
     cls_start, cls_end = _term_means(history, "classification", 2, 2)
-    rec_start, rec_end = _term_means(history, "reconstruction", 2, 2)
     success_start, success_end = _term_means(history, "target_success", 2, 2)
     assert cls_end < 0.5 * cls_start
-    assert rec_end < rec_start
     assert success_end > success_start + 0.3
     assert all(np.isfinite(history[t]).all() for t in ("critic", "adversarial", "similarity"))
     # The classifier is frozen: not one weight changed.
@@ -117,14 +115,15 @@ def test_short_training_moves_every_loss_term_the_right_way(digits, shipped_ganm
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step_000060.png"]
 
 
-def test_similarity_loss_pulls_baselines_toward_inputs(digits, shipped_ganmex):
-    """Same seed and steps; only lambda_sim differs, so a lower L1 to the input is its doing."""
+@pytest.mark.parametrize("term, weight", [("similarity", "lambda_sim"), ("reconstruction", "lambda_rec")])
+def test_l1_terms_pull_their_distance_down(digits, shipped_ganmex, term, weight):
+    """Same seed and steps; only the term's weight differs, so a lower L1 is its doing."""
     data = digits.train.subset(range(200))
     distances = {}
     for lam in (0.0, 20.0):
-        config = GanmexTrainingConfig(steps=40, lambda_sim=lam, **TINY)
+        config = GanmexTrainingConfig(steps=40, **{**TINY, weight: lam})
         _, history = train_ganmex(data, shipped_ganmex.classifier, config, progress=False)
-        distances[lam] = np.mean(history["similarity"][-2:])
+        distances[lam] = np.mean(history[term][-2:])
     assert distances[20.0] < distances[0.0]
 
 

@@ -279,10 +279,12 @@ def train_ganmex(
         classification = F.cross_entropy(class_logits, c_t)
         similarity = (fake - x).abs().mean()
         loss_g = adversarial + config.lambda_cls * classification + config.lambda_sim * similarity
-        reconstruction = torch.zeros(())
         if config.lambda_rec > 0:
             reconstruction = (generator(fake, c_o) - x).abs().mean()
             loss_g = loss_g + config.lambda_rec * reconstruction
+        else:  # still measured, so that runs with and without the cycle term can be compared
+            with torch.no_grad():
+                reconstruction = (generator(fake, c_o) - x).abs().mean()
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
