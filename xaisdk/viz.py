@@ -16,7 +16,7 @@ from xaisdk.errors import InputError  # noqa: E402
 SALIENCY_CMAP = "bwr_r"  # red for negative, white for zero, blue for positive
 
 
-def _as_image(x: np.ndarray) -> np.ndarray:
+def as_displayable(x: np.ndarray) -> np.ndarray:
     """(C, H, W) in [0, 1] -> something imshow draws: (H, W) grey or (H, W, 3) colour."""
     return x[0] if x.shape[0] == 1 else np.transpose(x, (1, 2, 0)).clip(0, 1)
 
@@ -33,7 +33,7 @@ def saliency_map(attr: np.ndarray) -> np.ndarray:
 def _draw_panel(ax, kind: str, value: np.ndarray) -> None:
     """Draw an image in [0, 1] (``kind="image"``) or a signed saliency map on its own symmetric scale."""
     if kind == "image":
-        ax.imshow(_as_image(value), cmap="gray" if value.shape[0] == 1 else None, vmin=0, vmax=1)
+        ax.imshow(as_displayable(value), cmap="gray" if value.shape[0] == 1 else None, vmin=0, vmax=1)
     else:
         heat = saliency_map(value)
         limit = float(np.abs(heat).max()) or 1.0

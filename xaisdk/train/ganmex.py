@@ -140,21 +140,14 @@ def sample_grid(generator: StarGenerator, x: np.ndarray) -> np.ndarray:
 
 def save_sample_grid(path: str | os.PathLike, grid: np.ndarray, class_names: tuple[str, ...], title: str = "") -> Path:
     """Draw :func:`sample_grid`'s output as a PNG: one row per input, columns input, class 0, class 1, ..."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from xaisdk.viz import as_displayable, plt  # viz selects the file-only matplotlib backend first
 
     n, cols = grid.shape[:2]
     fig, axes = plt.subplots(n, cols, figsize=(0.9 * cols, 0.9 * n + 0.4), squeeze=False)
     for i in range(n):
         for j in range(cols):
-            image = grid[i, j]
             ax = axes[i, j]
-            if image.shape[0] == 1:
-                ax.imshow(image[0], cmap="gray", vmin=0, vmax=1)
-            else:
-                ax.imshow(np.clip(image.transpose(1, 2, 0), 0, 1))
+            ax.imshow(as_displayable(grid[i, j]), cmap="gray" if grid.shape[2] == 1 else None, vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
