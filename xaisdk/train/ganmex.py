@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from xaisdk.data import Dataset, Split
 from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import Classifier
-from xaisdk.models.ganmex import GanmexModel, check_compatible, ganmex_from_payload, read_ganmex_file, save_ganmex
+from xaisdk.models.ganmex import GanmexModel, ganmex_from_payload, read_ganmex_file, save_ganmex
 from xaisdk.models.stargan import CriticConfig, GeneratorConfig, PatchCritic, StarGenerator
 
 LOSS_TERMS = ("critic", "adversarial", "classification", "reconstruction", "similarity", "target_success")
@@ -167,10 +167,6 @@ def _grid_inputs(train: Dataset, per_class: int = 1) -> np.ndarray:
     return train.x[np.concatenate(picks)]
 
 
-def _rng_state(rng: torch.Generator) -> torch.Tensor:
-    return rng.get_state()
-
-
 def train_ganmex(
     split: Split | Dataset,
     classifier: Classifier,
@@ -205,7 +201,6 @@ def train_ganmex(
     gen_config = GeneratorConfig.for_input(classifier.input_shape, k, value_range=classifier.value_range,
                                            base_channels=config.generator_channels, n_res=config.generator_res_blocks,
                                            input_skip=config.generator_input_skip)
-    check_compatible(classifier, gen_config)
     critic_config = CriticConfig.for_input(classifier.input_shape, num_classes=k if config.standalone_classifier else 0,
                                            base_channels=config.critic_channels)
     torch.manual_seed(config.seed)
@@ -240,7 +235,7 @@ def train_ganmex(
             return
         state = {"step": step, "seconds": elapsed, "critic": {"config": critic_config.to_dict(),
                                                               "state_dict": critic.state_dict()},
-                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "rng": _rng_state(rng),
+                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "rng": rng.get_state(),
                  "history": history, "classifier_hash": _weights_hash(classifier)}
         save_ganmex(out_path, snapshot(step), training_state=state)
 
