@@ -22,6 +22,7 @@ from xaisdk.models.checkpoint import (
     atomic_torch_save,
     classifier_from_payload,
     classifier_payload,
+    load_classifier,
     read_torch_file,
 )
 from xaisdk.models.stargan import GeneratorConfig, StarGenerator
@@ -164,6 +165,21 @@ def load_ganmex(path: str | os.PathLike) -> GanmexModel:
     ((1, 28, 28), 10)
     """
     return ganmex_from_payload(read_ganmex_file(path), path)
+
+
+def load_model(path: str | os.PathLike) -> Classifier | GanmexModel:
+    """Load a classifier checkpoint or a GANMEX checkpoint, whichever ``path`` holds.
+
+    >>> load_model(shipped_ganmex_path("digits")).__class__.__name__
+    'GanmexModel'
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # missing or unreadable: load_classifier below reports it cleanly
+        payload = None
+    if isinstance(payload, dict) and payload.get("kind") == GANMEX_KIND:
+        return load_ganmex(path)
+    return load_classifier(path)  # reports a missing file, another format or another kind
 
 
 def shipped_ganmex_path(name: str = "digits") -> Path:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
+
+from xaisdk.runtime.backend import class_weights as numpy_class_weights
 
 
 class WeightedScore(nn.Module):
@@ -28,14 +29,10 @@ class WeightedScore(nn.Module):
 
 
 def class_weights(source, target, num_classes: int) -> torch.Tensor:
-    """(N, num_classes) weights ``e_source - e_target`` (``e_source`` where ``target`` is None).
+    """(N, num_classes) weights ``e_source - e_target`` (``e_source`` where ``target`` is None), as a
+    tensor; see :func:`xaisdk.runtime.backend.class_weights`.
 
     >>> class_weights([2], None, 3).tolist()
     [[0.0, 0.0, 1.0]]
     """
-    source = np.asarray(source, dtype=np.int64)
-    w = torch.zeros(len(source), num_classes)
-    w[torch.arange(len(source)), torch.from_numpy(source)] = 1.0
-    if target is not None:
-        w[torch.arange(len(source)), torch.from_numpy(np.asarray(target, dtype=np.int64))] -= 1.0
-    return w
+    return torch.from_numpy(numpy_class_weights(source, target, num_classes))

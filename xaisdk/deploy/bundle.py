@@ -1,0 +1,184 @@
+"""The bundle format written by ``xaisdk export``: a folder of ONNX graphs and ``manifest.json``.
+
+The manifest states the schema version, the input (shape, layout, dtype, value range, batch),
+the class names, every graph with what it computes and its input/output names, the opset, the
+sha256 of every file and the xaisdk version that wrote it. :func:`read_bundle` checks all of it
+and returns the graphs' bytes, already hashed, so a file swapped between the check and its use
+cannot slip through. This module imports only the standard library and numpy: a serving process
+reads bundles without torch or onnx.
+
+>>> import json, tempfile, pathlib
+>>> folder = pathlib.Path(tempfile.mkdtemp())
+>>> (folder / "manifest.json").write_text(json.dumps({"schema": "something else"}))
+28
+>>> read_bundle(folder)  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+xaisdk.errors.InputError: ...manifest.json: not an xaisdk bundle manifest (schema 'something else')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xaisdk.errors import InputError
+
+__all__ = ["MANIFEST", "SCHEMA", "SCHEMA_VERSION", "Bundle", "GraphSpec", "read_bundle", "sha256_bytes"]
+
+SCHEMA = "xaisdk.bundle"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+# Graph roles and the I/O names the runtime relies on.
+ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "classifier": (("x",), ("logits",)),
+    "classifier_grad": (("x", "w"), ("score", "grad")),
+    "deeplift_grad": (("x", "baseline", "w"), ("multipliers", "score", "score_baseline")),
+    "generator_ganmex": (("x", "target"), ("image",)),
+}
+REQUIRED_ROLES = ("classifier", "classifier_grad")
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data``.
+
+    >>> sha256_bytes(b"")[:12]
+    'e3b0c44298fc'
+    """
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One graph of a bundle: its role, file, the verified bytes, and its I/O names."""
+
+    role: str
+    file: str
+    data: bytes
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    computes: str
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle: input spec, class names and graphs (see :func:`read_bundle`)."""
+
+    path: Path
+    manifest: dict[str, Any]
+    input_shape: tuple[int, int, int]
+    value_range: tuple[float, float]
+    class_names: tuple[str, ...]
+    batch: int | None
+    graphs: dict[str, GraphSpec]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def deeplift_unavailable(self) -> str | None:
+        """Why the bundle has no DeepLIFT graph (None when it has one)."""
+        return None if "deeplift_grad" in self.graphs else str(self.manifest.get("deeplift_unavailable", "not exported"))
+
+
+def _field(manifest: dict, key: str, kind: type | tuple[type, ...], where: Path) -> Any:
+    if key not in manifest:
+        raise InputError(f"{where}: manifest is missing {key!r}")
+    value = manifest[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise InputError(f"{where}: manifest field {key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such bundle folder")
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise InputError(f"{folder}: not a bundle (no {MANIFEST}); make one with `xaisdk export`")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+        found = manifest.get("schema") if isinstance(manifest, dict) else None
+        raise InputError(f"{path}: not an xaisdk bundle manifest (schema {found!r})")
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise InputError(f"{path}: bundle schema version {version!r}; this xaisdk reads version {SCHEMA_VERSION} "
+                         "(re-export the model with this xaisdk version)")
+    return manifest
+
+
+def _input_spec(manifest: dict, where: Path) -> tuple[tuple[int, int, int], tuple[float, float], int | None]:
+    spec = _field(manifest, "input", dict, where)
+    shape = _field(spec, "shape", list, where)
+    if len(shape) != 3 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        raise InputError(f"{where}: input shape must be three positive integers (C, H, W), got {shape}")
+    if spec.get("layout") != "NCHW" or spec.get("dtype") != "float32":
+        raise InputError(f"{where}: unsupported input layout/dtype {spec.get('layout')!r}/{spec.get('dtype')!r}")
+    value_range = _field(spec, "value_range", list, where)
+    if len(value_range) != 2 or not all(isinstance(v, (int, float)) for v in value_range) or not value_range[0] < value_range[1]:
+        raise InputError(f"{where}: value_range must be [low, high] with low < high, got {value_range}")
+    batch = spec.get("batch")
+    if batch is not None and (not isinstance(batch, int) or batch < 1):
+        raise InputError(f"{where}: input batch must be a positive integer or null, got {batch!r}")
+    return (shape[0], shape[1], shape[2]), (float(value_range[0]), float(value_range[1])), batch
+
+
+def _read_graph(folder: Path, role: str, entry: Any, files: dict, where: Path) -> GraphSpec:
+    if not isinstance(entry, dict):
+        raise InputError(f"{where}: graph {role!r} must be an object")
+    name = _field(entry, "file", str, where)
+    if Path(name).name != name or name in ("", ".", ".."):
+        raise InputError(f"{where}: graph file {name!r} must be a plain file name inside the bundle")
+    expected_inputs, expected_outputs = ROLES[role]
+    inputs = tuple(_field(entry, "inputs", dict, where))
+    outputs = tuple(_field(entry, "outputs", dict, where))
+    if inputs != expected_inputs or outputs != expected_outputs:
+        raise InputError(f"{where}: graph {role!r} must have inputs {list(expected_inputs)} and outputs "
+                         f"{list(expected_outputs)}, got {list(inputs)} and {list(outputs)}")
+    record = files.get(name)
+    if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
+        raise InputError(f"{where}: no sha256 recorded for {name}")
+    path = folder / name
+    if not path.is_file():
+        raise InputError(f"{folder}: bundle file {name} is missing")
+    data = path.read_bytes()
+    if sha256_bytes(data) != record["sha256"]:
+        raise InputError(f"{path}: sha256 does not match the manifest (file changed or truncated after export; "
+                         "re-export the bundle)")
+    return GraphSpec(role, name, data, inputs, outputs, str(entry.get("computes", "")))
+
+
+def read_bundle(path: str | os.PathLike) -> Bundle:
+    """Read and verify a bundle folder: manifest schema and version, input spec, class names, and the
+    sha256 of every graph file. Any problem raises :class:`xaisdk.InputError` naming the file.
+
+    Example (needs an exported bundle)::
+
+        bundle = read_bundle("bundle/")
+        bundle.input_shape, sorted(bundle.graphs)
+    """
+    folder = Path(path)
+    manifest = _read_manifest(folder)
+    where = folder / MANIFEST
+    input_shape, value_range, batch = _input_spec(manifest, where)
+    names = _field(manifest, "class_names", list, where)
+    if len(names) < 2 or not all(isinstance(n, str) for n in names):
+        raise InputError(f"{where}: class_names must list at least two names")
+    graphs_entry = _field(manifest, "graphs", dict, where)
+    files = _field(manifest, "files", dict, where)
+    unknown = sorted(set(graphs_entry) - set(ROLES))
+    if unknown:
+        raise InputError(f"{where}: unknown graph roles {unknown}; known: {sorted(ROLES)}")
+    missing = [role for role in REQUIRED_ROLES if role not in graphs_entry]
+    if missing:
+        raise InputError(f"{where}: the bundle lacks the required graphs {missing}")
+    graphs = {role: _read_graph(folder, role, entry, files, where) for role, entry in graphs_entry.items()}
+    return Bundle(folder, manifest, input_shape, value_range, tuple(names), batch, graphs)

@@ -1,0 +1,342 @@
+"""``xaisdk export``: a classifier (and its GANMEX generator) as a verified ONNX bundle.
+
+Writes, into one folder:
+
+- ``classifier.onnx`` (x -> logits), exported by torch's TorchScript-based ONNX exporter, which
+  names every node after its torch layer and folds eval-mode batch norm into the convolutions;
+- ``classifier_grad.onnx`` (x, w -> score, grad) and, when the model's ops allow it,
+  ``deeplift_grad.onnx`` (x, baseline, w -> multipliers, score, score_baseline), both built from
+  the classifier graph by :mod:`xaisdk.deploy.onnx_grad` with standard ONNX ops only;
+- ``generator_ganmex.onnx`` (x, target one-hot -> image) for GANMEX checkpoints;
+- ``manifest.json`` (see :mod:`xaisdk.deploy.bundle`).
+
+Export verifies itself before anything reaches ``out``: the ONNX checker, the TensorRT op
+allow-list, ONNX Runtime against torch on real and random inputs (max relative error
+``<= 1e-4`` for logits, gradients, DeepLIFT attributions and generated images; relative to the
+largest reference magnitude), and central finite differences of a float64 copy of the torch model
+against the gradient graph. The bundle is assembled in a temporary folder and moved into place
+only when every check passes.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from xaisdk import __version__
+from xaisdk.deploy.allowlist import disallowed_nodes
+from xaisdk.deploy.bundle import MANIFEST, ROLES, SCHEMA, SCHEMA_VERSION, read_bundle, sha256_bytes
+from xaisdk.deploy.onnx_grad import UnsupportedOpError, deeplift_graph, gradient_graph
+from xaisdk.errors import InputError
+from xaisdk.models.checkpoint import Classifier
+from xaisdk.models.ganmex import GanmexModel, load_model
+from xaisdk.models.score import WeightedScore, class_weights
+
+__all__ = ["DEFAULT_OPSET", "ExportReport", "VerificationError", "export_bundle"]
+
+DEFAULT_OPSET = 17
+OPSETS = range(13, 21)
+TOLERANCE = 1e-4
+FD_STEP = 1e-6  # float64 central differences; small so that few ReLUs change state inside the step
+COMPUTES = {
+    "classifier": "logits[n, k] of the classifier",
+    "classifier_grad": "score[n] = sum_k w[n, k] * logits[n, k] and grad = d score / d x",
+    "deeplift_grad": "DeepLIFT rescale-rule multipliers of sum_k w[n, k] * logits[n, k] for x relative to "
+                     "baseline (attributions = (x - baseline) * multipliers), and the scores of x and baseline",
+    "generator_ganmex": "GANMEX generator G(x, target): the image of class target closest to x",
+}
+
+
+class VerificationError(InputError):
+    """An exported graph disagrees with the torch model beyond the tolerance."""
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_bundle` wrote and measured."""
+
+    path: Path
+    files: dict[str, int]
+    seconds: float
+    checks: dict[str, float] = field(default_factory=dict)
+    deeplift_unavailable: str | None = None
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.files.values())
+
+
+class _GeneratorGraph(nn.Module):
+    def __init__(self, generator: nn.Module) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.generator(x, target)
+
+
+def _to_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], inputs: list[str], outputs: list[str],
+             opset: int, batch: int | None, what: str) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    dynamic = None if batch else {name: {0: "N"} for name in inputs + outputs}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
+            torch.onnx.export(module, args, buffer, input_names=inputs, output_names=outputs, opset_version=opset,
+                              dynamo=False, dynamic_axes=dynamic, do_constant_folding=True)
+    except Exception as err:  # the exporter raises many types for a layer it cannot translate
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnsupportedOpError(f"torch cannot export the {what} to ONNX: {first}") from None
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _check_graph(model: onnx.ModelProto, role: str) -> bytes:
+    onnx.checker.check_model(model, full_check=True)
+    problems = disallowed_nodes(model)
+    if problems:
+        raise UnsupportedOpError(f"{role}: the graph uses ops outside TensorRT's ONNX op set: " + "; ".join(problems[:5]))
+    return model.SerializeToString()
+
+
+def _rel_err(got: np.ndarray, want: np.ndarray) -> float:
+    scale = max(float(np.abs(want).max()), 1e-12) if want.size else 1.0
+    return float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max() / scale) if want.size else 0.0
+
+
+def _real_inputs(classifier: Classifier, data: dict[str, Any], count: int) -> np.ndarray | None:
+    """Up to ``count`` test images of the dataset the model was trained on, if it can be loaded here."""
+    from xaisdk.data import load_dataset
+
+    name = data.get("name") or classifier.metadata.get("dataset")
+    options = data.get("options", {"seed": classifier.metadata["seed"]} if "seed" in classifier.metadata else {})
+    if not isinstance(name, str):
+        return None
+    try:
+        split = load_dataset(name, **options)
+    except InputError:
+        return None  # e.g. a user's image folder that is not on this machine
+    x = np.asarray(split.test.x[:count], np.float32)
+    return x if x.shape[1:] == classifier.input_shape else None
+
+
+def _verification_inputs(classifier: Classifier, data: dict, rng: np.random.Generator, given: np.ndarray | None):
+    low, high = classifier.value_range
+    random = rng.uniform(low, high, size=(6, *classifier.input_shape)).astype(np.float32)
+    real = given if given is not None else _real_inputs(classifier, data, 6)
+    parts = [random] if real is None else [np.asarray(real, np.float32), random]
+    return np.concatenate(parts), real is not None
+
+
+def _random_weights(rng: np.random.Generator, n: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    source = rng.integers(0, num_classes, n)
+    target = (source + rng.integers(1, num_classes, n)) % num_classes
+    return source, target
+
+
+def _verify(folder: Path, model: nn.Module, generator: nn.Module | None, x: np.ndarray, seed: int) -> dict[str, float]:
+    from xaisdk.attribution import deeplift
+    from xaisdk.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(folder, providers=["CPUExecutionProvider"], warmup=False)
+    rng = np.random.default_rng(seed)
+    n, k = len(x), backend.num_classes
+    source, target = _random_weights(rng, n, k)
+    weights = class_weights(source, target, k)
+    xt = torch.from_numpy(x)
+    checks: dict[str, float] = {}
+    with torch.no_grad():
+        checks["logits_rel_err"] = _rel_err(backend.logits(x), model(xt).numpy())
+    xg = xt.clone().requires_grad_(True)
+    score = WeightedScore(model)(xg, weights)
+    (want,) = torch.autograd.grad(score.sum(), xg)
+    got_score, got = backend.score_gradient(x, weights.numpy())
+    checks["score_rel_err"] = _rel_err(got_score, score.detach().numpy())
+    checks["grad_rel_err"] = _rel_err(got, want.numpy())
+    checks["grad_fd_rel_err"] = _finite_difference_error(model, x, weights, got, rng)
+    if backend.supports_deeplift:
+        base = np.roll(x, 1, axis=0)
+        attr = (x - base) * backend.deeplift_multipliers(x, base, weights.numpy())
+        checks["deeplift_rel_err"] = _rel_err(attr, deeplift(model, x, source=source, target=target, baseline=base))
+    if generator is not None:
+        with torch.no_grad():
+            want_img = generator(xt, torch.from_numpy(target)).numpy()
+        checks["generator_rel_err"] = _rel_err(backend.generate(x, target), want_img)
+    return checks
+
+
+def _finite_difference_error(model: nn.Module, x: np.ndarray, weights: torch.Tensor, grad: np.ndarray,
+                             rng: np.random.Generator, directions: int = 3) -> float:
+    """Largest relative gap between the graph's directional derivatives and float64 central differences."""
+    model64 = copy.deepcopy(model).double().eval()
+    x64, w64 = torch.from_numpy(x).double(), weights.double()
+    fd, analytic = [], []
+    with torch.no_grad():
+        for _ in range(directions):
+            v = rng.standard_normal(x.shape)
+            v /= np.sqrt((v.reshape(len(x), -1) ** 2).sum(1)).reshape(-1, *([1] * (x.ndim - 1)))
+            step = torch.from_numpy(v) * FD_STEP
+            plus = (model64(x64 + step) * w64).sum(1)
+            minus = (model64(x64 - step) * w64).sum(1)
+            fd.append(((plus - minus) / (2 * FD_STEP)).numpy())
+            analytic.append((grad.astype(np.float64) * v).reshape(len(x), -1).sum(1))
+    return _rel_err(np.concatenate(analytic), np.concatenate(fd))
+
+
+def _resolve(model: Classifier | GanmexModel | str | os.PathLike) -> tuple[Classifier, GanmexModel | None, str | None]:
+    source = None
+    if isinstance(model, (str, os.PathLike)):
+        source = str(model)
+        model = load_model(model)
+    if isinstance(model, GanmexModel):
+        return model.classifier, model, source
+    if isinstance(model, Classifier):
+        return model, None, source
+    raise InputError(f"model: expected a Classifier, a GanmexModel or a checkpoint path, got {type(model).__name__}")
+
+
+def _prepare_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MANIFEST).is_file():
+            raise InputError(f"{out}: folder is not empty and is not a bundle; refusing to write into it")
+        if not force:
+            raise InputError(f"{out}: a bundle is already there; pass force=True (--force) to replace it")
+
+
+def _install(staging: Path, out: Path) -> None:
+    """Move the finished bundle into place; an old bundle is removed only after the new one is there."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_bundle(model: Classifier | GanmexModel | str | os.PathLike, out: str | os.PathLike, *,
+                  opset: int = DEFAULT_OPSET, batch: int | None = None, force: bool = False,
+                  verify_inputs: np.ndarray | None = None, seed: int = 0) -> ExportReport:
+    """Export ``model`` (a classifier or GANMEX checkpoint, path or loaded) to the bundle folder ``out``.
+
+    ``batch`` fixes the graphs' batch size (default: dynamic). ``verify_inputs`` adds images to the
+    verification set (by default, test images of the model's dataset when it can be loaded, plus
+    random ones). Raises :class:`UnsupportedOpError` (an :class:`xaisdk.InputError`) for a layer
+    with no gradient rule, :class:`VerificationError` when a check fails, and ``InputError`` when
+    ``out`` holds something other than a bundle (or a bundle, without ``force``).
+
+    >>> import tempfile, os
+    >>> from xaisdk.models import shipped_classifier_path
+    >>> report = export_bundle(shipped_classifier_path("digits"), os.path.join(tempfile.mkdtemp(), "bundle"))
+    >>> sorted(report.files), report.checks["grad_rel_err"] < 1e-4
+    (['classifier.onnx', 'classifier_grad.onnx', 'deeplift_grad.onnx', 'manifest.json'], True)
+    """
+    started = time.perf_counter()
+    if int(opset) not in OPSETS:
+        raise InputError(f"opset must be in {OPSETS.start}..{OPSETS.stop - 1}, got {opset}")
+    if batch is not None and int(batch) < 1:
+        raise InputError(f"batch must be >= 1, got {batch}")
+    out = Path(out)
+    _prepare_out(out, force)
+    classifier, ganmex, source = _resolve(model)
+    module = copy.deepcopy(classifier.model).cpu().eval()
+    example = torch.zeros(batch or 2, *classifier.input_shape)
+    forward = _to_onnx(module, (example,), ["x"], ["logits"], int(opset), batch, "classifier")
+    graphs: dict[str, bytes] = {"classifier": _check_graph(forward, "classifier"),
+                                "classifier_grad": _check_graph(gradient_graph(forward), "classifier_grad")}
+    deeplift_unavailable = None
+    try:
+        graphs["deeplift_grad"] = _check_graph(deeplift_graph(forward), "deeplift_grad")
+    except UnsupportedOpError as err:
+        deeplift_unavailable = str(err)
+    generator = None
+    if ganmex is not None:
+        generator = copy.deepcopy(ganmex.generator).cpu().eval()
+        onehot = torch.zeros(batch or 2, classifier.num_classes)
+        onehot[:, 0] = 1
+        gen_graph = _to_onnx(_GeneratorGraph(generator), (example, onehot), ["x", "target"], ["image"], int(opset),
+                             batch, "GANMEX generator")
+        graphs["generator_ganmex"] = _check_graph(gen_graph, "generator_ganmex")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+    try:
+        files = {}
+        for role, data in graphs.items():
+            (staging / f"{role}.onnx").write_bytes(data)
+            files[f"{role}.onnx"] = {"sha256": sha256_bytes(data), "bytes": len(data)}
+        manifest = _manifest(classifier, ganmex, graphs, files, int(opset), batch, source, deeplift_unavailable)
+        _write_manifest(staging, manifest)
+        rng = np.random.default_rng(seed)
+        x, real = _verification_inputs(classifier, ganmex.data if ganmex else {}, rng, verify_inputs)
+        checks = _verify(staging, module, generator, x, seed)
+        failed = {k: v for k, v in checks.items() if not v <= TOLERANCE}
+        if failed:
+            raise VerificationError(f"exported graphs disagree with torch beyond {TOLERANCE:g} (relative): {failed}")
+        manifest["verification"] = {"tolerance": TOLERANCE, "inputs": len(x), "real_inputs": real, **checks}
+        _write_manifest(staging, manifest)
+        read_bundle(staging)  # the bundle reads back as a loader will read it
+        os.chmod(staging, 0o777 & ~_umask())
+        _install(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    sizes = {name: (out / name).stat().st_size for name in [*files, MANIFEST]}
+    return ExportReport(out, sizes, time.perf_counter() - started, checks, deeplift_unavailable)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def _manifest(classifier: Classifier, ganmex: GanmexModel | None, graphs: dict[str, bytes], files: dict,
+              opset: int, batch: int | None, source: str | None, deeplift_unavailable: str | None) -> dict[str, Any]:
+    rows = batch if batch else "N"
+    c, h, w = classifier.input_shape
+    shapes = {"x": [rows, c, h, w], "baseline": [rows, c, h, w], "w": [rows, classifier.num_classes],
+              "target": [rows, classifier.num_classes], "logits": [rows, classifier.num_classes], "score": [rows],
+              "score_baseline": [rows], "grad": [rows, c, h, w], "multipliers": [rows, c, h, w], "image": [rows, c, h, w]}
+    entries = {}
+    for role in graphs:
+        inputs, outputs = ROLES[role]
+        entries[role] = {"file": f"{role}.onnx", "computes": COMPUTES[role],
+                         "inputs": {name: shapes[name] for name in inputs},
+                         "outputs": {name: shapes[name] for name in outputs}}
+    manifest: dict[str, Any] = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "xaisdk_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "opset": opset,
+        "input": {"shape": [c, h, w], "layout": "NCHW", "dtype": "float32",
+                  "value_range": list(classifier.value_range), "batch": batch},
+        "class_names": list(classifier.class_names),
+        "model": {"arch": classifier.arch, "source": source, "ganmex": ganmex is not None},
+        "graphs": entries,
+        "files": files,
+    }
+    if deeplift_unavailable:
+        manifest["deeplift_unavailable"] = deeplift_unavailable
+    return manifest

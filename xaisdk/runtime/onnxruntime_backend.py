@@ -1,0 +1,168 @@
+"""The ONNX Runtime backend: runs an exported bundle's graphs, without torch.
+
+Execution providers are picked automatically from what the installed onnxruntime offers:
+TensorRT, then CUDA (both only with the ``onnxruntime-gpu`` package), then the CPU, which is
+always there. Sessions are created once, warmed up with one run of every graph, and shared by all
+threads (``InferenceSession.run`` is thread-safe). Bundles exported with a fixed batch size have
+their inputs padded to that size chunk by chunk; others run up to ``max_batch`` rows per call.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from xaisdk.deploy.bundle import Bundle, GraphSpec, read_bundle
+from xaisdk.errors import InputError
+
+__all__ = ["PREFERRED_PROVIDERS", "OnnxRuntimeBackend", "pick_providers"]
+
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise InputError("the onnxruntime backend needs onnxruntime: pip install 'xaisdk[serve]' "
+                         "(or 'xaisdk[serve-gpu]' for onnxruntime-gpu)") from None
+    return onnxruntime
+
+
+def pick_providers(requested: Sequence[str] | None = None) -> list[str]:
+    """The execution providers to use: ``requested`` (each must be available), or the available
+    ones among TensorRT, CUDA and CPU, in that order.
+
+    >>> pick_providers(["CPUExecutionProvider"])
+    ['CPUExecutionProvider']
+    """
+    available = _onnxruntime().get_available_providers()
+    if requested is not None:
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise InputError(f"execution providers {missing} are not available; this onnxruntime offers {available}")
+        return list(requested)
+    return [p for p in PREFERRED_PROVIDERS if p in available]
+
+
+class OnnxRuntimeBackend:
+    """The :class:`~xaisdk.runtime.backend.Backend` of an exported bundle, run by ONNX Runtime.
+
+    Args:
+        bundle: a bundle folder (``xaisdk export --out``) or a :class:`~xaisdk.deploy.bundle.Bundle`.
+        providers: execution providers; None picks them (see :func:`pick_providers`).
+        intra_op_threads: threads per operator (None: ONNX Runtime's default, all cores).
+        max_batch: most rows per session run for bundles with a dynamic batch.
+        warmup: run every graph once now, so the first request does not pay for initialisation.
+
+    Example (needs an exported bundle)::
+
+        backend = OnnxRuntimeBackend("bundle/")
+        backend.logits(np.zeros((1, *backend.input_shape), np.float32)).shape
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, bundle: Bundle | str | os.PathLike, *, providers: Sequence[str] | None = None,
+                 intra_op_threads: int | None = None, max_batch: int = 256, warmup: bool = True) -> None:
+        ort = _onnxruntime()
+        self.bundle = bundle if isinstance(bundle, Bundle) else read_bundle(bundle)
+        if int(max_batch) < 1:
+            raise InputError(f"max_batch must be >= 1, got {max_batch}")
+        if intra_op_threads is not None and int(intra_op_threads) < 0:
+            raise InputError(f"intra_op_threads must be >= 0 (0: ONNX Runtime's default), got {intra_op_threads}")
+        self.providers = pick_providers(providers)
+        self.input_shape = self.bundle.input_shape
+        self.num_classes = self.bundle.num_classes
+        self.value_range = self.bundle.value_range
+        self.class_names = self.bundle.class_names
+        self.rows = self.bundle.batch or int(max_batch)
+        options = ort.SessionOptions()
+        if intra_op_threads is not None:
+            options.intra_op_num_threads = int(intra_op_threads)
+        self._sessions = {role: self._session(ort, spec, options) for role, spec in self.bundle.graphs.items()}
+        self.supports_deeplift = "deeplift_grad" in self._sessions
+        self.has_generator = "generator_ganmex" in self._sessions
+        if warmup:
+            self._warmup()
+
+    def _session(self, ort, spec: GraphSpec, options):
+        where = self.bundle.path / spec.file
+        try:
+            session = ort.InferenceSession(spec.data, sess_options=options, providers=self.providers)
+        except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise InputError(f"{where}: ONNX Runtime cannot load this graph ({first[:300]})") from None
+        names = tuple(i.name for i in session.get_inputs()), tuple(o.name for o in session.get_outputs())
+        if set(names[0]) != set(spec.inputs) or set(names[1]) != set(spec.outputs):
+            raise InputError(f"{where}: graph I/O {names} differs from the manifest {(spec.inputs, spec.outputs)}")
+        return session
+
+    def _warmup(self) -> None:
+        x = np.full((1, *self.input_shape), self.value_range[0], np.float32)
+        w = np.zeros((1, self.num_classes), np.float32)
+        self.logits(x)
+        self.score_gradient(x, w)
+        if self.supports_deeplift:
+            self.deeplift_multipliers(x, x, w)
+        if self.has_generator:
+            self.generate(x, np.zeros(1, np.int64))
+
+    def _run(self, role: str, feeds: dict[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
+        """Run ``role`` over the rows of ``feeds`` in chunks of ``self.rows`` (padded for fixed batches)."""
+        session = self._sessions[role]
+        total = len(next(iter(feeds.values())))
+        pieces: list[list[np.ndarray]] = [[] for _ in outputs]
+        for start in range(0, total, self.rows):
+            chunk = {k: np.ascontiguousarray(v[start:start + self.rows], dtype=np.float32) for k, v in feeds.items()}
+            used = len(next(iter(chunk.values())))
+            if self.bundle.batch is not None and used < self.rows:
+                chunk = {k: np.concatenate([v, np.zeros((self.rows - used, *v.shape[1:]), np.float32)]) for k, v in chunk.items()}
+            for piece, result in zip(pieces, session.run(list(outputs), chunk)):
+                piece.append(result[:used])
+        return [np.concatenate(p) if p else np.zeros((0,), np.float32) for p in pieces]
+
+    def _check(self, x: np.ndarray, name: str = "x") -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 4 or x.shape[1:] != self.input_shape:
+            raise InputError(f"{name}: expected shape (N, {', '.join(map(str, self.input_shape))}), got {x.shape}")
+        return x
+
+    def _weights(self, weights: np.ndarray, n: int) -> np.ndarray:
+        weights = np.asarray(weights, dtype=np.float32)
+        if weights.shape != (n, self.num_classes):
+            raise InputError(f"weights: expected shape ({n}, {self.num_classes}), got {weights.shape}")
+        return weights
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        x = self._check(x)
+        return self._run("classifier", {"x": x}, ["logits"])[0]
+
+    def score_gradient(self, x: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = self._check(x)
+        score, grad = self._run("classifier_grad", {"x": x, "w": self._weights(weights, len(x))}, ["score", "grad"])
+        return score, grad
+
+    def deeplift_multipliers(self, x: np.ndarray, baseline: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        if not self.supports_deeplift:
+            raise InputError(f"this bundle has no DeepLIFT graph: {self.bundle.deeplift_unavailable}")
+        x, baseline = self._check(x), self._check(baseline, "baseline")
+        if baseline.shape != x.shape:
+            raise InputError(f"baseline: expected shape {x.shape}, got {baseline.shape}")
+        feeds = {"x": x, "baseline": baseline, "w": self._weights(weights, len(x))}
+        return self._run("deeplift_grad", feeds, ["multipliers"])[0]
+
+    def generate(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
+        if not self.has_generator:
+            raise InputError("this bundle has no GANMEX generator (it was exported from a classifier checkpoint, "
+                             "not a GANMEX one)")
+        x = self._check(x)
+        target = np.asarray(target)
+        if target.shape != (len(x),) or not np.issubdtype(target.dtype, np.integer):
+            raise InputError(f"target: expected {len(x)} integer classes, got {target.dtype} {target.shape}")
+        if len(target) and (target.min() < 0 or target.max() >= self.num_classes):
+            raise InputError(f"target: class index out of range [0, {self.num_classes})")
+        onehot = np.eye(self.num_classes, dtype=np.float32)[target]
+        return self._run("generator_ganmex", {"x": x, "target": onehot}, ["image"])[0]
