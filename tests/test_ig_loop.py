@@ -106,6 +106,29 @@ def test_result_does_not_depend_on_chunk_size(ext):
         np.testing.assert_array_equal(other, results[0])
 
 
+@pytest.mark.parametrize("ig", IG_FUNCTIONS)
+@pytest.mark.parametrize("chunk_size", [1, 4, 7, 100])
+def test_pass_sample_index(ext, ig, chunk_size):
+    # Sample n's score is scale[n] * f, so its gradient is scale[n] * grad f: the same as running
+    # each sample alone with its own scale, for chunks that cut across samples.
+    n, steps, feature_shape = 5, 6, (2, 3)
+    x, b, alphas, weights = random_problem(n, feature_shape, steps, seed=21)
+    scale = np.linspace(-2.0, 3.0, n).astype(np.float32)
+    plain = smooth_grad_fn(feature_shape)
+    seen: list[np.ndarray] = []
+
+    def grad_fn(batch: np.ndarray, sample: np.ndarray) -> np.ndarray:
+        assert sample.dtype == np.int64 and sample.shape == (len(batch),)
+        seen.append(sample.copy())
+        return scale[sample].reshape(-1, 1, 1) * plain(batch)
+
+    got = ig(grad_fn, x, b, alphas, weights, chunk_size=chunk_size, pass_sample_index=True)
+    want = np.stack([scale[i] * ig(plain, x[i : i + 1], b[i : i + 1], alphas, weights)[0] for i in range(n)])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.concatenate(seen), np.repeat(np.arange(n), steps))
+    assert max(len(s) for s in seen) == min(chunk_size, n * steps)
+
+
 def test_fill_chunk_matches_numpy(ext):
     n, d, steps = 4, 37, 6
     x, b, alphas, _ = random_problem(n, (d,), steps, seed=1)

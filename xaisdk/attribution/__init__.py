@@ -1,25 +1,71 @@
-"""One-vs-one attribution methods (torch reference backend).
+"""One-vs-one attribution methods.
 
 Every method attributes ``S_source - S_target`` (``S_source`` alone when ``target`` is None) and
-returns a numpy array shaped like ``x``.
+returns a numpy array shaped like ``x``. The functions named here are the torch reference
+implementations; :mod:`xaisdk.attribution.drivers` holds the same methods written against the
+:class:`~xaisdk.runtime.backend.Backend` protocol (torch or ONNX Runtime).
+
+Importing this package (or :mod:`~xaisdk.attribution.quadrature`, :mod:`~xaisdk.attribution.drivers`)
+does not import torch: the torch methods load on first use (PEP 562).
+
+>>> from xaisdk.attribution import RULES
+>>> "gausslegendre" in RULES
+True
 """
 
-from xaisdk.attribution.deeplift import deeplift, deepshap
-from xaisdk.attribution.expected_gradients import expected_gradients
-from xaisdk.attribution.gradient import grad_x_input, gradient
-from xaisdk.attribution.integrated_gradients import integrated_gradients
-from xaisdk.attribution.occlusion import occlusion
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
+
 from xaisdk.attribution.quadrature import RULES, path_rule
 
-METHODS = {
-    "gradient": gradient,
-    "grad_x_input": grad_x_input,
-    "integrated_gradients": integrated_gradients,
-    "expected_gradients": expected_gradients,
-    "deeplift": deeplift,
-    "deepshap": deepshap,
-    "occlusion": occlusion,
+# public name -> submodule defining it; METHODS lists them in this order
+_TORCH_METHODS = {
+    "gradient": "gradient",
+    "grad_x_input": "gradient",
+    "integrated_gradients": "integrated_gradients",
+    "expected_gradients": "expected_gradients",
+    "deeplift": "deeplift",
+    "deepshap": "deeplift",
+    "occlusion": "occlusion",
 }
+
+
+def _method(name: str) -> Any:
+    return getattr(importlib.import_module(f"{__name__}.{_TORCH_METHODS[name]}"), name)
+
+
+def __getattr__(name: str) -> Any:
+    """Load ``METHODS`` and the torch methods on first access."""
+    if name == "METHODS":
+        value: Any = {method: _method(method) for method in _TORCH_METHODS}
+    elif name in _TORCH_METHODS:
+        value = _method(name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """After importing a submodule the import system binds it on its package, which would make
+    ``xaisdk.attribution.deeplift`` the module ``deeplift.py`` rather than the function of that name
+    once something imported ``xaisdk.attribution.deeplift`` directly. This keeps the functions."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _TORCH_METHODS and isinstance(value, types.ModuleType):
+            return  # the function is loaded by __getattr__ instead
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "METHODS",

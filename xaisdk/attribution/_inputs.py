@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from xaisdk.attribution._shared import chunks
 from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import Classifier
 from xaisdk.models.ganmex import GanmexModel
@@ -130,21 +131,33 @@ def score_spec(
     return ScoreSpec(src, tgt, class_weights(src, tgt, num_classes), output)
 
 
+def weighted_score(module: nn.Module, x: torch.Tensor, weights: torch.Tensor, output: str = "logits") -> torch.Tensor:
+    """Per-sample score ``sum_k weights[n, k] * out_k(x_n)`` on logits or probabilities; differentiable."""
+    out = module(x)
+    if output == "probabilities":
+        out = torch.softmax(out, dim=1)
+    return (out * weights).sum(dim=1)
+
+
 def attributed_score(module: nn.Module, x: torch.Tensor, spec: ScoreSpec) -> torch.Tensor:
     """Per-sample score ``S_source - S_target`` (or ``S_source``) of ``x`` under ``spec``; differentiable."""
-    out = module(x)
-    if spec.output == "probabilities":
-        out = torch.softmax(out, dim=1)
-    return (out * spec.weights).sum(dim=1)
+    return weighted_score(module, x, spec.weights, spec.output)
+
+
+def weighted_gradient(
+    module: nn.Module, x: torch.Tensor, weights: torch.Tensor, output: str = "logits"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`weighted_score` and its gradient w.r.t. ``x`` (one backward pass for the batch)."""
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        score = weighted_score(module, xg, weights, output)
+        (grad,) = torch.autograd.grad(score.sum(), xg)
+    return score.detach(), grad
 
 
 def input_gradient(module: nn.Module, x: torch.Tensor, spec: ScoreSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """Score and its gradient w.r.t. ``x`` (one backward pass for the batch)."""
-    with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
-        score = attributed_score(module, xg, spec)
-        (grad,) = torch.autograd.grad(score.sum(), xg)
-    return score.detach(), grad
+    return weighted_gradient(module, x, spec.weights, spec.output)
 
 
 @contextlib.contextmanager
@@ -156,15 +169,6 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
         yield
     finally:
         module.train(was_training)
-
-
-def chunks(total: int, size: int | None) -> Iterator[slice]:
-    """Consecutive slices of ``range(total)`` with at most ``size`` items (all at once for None)."""
-    if size is not None and int(size) < 1:
-        raise InputError(f"batch_size must be >= 1 or None, got {size}")
-    step = total if size is None else int(size)
-    for start in range(0, total, max(step, 1)):
-        yield slice(start, min(start + step, total))
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -11,6 +11,7 @@ not rescaled there, which the convergence delta reveals.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +31,7 @@ from xaisdk.attribution._inputs import (
     eval_mode,
     score_spec,
     to_numpy,
+    weighted_score,
 )
 from xaisdk.baselines.generated import generator_for, is_generator_name
 from xaisdk.errors import InputError
@@ -54,13 +56,15 @@ class _RescaleHooks:
 
     The batch holds the inputs in its first half and their baselines in its second; each hook
     returns ``out.detach() + (inp - inp.detach()) * m`` so the value is unchanged and the gradient
-    w.r.t. ``inp`` is the multiplier ``m`` (the same for both halves).
+    w.r.t. ``inp`` is the multiplier ``m`` (the same for both halves). The hooks act only on forward
+    passes of the thread that activated them, so other threads may run the module meanwhile.
     """
 
     def __init__(self, module: nn.Module, eps: float = EPS) -> None:
         self.module = module
         self.eps = eps
         self._busy = False
+        self._thread: int | None = None
 
     def _local_derivative(self, mod: nn.Module, inp: torch.Tensor) -> torch.Tensor:
         self._busy = True  # the module is called again below: its own hook must pass through
@@ -73,7 +77,7 @@ class _RescaleHooks:
         return grad
 
     def _hook(self, mod: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor | None:
-        if self._busy:
+        if self._busy or threading.get_ident() != self._thread:
             return None
         inp = inputs[0]
         half = inp.shape[0] // 2
@@ -91,13 +95,12 @@ class _RescaleHooks:
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         handles, inplace = [], []
+        layer = unsupported_layer(self.module)
+        if layer is not None:
+            raise unsupported_error(layer)
+        self._thread = threading.get_ident()
         try:
             for sub in self.module.modules():
-                if isinstance(sub, UNSUPPORTED):
-                    raise InputError(
-                        f"deeplift: the model contains {type(sub).__name__}, which the rescale rule does not cover "
-                        "(supported: affine layers and element-wise activations); use integrated_gradients instead"
-                    )
                 if isinstance(sub, ELEMENTWISE):
                     if getattr(sub, "inplace", False):
                         sub.inplace = False  # an in-place op would overwrite the input the hook compares
@@ -109,17 +112,47 @@ class _RescaleHooks:
                 handle.remove()
             for sub in inplace:
                 sub.inplace = True
+            self._thread = None
+
+
+def unsupported_layer(module: nn.Module) -> nn.Module | None:
+    """The first submodule of ``module`` that the rescale rule does not cover (see ``UNSUPPORTED``), or None."""
+    return next((sub for sub in module.modules() if isinstance(sub, UNSUPPORTED)), None)
+
+
+def unsupported_error(layer: nn.Module) -> InputError:
+    """The error raised for DeepLIFT on a model containing ``layer``."""
+    return InputError(
+        f"deeplift: the model contains {type(layer).__name__}, which the rescale rule does not cover "
+        "(supported: affine layers and element-wise activations); use integrated_gradients instead"
+    )
+
+
+def rescale_multipliers(
+    module: nn.Module, x: torch.Tensor, base: torch.Tensor, weights: torch.Tensor, eps: float = EPS
+) -> torch.Tensor:
+    """Rescale-rule multipliers of ``sum_k weights[n, k] * logits_k`` for paired rows of ``x`` and ``base``.
+
+    ``(x - base) * multipliers`` are the DeepLIFT attributions. Forward hooks are registered on
+    ``module`` for the duration of the call (they act on this thread's forward passes only), so two
+    calls on one module must not overlap; ``module`` should be in eval mode.
+
+    >>> net = nn.Sequential(nn.Linear(1, 1, bias=False), nn.ReLU()).eval()
+    >>> with torch.no_grad(): _ = net[0].weight.fill_(2.0)
+    >>> rescale_multipliers(net, torch.tensor([[3.0]]), torch.tensor([[-1.0]]), torch.ones(1, 1)).tolist()
+    [[1.5]]
+    """
+    hooks = _RescaleHooks(module, eps)
+    both = torch.cat([x, base]).requires_grad_(True)
+    with hooks.active(), torch.enable_grad():
+        scores = weighted_score(module, both, torch.cat([weights, weights]))
+        (grads,) = torch.autograd.grad(scores[: len(x)].sum(), both)
+    return grads[: len(x)]
 
 
 def _deeplift_rows(module: nn.Module, x: torch.Tensor, base: torch.Tensor, spec: ScoreSpec, eps: float) -> torch.Tensor:
-    """Rescale-rule attributions for paired rows of ``x`` and ``base``."""
-    hooks = _RescaleHooks(module, eps)
-    both = torch.cat([x, base]).requires_grad_(True)
-    doubled = ScoreSpec(spec.source, spec.target, torch.cat([spec.weights, spec.weights]), spec.output)
-    with hooks.active(), torch.enable_grad():
-        scores = attributed_score(module, both, doubled)
-        (grads,) = torch.autograd.grad(scores[: len(x)].sum(), both)
-    return (x - base) * grads[: len(x)]
+    """Rescale-rule attributions for paired rows of ``x`` and ``base`` (logits only, see ``_check_output``)."""
+    return (x - base) * rescale_multipliers(module, x, base, spec.weights, eps)
 
 
 def _check_output(output: str) -> None:

@@ -20,23 +20,9 @@ from xaisdk.attribution._inputs import (
     score_spec,
     to_numpy,
 )
+from xaisdk.attribution._shared import reference_indices
 from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import Classifier
-
-
-def _reference_indices(
-    labels: np.ndarray | None, target: np.ndarray | None, n_inputs: int, n_refs: int, n_samples: int, rng: np.random.Generator
-) -> np.ndarray:
-    """(N, n_samples) reference indices: from the sample's target class when labels and targets are known."""
-    if labels is None or target is None:
-        return rng.integers(0, n_refs, size=(n_inputs, n_samples))
-    chosen = np.empty((n_inputs, n_samples), dtype=np.int64)
-    for n, cls in enumerate(target):
-        pool = np.flatnonzero(labels == cls)
-        if len(pool) == 0:
-            raise InputError(f"references: no reference image of target class {cls}")
-        chosen[n] = pool[rng.integers(0, len(pool), size=n_samples)]
-    return chosen
 
 
 def expected_gradients(
@@ -83,7 +69,7 @@ def expected_gradients(
     with eval_mode(module):
         spec = score_spec(module, xt, source, target, output)
         rng = np.random.default_rng(seed)
-        ref_index = torch.from_numpy(_reference_indices(labels, spec.target, len(xt), len(refs), n_samples, rng))
+        ref_index = torch.from_numpy(reference_indices(labels, spec.target, len(xt), len(refs), n_samples, rng))
         alphas = torch.from_numpy(rng.uniform(0.0, 1.0, size=(len(xt), n_samples)).astype(np.float32))
         acc = torch.zeros_like(xt)
         view = (-1,) + (1,) * (xt.ndim - 1)

@@ -3,8 +3,6 @@ baseline, attribute the score drop to the occluded pixels."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import nn
@@ -22,33 +20,12 @@ from xaisdk.attribution._inputs import (
     score_spec,
     to_numpy,
 )
+from xaisdk.attribution._shared import occlusion_covers, window_starts
 from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import Classifier
 from xaisdk.models.ganmex import GanmexModel
 
-
-def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(pair) != 2 or any(int(v) != v or v < 1 for v in pair):
-        raise InputError(f"{name}: expected a positive int or (height, width), got {value!r}")
-    return int(pair[0]), int(pair[1])
-
-
-def window_starts(size: int, window: int, stride: int) -> list[int]:
-    """Start offsets along one axis: every ``stride`` pixels, with a last window clipped at the
-    border when ``stride`` does not divide ``size - window`` (so every pixel is covered).
-
-    >>> window_starts(5, 2, 2)
-    [0, 2, 4]
-    """
-    return [i * stride for i in range(math.ceil((size - window) / stride) + 1)]
-
-
-def _window_cover(size: int, window: int, stride: int) -> torch.Tensor:
-    """(positions, size) 0/1 matrix: which pixels along one axis each window position covers."""
-    starts = torch.tensor(window_starts(size, window, stride))[:, None]
-    pixel = torch.arange(size)[None, :]
-    return ((pixel >= starts) & (pixel < starts + window)).float()
+__all__ = ["occlusion", "window_starts"]
 
 
 def occlusion(
@@ -81,12 +58,7 @@ def occlusion(
     if xt.ndim != 4:
         raise InputError(f"x: occlusion needs images (N, C, H, W), got shape {tuple(xt.shape)}")
     height, width = xt.shape[2:]
-    kh, kw = _pair(window, "window")
-    sh, sw = _pair(stride, "stride")
-    if kh > height or kw > width:
-        raise InputError(f"window {(kh, kw)} is larger than the image {(height, width)}")
-    rows_in = _window_cover(height, kh, sh)  # (positions along H, H)
-    cols_in = _window_cover(width, kw, sw)  # (positions along W, W)
+    rows_in, cols_in = map(torch.from_numpy, occlusion_covers(height, width, window, stride))  # (positions, H), (positions, W)
     n_pos = len(rows_in) * len(cols_in)
     with eval_mode(module), torch.no_grad():
         spec = score_spec(module, xt, source, target, output)

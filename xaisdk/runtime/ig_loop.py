@@ -17,6 +17,8 @@ import numpy as np
 
 from xaisdk.runtime.ig_reference import (
     GradFn,
+    IndexedGradFn,
+    _call_grad_fn,
     _check_gradients,
     _chunk_starts,
     _validate_ig_inputs,
@@ -48,7 +50,7 @@ def _warn_fallback_once() -> None:
 
 
 def integrated_gradients_loop(
-    grad_fn: GradFn,
+    grad_fn: GradFn | IndexedGradFn,
     x: np.ndarray,
     baseline: np.ndarray | float,
     alphas: np.ndarray,
@@ -56,6 +58,7 @@ def integrated_gradients_loop(
     *,
     chunk_size: int = 256,
     progress: bool = False,
+    pass_sample_index: bool = False,
 ) -> np.ndarray:
     """Integrated Gradients of ``grad_fn``'s score for every sample of ``x``, in bounded memory.
 
@@ -78,6 +81,9 @@ def integrated_gradients_loop(
         weights: quadrature weights, shape ``(S,)``.
         chunk_size: rows per ``grad_fn`` call, >= 1.
         progress: show a tqdm bar over chunks.
+        pass_sample_index: call ``grad_fn(batch, sample_index)`` instead, where ``sample_index`` is
+            the int64 ``(K,)`` array of the sample ``n`` each row belongs to (for per-sample class
+            weights, say).
 
     Returns:
         float32 attributions, shaped like ``x``.
@@ -95,11 +101,17 @@ def integrated_gradients_loop(
     >>> integrated_gradients_loop(lambda batch: batch, x, np.float32(1.0), alphas, weights, chunk_size=5)
     array([[0. , 1.5],
            [4. , 7.5]], dtype=float32)
+    >>> # per-sample scores: sample n's score is (n + 1) * f, so its gradient is (n + 1) * x
+    >>> scale = lambda batch, sample: (sample + 1)[:, None].astype(np.float32) * batch
+    >>> integrated_gradients_loop(scale, x, np.float32(1.0), alphas, weights, chunk_size=5, pass_sample_index=True)
+    array([[ 0. ,  1.5],
+           [ 8. , 15. ]], dtype=float32)
     """
     if _ext is None:
         _warn_fallback_once()
         return integrated_gradients_reference(
-            grad_fn, x, baseline, alphas, weights, chunk_size=chunk_size, progress=progress
+            grad_fn, x, baseline, alphas, weights, chunk_size=chunk_size, progress=progress,
+            pass_sample_index=pass_sample_index,
         )
 
     inp = _validate_ig_inputs(grad_fn, x, baseline, alphas, weights, chunk_size)
@@ -113,7 +125,8 @@ def integrated_gradients_loop(
         rows = min(inp.chunk_size, total - start)
         batch = buffer[:rows]
         _ext.ig_fill_chunk(inp.x, inp.baseline, inp.alphas, start, batch)
-        grads = _check_gradients(grad_fn(batch.reshape(rows, *feature_shape)), (rows, *feature_shape), start, steps)
+        answer = _call_grad_fn(grad_fn, batch.reshape(rows, *feature_shape), start, steps, pass_sample_index)
+        grads = _check_gradients(answer, (rows, *feature_shape), start, steps)
         _ext.ig_accumulate_chunk(grads, inp.weights, start, acc)
     _ext.ig_finalize(acc, inp.x, inp.baseline)
     return acc.reshape(inp.shape)

@@ -17,8 +17,10 @@ import numpy as np
 from xaisdk.errors import InputError
 
 GradFn = Callable[[np.ndarray], np.ndarray]
+IndexedGradFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""A gradient function that also takes the int64 sample index of every row (``pass_sample_index=True``)."""
 
-__all__ = ["GradFn", "integrated_gradients_reference"]
+__all__ = ["GradFn", "IndexedGradFn", "integrated_gradients_reference"]
 
 
 class _IGInputs(NamedTuple):
@@ -103,6 +105,16 @@ def _check_gradients(grads: object, batch_shape: tuple[int, ...], start: int, st
     return arr
 
 
+def _call_grad_fn(
+    grad_fn: GradFn | IndexedGradFn, batch: np.ndarray, start: int, steps: int, pass_sample_index: bool
+) -> object:
+    """``grad_fn(batch)``, or ``grad_fn(batch, sample_index)`` with the int64 sample of every row of
+    the chunk that starts at flat index ``start``."""
+    if not pass_sample_index:
+        return grad_fn(batch)  # type: ignore[call-arg]
+    return grad_fn(batch, np.arange(start, start + len(batch), dtype=np.int64) // steps)  # type: ignore[call-arg]
+
+
 def _chunk_starts(total: int, chunk_size: int, progress: bool) -> Iterator[int]:
     """Flat start index of every chunk, wrapped in a tqdm bar over chunks when ``progress``."""
     starts = range(0, total, chunk_size)
@@ -118,7 +130,7 @@ def _chunk_starts(total: int, chunk_size: int, progress: bool) -> Iterator[int]:
 
 
 def integrated_gradients_reference(
-    grad_fn: GradFn,
+    grad_fn: GradFn | IndexedGradFn,
     x: np.ndarray,
     baseline: np.ndarray,
     alphas: np.ndarray,
@@ -126,12 +138,14 @@ def integrated_gradients_reference(
     *,
     chunk_size: int = 256,
     progress: bool = False,
+    pass_sample_index: bool = False,
 ) -> np.ndarray:
     """Integrated Gradients in plain numpy: same arguments and result as ``integrated_gradients_loop``.
 
     ``attr[n] = (x[n] - b[n]) * sum_s weights[s] * grad_fn(b[n] + alphas[s] * (x[n] - b[n]))``,
     with the N * S path points fed to ``grad_fn`` in batches of ``chunk_size`` rows, in the order
-    (sample 0, step 0), (sample 0, step 1), ... Computed in float32.
+    (sample 0, step 0), (sample 0, step 1), ... Computed in float32. With ``pass_sample_index``,
+    ``grad_fn(batch, sample_index)`` also gets the int64 sample index ``n`` of every row.
 
     >>> import numpy as np
     >>> x = np.array([[1.0, 2.0], [3.0, -1.0]], dtype=np.float32)
@@ -154,7 +168,8 @@ def integrated_gradients_reference(
         flat = np.arange(start, min(start + inp.chunk_size, total))
         n, s = flat // steps, flat % steps
         batch = inp.baseline[n] + inp.alphas[s, None] * delta[n]
-        grads = _check_gradients(grad_fn(batch.reshape(flat.size, *feature_shape)), (flat.size, *feature_shape), start, steps)
+        answer = _call_grad_fn(grad_fn, batch.reshape(flat.size, *feature_shape), start, steps, pass_sample_index)
+        grads = _check_gradients(answer, (flat.size, *feature_shape), start, steps)
         # ufunc.at adds repeated indices one after the other, in row order.
         np.add.at(acc, n, inp.weights[s, None] * grads)
     acc *= delta

@@ -1,0 +1,180 @@
+"""The torch implementation of the :class:`~xaisdk.runtime.backend.Backend` protocol (the reference).
+
+Imported only explicitly (``from xaisdk.runtime.torch_backend import TorchBackend``): the rest of
+:mod:`xaisdk.runtime` stays torch-free. Gradients come from autograd, DeepLIFT multipliers from the
+rescale hooks of :mod:`xaisdk.attribution.deeplift`, GANMEX baselines from the model's generator.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from xaisdk.attribution._inputs import as_module, weighted_gradient
+from xaisdk.attribution._shared import chunks
+from xaisdk.attribution.deeplift import EPS, rescale_multipliers, unsupported_error, unsupported_layer
+from xaisdk.baselines.generated import resolve_generator
+from xaisdk.errors import InputError
+from xaisdk.models.checkpoint import Classifier
+from xaisdk.models.ganmex import GanmexModel, generate_baselines
+
+__all__ = ["TorchBackend"]
+
+
+class TorchBackend:
+    """A torch classifier (and optionally its GANMEX generator) behind the Backend protocol.
+
+    ``model`` is a ``torch.nn.Module``, a loaded :class:`~xaisdk.models.Classifier` or a
+    :class:`~xaisdk.models.GanmexModel` (whose generator then serves :meth:`generate`). The module is
+    put in eval mode once, here, and must stay on the CPU. ``input_shape`` (C, H, W) and
+    ``value_range`` default to the checkpoint's metadata; a plain module needs ``input_shape`` and
+    defaults to the range (0, 1). ``generator`` (a GANMEX model, a path to one, or a module
+    ``G(x, target)``) supplies or replaces the generator. At most ``max_batch`` rows go through the
+    model in one pass. Calls are thread-safe: DeepLIFT calls, which register hooks on the shared
+    module (acting on their own thread's forward passes only), run one at a time; gradients,
+    logits and generation run concurrently.
+
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    >>> backend = TorchBackend(net, input_shape=(1, 2, 2))
+    >>> backend.num_classes, backend.supports_deeplift, backend.has_generator
+    (3, True, False)
+    >>> x = np.ones((2, 1, 2, 2), np.float32)
+    >>> scores, grads = backend.score_gradient(x, np.eye(3, dtype=np.float32)[[0, 2]])
+    >>> grads.shape, grads.dtype
+    ((2, 1, 2, 2), dtype('float32'))
+    """
+
+    name = "torch"
+
+    def __init__(
+        self,
+        model: nn.Module | Classifier | GanmexModel,
+        *,
+        input_shape: tuple[int, ...] | None = None,
+        value_range: tuple[float, float] | None = None,
+        generator: Any = None,
+        max_batch: int = 256,
+        eps: float = EPS,
+    ) -> None:
+        self.module = as_module(model)
+        self.module.eval()
+        classifier = model.classifier if isinstance(model, GanmexModel) else model
+        meta = classifier if isinstance(classifier, Classifier) else None
+        self.input_shape = _input_shape(input_shape, meta)
+        self.value_range = _value_range(value_range, meta)
+        if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
+            raise InputError(f"max_batch: expected a positive integer, got {max_batch!r}")
+        self.max_batch = int(max_batch)
+        self.eps = float(eps)
+        self.num_classes = meta.num_classes if meta is not None else self._probe_num_classes()
+        self._unsupported = unsupported_layer(self.module)
+        self.supports_deeplift = self._unsupported is None
+        self._generator = _generator(generator, model, self.input_shape)
+        self.has_generator = self._generator is not None
+        self._deeplift_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (
+            f"TorchBackend({type(self.module).__name__}, input_shape={self.input_shape}, "
+            f"num_classes={self.num_classes}, generator={self.has_generator})"
+        )
+
+    def _probe_num_classes(self) -> int:
+        with torch.no_grad():
+            out = self.module(torch.zeros(1, *self.input_shape))
+        if out.ndim != 2:
+            raise InputError(f"model: expected logits of shape (N, classes), got {tuple(out.shape)} for one input")
+        return int(out.shape[1])
+
+    def _batch(self, x: np.ndarray, name: str = "x") -> torch.Tensor:
+        array = np.ascontiguousarray(x, dtype=np.float32)
+        if array.shape[1:] != self.input_shape or array.ndim != len(self.input_shape) + 1:
+            raise InputError(f"{name}: expected shape (N, {', '.join(map(str, self.input_shape))}), got {array.shape}")
+        return torch.from_numpy(array if array.flags.writeable else array.copy())  # torch wants writable memory
+
+    def _weights(self, weights: np.ndarray, n: int) -> torch.Tensor:
+        array = np.ascontiguousarray(weights, dtype=np.float32)
+        if array.shape != (n, self.num_classes):
+            raise InputError(f"weights: expected shape ({n}, {self.num_classes}), got {array.shape}")
+        return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Logits ``(N, num_classes)`` of ``x`` ``(N, C, H, W)``."""
+        xt = self._batch(x)
+        with torch.no_grad():
+            out = [self.module(xt[sl]) for sl in chunks(len(xt), self.max_batch)]
+        return _numpy(torch.cat(out)) if out else np.zeros((0, self.num_classes), np.float32)
+
+    def score_gradient(self, x: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores ``sum_k weights[n, k] * logits[n, k]`` ``(N,)`` and their input gradients ``(N, C, H, W)``."""
+        xt = self._batch(x)
+        wt = self._weights(weights, len(xt))
+        scores, grads = np.empty(len(xt), np.float32), np.empty(xt.shape, np.float32)
+        for sl in chunks(len(xt), self.max_batch):
+            score, grad = weighted_gradient(self.module, xt[sl], wt[sl])
+            scores[sl], grads[sl] = _numpy(score), _numpy(grad)
+        return scores, grads
+
+    def deeplift_multipliers(self, x: np.ndarray, baseline: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Rescale-rule multipliers ``(N, C, H, W)``: ``(x - baseline) * m`` are the DeepLIFT attributions."""
+        if self._unsupported is not None:
+            raise unsupported_error(self._unsupported)
+        xt, bt = self._batch(x), self._batch(baseline, "baseline")
+        if bt.shape != xt.shape:
+            raise InputError(f"baseline: expected the shape of x {tuple(xt.shape)}, got {tuple(bt.shape)}")
+        wt = self._weights(weights, len(xt))
+        out = np.empty(xt.shape, np.float32)
+        with self._deeplift_lock:  # the hooks live on the shared module, and toggle in-place activations
+            for sl in chunks(len(xt), max(1, self.max_batch // 2)):  # x and baseline go through together
+                out[sl] = _numpy(rescale_multipliers(self.module, xt[sl], bt[sl], wt[sl], self.eps))
+        return out
+
+    def generate(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """The GANMEX generator's image of each ``x[n]`` moved into class ``target[n]`` (float32, like ``x``)."""
+        if self._generator is None:
+            raise InputError("this backend has no GANMEX generator: pass a GanmexModel as the model, or generator=")
+        xt = self._batch(x)
+        return generate_baselines(self._generator, xt, np.asarray(target), self.max_batch)
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().numpy().astype(np.float32, copy=False)
+
+
+def _input_shape(given: tuple[int, ...] | None, meta: Classifier | None) -> tuple[int, ...]:
+    if given is None:
+        if meta is None:
+            raise InputError("input_shape: required for a plain torch module, e.g. input_shape=(1, 28, 28)")
+        return tuple(int(v) for v in meta.input_shape)
+    shape = tuple(int(v) for v in given)
+    if not shape or min(shape) < 1:
+        raise InputError(f"input_shape: expected positive sizes such as (C, H, W), got {given!r}")
+    if meta is not None and shape != tuple(meta.input_shape):
+        raise InputError(f"input_shape: {shape} differs from the checkpoint's {tuple(meta.input_shape)}")
+    return shape
+
+
+def _value_range(given: tuple[float, float] | None, meta: Classifier | None) -> tuple[float, float]:
+    value = given if given is not None else (meta.value_range if meta is not None else (0.0, 1.0))
+    low, high = (float(v) for v in value)
+    if not low < high:
+        raise InputError(f"value_range: expected (low, high) with low < high, got {value!r}")
+    return low, high
+
+
+def _generator(generator: Any, model: Any, input_shape: tuple[int, ...]) -> nn.Module | None:
+    """The generator module: ``generator`` when given, else the GANMEX model's own, else None."""
+    if generator is None:
+        if not isinstance(model, GanmexModel):
+            return None
+        generator = model
+    module = resolve_generator(generator)
+    config = getattr(module, "config", None)
+    if config is not None and tuple(config.input_shape) != input_shape:
+        raise InputError(f"generator: makes {tuple(config.input_shape)} images, the classifier takes {input_shape}")
+    module.eval()
+    return module
