@@ -149,5 +149,95 @@ def train_ganmex_command(dataset: str, classifier_path: Path, out_path: Path, st
     click.echo(f"wrote {out_path} (samples in {samples})")
 
 
+@main.command("export")
+@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
+              help="A GANMEX checkpoint (xaisdk train ganmex) or a classifier checkpoint.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")
+@click.option("--opset", default=17, show_default=True, help="ONNX opset (13-20).")
+@click.option("--batch", default=None, type=int, help="Fix the graphs' batch size (default: dynamic).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle in --out.")
+@_clean_errors
+def export_command(model_path: Path, out_dir: Path, opset: int, batch: int | None, force: bool) -> None:
+    """Export a model to an ONNX bundle: classifier, its input-gradient and DeepLIFT graphs, the GANMEX
+    generator and manifest.json, each verified against torch before the bundle is written."""
+    from xaisdk.deploy.export import export_bundle
+
+    report = export_bundle(model_path, out_dir, opset=opset, batch=batch, force=force)
+    for name, size in report.files.items():
+        click.echo(f"  {name:<24} {size / 1e6:7.2f} MB")
+    checks = ", ".join(f"{k} {v:.1e}" for k, v in report.checks.items())
+    click.echo(f"verified against torch ({checks})")
+    if report.deeplift_unavailable:
+        click.echo(f"no DeepLIFT graph: {report.deeplift_unavailable}")
+    click.echo(f"wrote {out_dir} ({report.total_bytes / 1e6:.1f} MB) in {report.seconds:.1f} s")
+
+
+@main.command("explain")
+@click.option("--bundle", "bundle_path", required=True, type=click.Path(path_type=Path),
+              help="A bundle folder (xaisdk export), or a .pt checkpoint to run with torch.")
+@click.option("--input", "inputs", required=True, multiple=True, type=click.Path(path_type=Path),
+              help="Image file (PNG, JPEG...) of the model's size; repeatable.")
+@click.option("--target", default=None, help="The class B of 'why A and not B' (index or name); omit for one-vs-all.")
+@click.option("--source", default=None, help="The class A (default: the prediction).")
+@click.option("--method", default="ig", show_default=True,
+              type=click.Choice(["ig", "deeplift", "deepshap", "occlusion", "gradient", "grad_x_input"]))
+@click.option("--baseline", default=None, help="'ganmex' (default with --target), 'zero', 'uniform', 'blur' or a number.")
+@click.option("--steps", default=200, show_default=True, help="Integration steps for ig.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for PNGs and explanation.json.")
+@click.option("--force", is_flag=True, help="Write into --out even if it holds files.")
+@_clean_errors
+def explain_command(bundle_path: Path, inputs: tuple[Path, ...], target: str | None, source: str | None, method: str,
+                    baseline: str | None, steps: int, out_dir: Path, force: bool) -> None:
+    """Explain images with a bundle: attribution maps as PNG and JSON (runs without torch)."""
+    import json
+
+    import numpy as np
+
+    from xaisdk.explainer import Explainer
+    from xaisdk.runtime.images import load_image, save_attribution_png, save_image_png
+
+    _refuse_overwrite(out_dir, force, "output folder")
+    explainer = Explainer.load(bundle_path)
+    shape, value_range = explainer.backend.input_shape, explainer.backend.value_range
+    images = [load_image(path, shape, value_range) for path in inputs]
+    stems = [path.stem for path in inputs]
+    if len(set(stems)) != len(stems):
+        raise click.ClickException("--input: two files share a name; their outputs would overwrite each other")
+    chosen_baseline = baseline if baseline is not None else ("ganmex" if target is not None else "zero")
+    options = {"n_steps": steps} if method == "ig" else {}
+    records = []
+    for path, image in zip(inputs, images):
+        e = explainer.explain(image, _class_arg(target), source=_class_arg(source), method=method,
+                              baseline=None if method in ("gradient", "grad_x_input") else _number_or_name(chosen_baseline),
+                              **options)
+        save_image_png(image, out_dir / f"{path.stem}_input.png", value_range)
+        save_attribution_png(e.attributions, out_dir / f"{path.stem}_attribution.png")
+        if e.baseline is not None and np.ndim(e.baseline) == len(shape):
+            save_image_png(e.baseline, out_dir / f"{path.stem}_baseline.png", value_range)
+        record = {"input": str(path), **e.to_dict(explainer.class_names)}
+        records.append(record)
+        delta = "" if e.convergence_delta is None else f", completeness error {e.convergence_delta:+.2e}"
+        click.echo(f"{path.name}: {method} of S[{explainer.class_names[e.source]}] - "
+                   f"{'S[' + explainer.class_names[e.target] + ']' if e.target is not None else '0'} = {e.score:.3f}{delta}")
+    meta = {"bundle": str(bundle_path), "backend": explainer.backend.name, "method": method,
+            "baseline": chosen_baseline, "class_names": list(explainer.class_names), "explanations": records}
+    (out_dir / "explanation.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    click.echo(f"wrote {out_dir}")
+
+
+def _class_arg(value: str | None) -> int | str | None:
+    """A class given on the command line: an index when it is all digits, else a class name."""
+    if value is None:
+        return None
+    return int(value) if value.isdigit() else value
+
+
+def _number_or_name(value: str) -> float | str:
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,327 @@
+"""``xaisdk.Explainer``: the facade a service embeds.
+
+``Explainer.load("bundle/")`` runs an exported bundle on ONNX Runtime (no torch needed);
+``Explainer(model, generator=...)`` runs a torch model. Either way ``explain(x, target)`` answers
+"why A and not B?" with attributions of ``S_source - S_target`` relative to a baseline (by default
+the GANMEX image of ``x`` turned into the target class), and ``counterfactual(x, target)`` returns
+that image. One Explainer may be shared by all threads of a worker pool.
+
+Input conversion (see :func:`xaisdk.runtime.images.as_model_batch`): a batch (N, C, H, W) or one
+image (C, H, W), channels-last (N, H, W, C) / (H, W, C), and (N, H, W) / (H, W) for one-channel
+models; uint8 pixels are mapped from [0, 255] to the model's value range, float pixels must already
+be in it. Results for one image come back without the batch axis. Classes may be given by index or
+by name.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xaisdk.attribution import drivers
+from xaisdk.errors import InputError
+from xaisdk.runtime.backend import Backend, class_weights
+from xaisdk.runtime.images import as_model_batch
+
+__all__ = ["METHODS", "Explainer", "Explanation"]
+
+# Method name -> (driver, how it uses a baseline: "single", "set" or None).
+METHODS: dict[str, tuple[Callable[..., np.ndarray], str | None]] = {
+    "ig": (drivers.integrated_gradients, "single"),
+    "deeplift": (drivers.deeplift, "single"),
+    "deepshap": (drivers.deepshap, "set"),
+    "occlusion": (drivers.occlusion, "single"),
+    "expected_gradients": (drivers.expected_gradients, None),
+    "gradient": (drivers.gradient, None),
+    "grad_x_input": (drivers.grad_x_input, None),
+}
+ALIASES = {"integrated_gradients": "ig", "eg": "expected_gradients", "saliency": "gradient"}
+COMPLETE = ("ig", "deeplift", "deepshap")  # methods whose attributions sum to S(x) - S(baseline)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The result of :meth:`Explainer.explain` (arrays without the batch axis when one image was given).
+
+    ``score`` is ``S_source - S_target`` at the input (``S_source`` for one-vs-all) and
+    ``baseline_score`` the same at the baseline (the mean over baselines for DeepSHAP);
+    ``convergence_delta`` is ``sum(attributions) - (score - baseline_score)`` for the methods that
+    are complete (IG, DeepLIFT, DeepSHAP), else None.
+    """
+
+    method: str
+    attributions: np.ndarray
+    source: np.ndarray | int
+    target: np.ndarray | int | None
+    score: np.ndarray | float
+    baseline: np.ndarray | None = None
+    baseline_score: np.ndarray | float | None = None
+    convergence_delta: np.ndarray | float | None = None
+
+    def to_dict(self, class_names: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """A JSON-serialisable dict (arrays as nested lists), with class names when given."""
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, np.ndarray):
+                return value.tolist()
+            if isinstance(value, np.generic):
+                return value.item()
+            return value
+
+        out = {key: plain(getattr(self, key)) for key in self.__dataclass_fields__}
+        if class_names is not None:
+            for key in ("source", "target"):
+                value = getattr(self, key)
+                if value is not None:
+                    out[f"{key}_name"] = [class_names[int(v)] for v in np.atleast_1d(value)]
+        return out
+
+
+class Explainer:
+    """Explain a classifier's decisions one-vs-one, on torch or on an exported bundle.
+
+    Args:
+        model: a torch module, :class:`~xaisdk.models.Classifier` or
+            :class:`~xaisdk.models.GanmexModel` (runs on the torch backend), or any object
+            implementing :class:`~xaisdk.runtime.backend.Backend`.
+        generator: a GANMEX model or generator for ``baseline="ganmex"`` when ``model`` has none.
+        class_names: names of the classes (default: from the model, else "0", "1", ...).
+
+    >>> import numpy as np, xaisdk
+    >>> explainer = Explainer(xaisdk.load_shipped_ganmex())
+    >>> x = np.zeros((28, 28), np.uint8); x[6:22, 13:15] = 255  # a vertical bar
+    >>> e = explainer.explain(x, target=7, source=1, method="ig", n_steps=32)
+    >>> e.attributions.shape, e.source, e.target, bool(abs(e.convergence_delta) < 0.05 * abs(e.score - e.baseline_score))
+    ((1, 28, 28), 1, 7, True)
+    """
+
+    def __init__(self, model: Any, generator: Any = None, *, class_names: tuple[str, ...] | None = None,
+                 **backend_options: Any) -> None:
+        if isinstance(model, Backend):
+            if generator is not None or backend_options:
+                raise InputError("generator= and backend options apply to torch models, not to a ready backend")
+            self.backend = model
+        else:
+            from xaisdk.runtime.torch_backend import TorchBackend
+
+            self.backend = TorchBackend(model, generator=generator, **backend_options)
+        names = class_names or getattr(self.backend, "class_names", None) or _model_class_names(model)
+        self.class_names = tuple(str(n) for n in names) if names else tuple(str(i) for i in range(self.backend.num_classes))
+        if len(self.class_names) != self.backend.num_classes:
+            raise InputError(f"class_names: {len(self.class_names)} names for {self.backend.num_classes} classes")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, backend: str = "auto", *, providers: list[str] | None = None,
+             intra_op_threads: int | None = None) -> Explainer:
+        """An Explainer for an exported bundle folder (ONNX Runtime) or a ``.pt`` checkpoint (torch).
+
+        ``backend``: ``"auto"`` (bundle folders on ONNX Runtime, checkpoints on torch),
+        ``"onnxruntime"`` or ``"torch"``. ``providers`` and ``intra_op_threads`` configure ONNX
+        Runtime (default: TensorRT/CUDA when onnxruntime-gpu offers them, else CPU; all cores).
+        Sessions are warmed up before this returns.
+
+        Example (needs an exported bundle)::
+
+            explainer = Explainer.load("bundle/")
+            explainer.explain(image, target=6).attributions
+        """
+        path = Path(path)
+        if backend not in ("auto", "onnxruntime", "torch"):
+            raise InputError(f"backend: expected 'auto', 'onnxruntime' or 'torch', got {backend!r}")
+        if not path.exists():
+            raise InputError(f"{path}: no such bundle folder or checkpoint")
+        if path.is_dir():
+            if backend == "torch":
+                raise InputError(f"{path}: a bundle holds ONNX graphs, not torch weights; use backend='onnxruntime' "
+                                 "or load the .pt checkpoint it was exported from")
+            from xaisdk.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+            return cls(OnnxRuntimeBackend(path, providers=providers, intra_op_threads=intra_op_threads))
+        if backend == "onnxruntime":
+            raise InputError(f"{path}: the onnxruntime backend runs bundles; make one with `xaisdk export --model {path}`")
+        from xaisdk.models.ganmex import load_model
+
+        return cls(load_model(path))
+
+    # ---- inputs -------------------------------------------------------------------------
+    def _batch(self, x: Any, name: str = "x") -> tuple[np.ndarray, bool]:
+        try:
+            return as_model_batch(x, self.backend.input_shape, self.backend.value_range)
+        except InputError as err:
+            message = str(err)
+            raise InputError(message if message.startswith(name) else f"{name}: {message}") from None
+
+    def _classes(self, value: Any, n: int, name: str) -> np.ndarray:
+        values = np.atleast_1d(np.asarray(value, dtype=object))
+        if values.ndim != 1 or len(values) not in (1, n):
+            raise InputError(f"{name}: expected one class or one per image ({n}), got {np.shape(value)}")
+        out = np.empty(len(values), np.int64)
+        for i, item in enumerate(values):
+            if isinstance(item, str):
+                if item not in self.class_names:
+                    raise InputError(f"{name}: unknown class name {item!r}; classes: {', '.join(self.class_names)}")
+                out[i] = self.class_names.index(item)
+            elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+                if not 0 <= int(item) < len(self.class_names):
+                    raise InputError(f"{name}: class index {int(item)} out of range [0, {len(self.class_names)})")
+                out[i] = int(item)
+            else:
+                raise InputError(f"{name}: classes are integer indices or class names, got {type(item).__name__}")
+        return np.repeat(out, n) if len(out) == 1 else out
+
+    def _baseline(self, baseline: Any, x: np.ndarray, target: np.ndarray | None, source: np.ndarray) -> np.ndarray:
+        if isinstance(baseline, str):
+            if baseline == "ganmex":
+                if target is None:
+                    raise InputError("baseline='ganmex' needs a target class (the generator makes an image of it)")
+                return self.counterfactual_batch(x, target)
+            if baseline == "zero":
+                return np.full_like(x, 0.0)
+            if baseline == "uniform":
+                low, high = self.backend.value_range
+                return np.random.default_rng(0).uniform(low, high, x.shape).astype(np.float32)
+            if baseline == "blur":
+                from xaisdk.baselines.simple import Blur
+
+                return Blur()(x, target)
+            raise InputError(f"baseline: unknown name {baseline!r}; expected 'ganmex', 'zero', 'uniform', 'blur', "
+                             "a number, an image or batch, or a callable (x, target) -> images")
+        if callable(baseline):
+            baseline = baseline(x, target)
+        if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+            value = np.full_like(x, float(baseline))
+            if not np.isfinite(value).all():
+                raise InputError("baseline: must be finite")
+            return value
+        batch, single = self._batch(baseline, "baseline")
+        if single or len(batch) == 1:
+            batch = np.repeat(batch, len(x), axis=0)
+        if batch.shape != x.shape:
+            raise InputError(f"baseline: expected one image or {len(x)} (one per input), got {len(batch)}")
+        return batch
+
+    def _baseline_set(self, baseline: Any, x: np.ndarray, target: np.ndarray | None, source: np.ndarray) -> np.ndarray:
+        """DeepSHAP's (N, M, C, H, W) baselines: a generated/one-per-input baseline is a set of one."""
+        array = np.asarray(baseline) if isinstance(baseline, np.ndarray) else None
+        if array is not None and array.ndim == x.ndim + 1:
+            if array.shape[0] != len(x) or array.shape[2:] != x.shape[1:]:
+                raise InputError(f"baseline: a per-input set must be (N, M, C, H, W) with N = {len(x)}, got {array.shape}")
+            flat, _ = self._batch(array.reshape(-1, *array.shape[2:]), "baseline")
+            return flat.reshape(array.shape)
+        if array is not None and array.ndim == x.ndim and len(array) != len(x):
+            shared, _ = self._batch(array, "baseline")  # (M, C, H, W) shared by every input
+            return np.broadcast_to(shared, (len(x), *shared.shape)).copy()
+        return self._baseline(baseline, x, target, source)[:, None]
+
+    # ---- public API ---------------------------------------------------------------------
+    def logits(self, x: Any) -> np.ndarray:
+        """Logits (N, K) of a batch, or (K,) for one image."""
+        batch, single = self._batch(x)
+        out = self.backend.logits(batch)
+        return out[0] if single else out
+
+    def predict(self, x: Any) -> np.ndarray | int:
+        """Predicted class indices (an int for one image); names are ``explainer.class_names[i]``."""
+        labels = np.asarray(self.logits(x)).argmax(-1)
+        return int(labels) if labels.ndim == 0 else labels
+
+    def counterfactual_batch(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
+        if not self.backend.has_generator:
+            raise InputError("no GANMEX generator: load a GANMEX checkpoint or a bundle exported from one "
+                             "(or pass generator=), or choose another baseline")
+        return self.backend.generate(x, target)
+
+    def counterfactual(self, x: Any, target: Any) -> np.ndarray:
+        """The GANMEX image of each input turned into class ``target``: the closest realistic image
+        of that class (same layout rules as :meth:`explain`; float32 in the model's value range)."""
+        batch, single = self._batch(x)
+        images = self.counterfactual_batch(batch, self._classes(target, len(batch), "target"))
+        return images[0] if single else images
+
+    def explain(self, x: Any, target: Any, source: Any = None, method: str = "ig", baseline: Any = "ganmex",
+                **method_options: Any) -> Explanation:
+        """Attribute ``S_source - S_target`` (``S_source`` when ``target`` is None) for each input.
+
+        ``source`` defaults to the predicted class. ``method``: ``"ig"`` (default; options
+        ``n_steps=200``, ``rule``), ``"deeplift"``, ``"deepshap"`` (``baseline`` may also be a set
+        (M, C, H, W) or (N, M, C, H, W)), ``"occlusion"`` (``window``, ``stride``),
+        ``"expected_gradients"`` (``references=`` images, optional ``reference_labels``; no
+        baseline), ``"gradient"``, ``"grad_x_input"``. ``baseline``: ``"ganmex"`` (default),
+        ``"zero"``, ``"uniform"``, ``"blur"``, a number, an image or one per input, or a callable
+        ``(x, target) -> images``.
+        """
+        name = ALIASES.get(method, method)
+        if name not in METHODS:
+            raise InputError(f"method: unknown {method!r}; expected one of {', '.join(METHODS)}")
+        driver, baseline_use = METHODS[name]
+        batch, single = self._batch(x)
+        n = len(batch)
+        logits = self.backend.logits(batch)
+        src = logits.argmax(1).astype(np.int64) if source is None else self._classes(source, n, "source")
+        tgt = None if target is None else self._classes(target, n, "target")
+        if tgt is not None and np.any(tgt == src):
+            i = int(np.flatnonzero(tgt == src)[0])
+            raise InputError(f"target equals source ({self.class_names[src[i]]!r}) for image {i}: a one-vs-one "
+                             "explanation needs two different classes (leave source unset to use the prediction)")
+        weights = class_weights(src, tgt, self.backend.num_classes)
+        score = (logits * weights).sum(1)
+        args: tuple = (self.backend, batch, weights)
+        base = None
+        if baseline_use is None:
+            if baseline not in (None, "ganmex"):
+                raise InputError(f"method {name!r} takes no baseline (got {baseline!r})")
+            if name == "expected_gradients":
+                method_options.setdefault("target", tgt)
+                if "references" in method_options:
+                    refs, _ = self._batch(method_options["references"], "references")
+                    method_options["references"] = refs
+        elif baseline_use == "set":
+            base = self._baseline_set(baseline, batch, tgt, src)
+            args += (base,)
+        else:
+            base = self._baseline(baseline, batch, tgt, src)
+            args += (base,)
+        attributions = _call(driver, name, args, method_options)
+        baseline_score = delta = None
+        if base is not None:
+            flat = base.reshape(-1, *batch.shape[1:])
+            base_scores = (self.backend.logits(flat) * np.repeat(weights, len(flat) // n, axis=0)).sum(1)
+            baseline_score = base_scores.reshape(n, -1).mean(1)
+            if name in COMPLETE:
+                delta = attributions.reshape(n, -1).sum(1) - (score - baseline_score)
+        return _squeeze(Explanation(name, attributions, src, tgt, score, base, baseline_score, delta), single)
+
+
+def _call(driver: Callable[..., np.ndarray], name: str, args: tuple, options: dict[str, Any]) -> np.ndarray:
+    # The explainer computes the convergence delta itself (for every baseline kind), so drivers never return it.
+    accepted = [p for p in list(inspect.signature(driver).parameters)[len(args):] if p != "return_convergence_delta"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise InputError(f"method {name!r}: unknown options {unknown}; accepted: {', '.join(accepted)}")
+    return driver(*args, **options)
+
+
+def _squeeze(e: Explanation, single: bool) -> Explanation:
+    if not single:
+        return e
+
+    def first(value: Any) -> Any:
+        if value is None:
+            return None
+        item = value[0]
+        return item.item() if isinstance(item, np.generic) else item
+
+    return Explanation(e.method, e.attributions[0], first(e.source), first(e.target), first(e.score),
+                       first(e.baseline), first(e.baseline_score), first(e.convergence_delta))
+
+
+def _model_class_names(model: Any) -> tuple[str, ...] | None:
+    classifier = getattr(model, "classifier", model)
+    names = getattr(classifier, "class_names", None)
+    return tuple(names) if names else None
