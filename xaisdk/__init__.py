@@ -6,12 +6,15 @@ from xaisdk.errors import InputError
 
 __version__ = "0.1.0"
 
-# Loaders re-exported lazily, so that ``import xaisdk`` (and the torch-free runtime) does not import torch.
+# Re-exported lazily, so that ``import xaisdk`` (and the torch-free runtime) does not import torch;
+# the Explainer itself imports torch only for torch models.
 _LAZY = {
     "load_classifier": "xaisdk.models",
     "load_shipped_classifier": "xaisdk.models",
     "load_ganmex": "xaisdk.models",
     "load_shipped_ganmex": "xaisdk.models",
+    "Explainer": "xaisdk.explainer",
+    "Explanation": "xaisdk.explainer",
 }
 
 

@@ -187,8 +187,10 @@ class Explainer:
                 low, high = self.backend.value_range
                 return np.random.default_rng(0).uniform(low, high, x.shape).astype(np.float32)
             if baseline == "blur":
-                from xaisdk.baselines.simple import Blur
-
+                try:
+                    from xaisdk.baselines.simple import Blur
+                except ImportError:
+                    raise InputError("baseline 'blur' needs scipy and torch: pip install 'xaisdk[torch]'") from None
                 return Blur()(x, target)
             raise InputError(f"baseline: unknown name {baseline!r}; expected 'ganmex', 'zero', 'uniform', 'blur', "
                              "a number, an image or batch, or a callable (x, target) -> images")

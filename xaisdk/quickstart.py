@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from xaisdk import attribution
 from xaisdk.baselines import MDTS
 from xaisdk.data import load_digits
+from xaisdk.deploy.export import export_bundle
 from xaisdk.errors import InputError
+from xaisdk.explainer import Explainer
 from xaisdk.models import load_shipped_ganmex, shipped_ganmex_path
 from xaisdk.viz import save_grouped_saliency_grid
 
@@ -43,6 +43,7 @@ IG_STEPS = 200
 MAX_MISCLASSIFIED = 4
 FIGURE_A = "figure2_one_vs_one.png"
 FIGURE_B = "figure2_why_not_true_class.png"
+BUNDLE = "bundle"
 COLOURS = "blue: evidence for the source class, red: for the target; each map on its own symmetric scale"
 
 
@@ -53,33 +54,22 @@ class QuickstartResult:
     summary: dict = field(default_factory=dict)
 
 
-def _logits(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
-
-
-def _score_delta(module: torch.nn.Module, x: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
+def _score_delta(explainer: Explainer, x: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Per-row ``S_source - S_target`` (logits) of ``x``."""
-    logits = _logits(module, x)
+    logits = explainer.logits(x)
     rows = np.arange(len(x))
     return logits[rows, source] - logits[rows, target]
 
 
-def _attribute(clf, method: str, x: np.ndarray, source: np.ndarray, target: np.ndarray,
+def _attribute(explainer: Explainer, method: str, x: np.ndarray, source: np.ndarray, target: np.ndarray,
                baseline: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """One method relative to one baseline per row: the attributions and, for IG/DeepLIFT, the completeness error."""
-    common = dict(source=source, target=target)
-    if method == "integrated_gradients":
-        return attribution.integrated_gradients(clf, x, baseline=baseline, n_steps=IG_STEPS,
-                                                return_convergence_delta=True, **common)
-    if method == "deeplift":
-        return attribution.deeplift(clf, x, baseline=baseline, return_convergence_delta=True, **common)
-    if method == "occlusion":
-        return attribution.occlusion(clf, x, window=1, baseline=baseline, **common), None
-    return attribution.deepshap(clf, x, baselines=baseline[:, None], **common), None
+    options = {"integrated_gradients": {"n_steps": IG_STEPS}, "occlusion": {"window": 1}}.get(method, {})
+    e = explainer.explain(x, target, source=source, method=method, baseline=baseline, **options)
+    return e.attributions, e.convergence_delta if method in COMPLETE else None
 
 
-def _explain(clf, x: np.ndarray, source: np.ndarray, target: np.ndarray, baselines: dict[str, np.ndarray],
+def _explain(explainer: Explainer, x: np.ndarray, source: np.ndarray, target: np.ndarray, baselines: dict[str, np.ndarray],
              methods: Sequence[str], bar) -> tuple[dict, dict, dict]:
     """``maps[method][baseline]``, ``seconds[method][baseline]`` and per-row completeness errors."""
     maps: dict = {m: {} for m in methods}
@@ -89,7 +79,7 @@ def _explain(clf, x: np.ndarray, source: np.ndarray, target: np.ndarray, baselin
         for name, baseline in baselines.items():
             bar.set_postfix_str(f"{LABELS[method]} / {LABELS[name]}")
             start = time.perf_counter()
-            maps[method][name], delta = _attribute(clf, method, x, source, target, baseline)
+            maps[method][name], delta = _attribute(explainer, method, x, source, target, baseline)
             seconds[method][name] = time.perf_counter() - start
             if delta is not None:
                 errors[method][name] = np.abs(delta)
@@ -103,11 +93,11 @@ def _timed(make: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:
     return value, time.perf_counter() - start
 
 
-def _panel_summary(module, x, source, target, baselines, errors, seconds, baseline_seconds) -> dict:
+def _panel_summary(explainer, x, source, target, baselines, errors, seconds, baseline_seconds) -> dict:
     """Per-row score deltas, distances and completeness errors, and their aggregates, for one figure."""
-    delta_x = _score_delta(module, x, source, target)
-    delta_b = {name: _score_delta(module, b, source, target) for name, b in baselines.items()}
-    predicted_b = {name: _logits(module, b).argmax(1) for name, b in baselines.items()}
+    delta_x = _score_delta(explainer, x, source, target)
+    delta_b = {name: _score_delta(explainer, b, source, target) for name, b in baselines.items()}
+    predicted_b = {name: explainer.predict(b) for name, b in baselines.items()}
     l2 = {name: np.sqrt(((x - b) ** 2).reshape(len(x), -1).sum(1)) for name, b in baselines.items()}
     rows = []
     for i in range(len(x)):
@@ -157,7 +147,10 @@ def run_quickstart(
         raise InputError(f"n_images must be in [1, 64], got {n_images}")
     out = Path(out_dir)
     gm = load_shipped_ganmex("digits")
-    clf, module = gm.classifier, gm.classifier.model
+    clf = gm.classifier
+    # Every explanation below runs on the exported bundle (ONNX Runtime), as a service would.
+    export = export_bundle(gm, out / BUNDLE, force=True)
+    explainer = Explainer.load(out / BUNDLE)
     extra: list[int] = []
     for t in targets:
         if not 0 <= int(t) < clf.num_classes:
@@ -166,13 +159,13 @@ def run_quickstart(
             extra.append(int(t))
     split = load_digits()
     test = split.test
-    test_predicted = _logits(module, test.x).argmax(1)
+    test_predicted = explainer.predict(test.x)
     misclassified = np.flatnonzero(test_predicted != test.y)[:MAX_MISCLASSIFIED]
 
     # Fig. 2.A rows: every chosen image against its runner-up class, then against each extra target.
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(test), size=int(n_images), replace=False))
-    logits = _logits(module, test.x[pick])
+    logits = explainer.logits(test.x[pick])
     predicted, runner_up = logits.argmax(1), np.argsort(logits, axis=1)[:, -2]
     pairs: list[tuple[int, int, str]] = []  # (index into pick, target, why)
     for i in range(len(pick)):
@@ -188,9 +181,9 @@ def run_quickstart(
     bar = tqdm(total=steps, desc="quickstart", unit="map", disable=not progress)
 
     mdts, mdts_s = _timed(lambda: MDTS(split.train)(x, target))
-    ganmex, ganmex_s = _timed(lambda: gm.baseline(x, target))
+    ganmex, ganmex_s = _timed(lambda: explainer.counterfactual(x, target))
     baselines = {"zero": np.zeros_like(x), "mdts": mdts, "ganmex": ganmex}
-    maps, seconds, errors = _explain(clf, x, source, target, baselines, METHODS, bar)
+    maps, seconds, errors = _explain(explainer, x, source, target, baselines, METHODS, bar)
     titles = [f"#{pick[i]}: {source[r]} -> {target[r]}" for r, i in enumerate(which)]
     result.figures.append(save_grouped_saliency_grid(
         out / FIGURE_A, x,
@@ -200,7 +193,7 @@ def run_quickstart(
         title=f"Fig. 2.A  one-vs-one: why the predicted class (source) and not the target?  "
               f"Rows '#test image: source -> target'.\nMaps of S_source - S_target relative to each baseline; {COLOURS}.",
     ))
-    panel_a = _panel_summary(module, x, source, target, baselines, errors, seconds,
+    panel_a = _panel_summary(explainer, x, source, target, baselines, errors, seconds,
                              {"zero": 0.0, "mdts": mdts_s, "ganmex": ganmex_s})
     for row, (i, _, why) in zip(panel_a["rows"], pairs):
         row.update(image=int(pick[i]), label=int(test.y[pick[i]]), why=why)
@@ -209,6 +202,8 @@ def run_quickstart(
     summary: dict = {
         "classifier": {"arch": clf.arch, **{k: clf.metadata.get(k) for k in ("test_accuracy", "dataset")}},
         "ganmex_checkpoint": shipped_ganmex_path("digits").name,
+        "bundle": {"folder": BUNDLE, "backend": explainer.backend.name, "providers": explainer.backend.providers,
+                   "export_seconds": export.seconds, "megabytes": export.total_bytes / 1e6},
         "images": [int(i) for i in pick],
         "labels": test.y[pick].tolist(),
         "predicted": predicted.tolist(),
@@ -222,8 +217,8 @@ def run_quickstart(
     why_not: dict = {"figure": None, "misclassified": len(np.flatnonzero(test_predicted != test.y)), "rows": []}
     if len(misclassified):
         xm, pm, tm = test.x[misclassified], test_predicted[misclassified], test.y[misclassified]
-        expected, gen_s = _timed(lambda: gm.baseline(xm, tm))
-        maps_m, seconds_m, errors_m = _explain(clf, xm, pm, tm, {"ganmex": expected}, WHY_NOT_METHODS, bar)
+        expected, gen_s = _timed(lambda: explainer.counterfactual(xm, tm))
+        maps_m, seconds_m, errors_m = _explain(explainer, xm, pm, tm, {"ganmex": expected}, WHY_NOT_METHODS, bar)
         result.figures.append(save_grouped_saliency_grid(
             out / FIGURE_B, xm,
             {"GANMEX G(x, true)": expected},
@@ -234,7 +229,7 @@ def run_quickstart(
                   "Maps of S_predicted - S_true relative to G(x, true); blue: evidence for the predicted\n"
                   "class, red: for the true class; each map on its own symmetric scale.",
         ))
-        panel_b = _panel_summary(module, xm, pm, tm, {"ganmex": expected}, errors_m, seconds_m, {"ganmex": gen_s})
+        panel_b = _panel_summary(explainer, xm, pm, tm, {"ganmex": expected}, errors_m, seconds_m, {"ganmex": gen_s})
         for row, i in zip(panel_b["rows"], misclassified):
             row.update(image=int(i), label=int(test.y[i]))
         panel_b["rows"] = [_ordered(row) for row in panel_b["rows"]]
@@ -294,6 +289,9 @@ def _summary_text(summary: dict) -> str:
     lines = [
         "xaisdk quickstart: the GANMEX paper's Figure 2 on the shipped digits classifier",
         f"classifier: {summary['classifier']['arch']}{accuracy}; baseline generator: {summary['ganmex_checkpoint']}",
+        f"explanations from the exported bundle {summary['bundle']['folder']}/ ({summary['bundle']['megabytes']:.1f} MB, "
+        f"exported and verified in {summary['bundle']['export_seconds']:.1f} s) on {summary['bundle']['backend']} "
+        f"({', '.join(summary['bundle']['providers'])})",
         f"test images {summary['images']}, labels {summary['labels']}, predicted {summary['predicted']}, "
         f"runner-up {summary['runner_up']}",
         "",
