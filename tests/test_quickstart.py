@@ -165,3 +165,15 @@ def test_grouped_grid_checks_shapes(tmp_path):
     with pytest.raises(InputError, match="row_titles"):
         save_grouped_saliency_grid(tmp_path / "g.png", x, {}, {"IG": {"zero": x}}, row_titles=["only one"])
     assert not (tmp_path / "g.png").exists()
+
+
+def test_explanations_come_from_the_exported_bundle(run, test_logits):
+    result, summary = run
+    assert summary["bundle"]["backend"] == "onnxruntime"
+    manifest = json.loads((result.out_dir / "bundle" / "manifest.json").read_text())
+    assert set(manifest["graphs"]) == {"classifier", "classifier_grad", "deeplift_grad", "generator_ganmex"}
+    # The bundle's scores at the input agree with torch's logits on the same test digits.
+    for row in summary["one_vs_one"]["rows"]:
+        logits = test_logits[row["image"]]
+        want = logits[row["source"]] - logits[row["target"]]
+        assert abs(row["score_delta"]["input"] - want) <= 1e-4 * max(1.0, abs(want))

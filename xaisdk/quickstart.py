@@ -148,15 +148,15 @@ def run_quickstart(
     out = Path(out_dir)
     gm = load_shipped_ganmex("digits")
     clf = gm.classifier
-    # Every explanation below runs on the exported bundle (ONNX Runtime), as a service would.
-    export = export_bundle(gm, out / BUNDLE, force=True)
-    explainer = Explainer.load(out / BUNDLE)
     extra: list[int] = []
     for t in targets:
         if not 0 <= int(t) < clf.num_classes:
             raise InputError(f"target {t} is not a class index in [0, {clf.num_classes})")
         if int(t) not in extra:
             extra.append(int(t))
+    # Every explanation below runs on the exported bundle (ONNX Runtime), as a service would.
+    export = export_bundle(gm, out / BUNDLE, force=True)
+    explainer = Explainer.load(out / BUNDLE)
     split = load_digits()
     test = split.test
     test_predicted = explainer.predict(test.x)
