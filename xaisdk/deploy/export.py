@@ -209,12 +209,33 @@ def _resolve(model: Classifier | GanmexModel | str | os.PathLike) -> tuple[Class
     raise InputError(f"model: expected a Classifier, a GanmexModel or a checkpoint path, got {type(model).__name__}")
 
 
+def _check_arguments(opset: Any, batch: Any) -> tuple[int, int | None]:
+    """``opset`` and ``batch`` as ints (``batch`` may be None); anything else raises InputError."""
+    def is_int(value: Any) -> bool:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+    if not is_int(opset) or int(opset) not in OPSETS:
+        raise InputError(f"opset must be an integer in {OPSETS.start}..{OPSETS.stop - 1}, got {opset!r}")
+    if batch is not None and (not is_int(batch) or int(batch) < 1):
+        raise InputError(f"batch must be an integer >= 1 (or None for a dynamic batch), got {batch!r}")
+    return int(opset), None if batch is None else int(batch)
+
+
+def _is_bundle(folder: Path) -> bool:
+    """Whether ``folder`` holds an xaisdk bundle manifest (not merely some file named manifest.json)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("schema") == SCHEMA
+
+
 def _prepare_out(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
-        if not (out / MANIFEST).is_file():
-            raise InputError(f"{out}: folder is not empty and is not a bundle; refusing to write into it")
+        if not _is_bundle(out):
+            raise InputError(f"{out}: folder is not empty and is not an xaisdk bundle; refusing to write into it")
         if not force:
             raise InputError(f"{out}: a bundle is already there; pass force=True (--force) to replace it")
 
@@ -248,10 +269,7 @@ def export_bundle(model: Classifier | GanmexModel | str | os.PathLike, out: str 
     (['classifier.onnx', 'classifier_grad.onnx', 'deeplift_grad.onnx', 'manifest.json'], True)
     """
     started = time.perf_counter()
-    if int(opset) not in OPSETS:
-        raise InputError(f"opset must be in {OPSETS.start}..{OPSETS.stop - 1}, got {opset}")
-    if batch is not None and int(batch) < 1:
-        raise InputError(f"batch must be >= 1, got {batch}")
+    opset, batch = _check_arguments(opset, batch)
     out = Path(out)
     _prepare_out(out, force)
     classifier, ganmex, source = _resolve(model)

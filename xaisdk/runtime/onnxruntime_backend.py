@@ -98,7 +98,26 @@ class OnnxRuntimeBackend:
         names = tuple(i.name for i in session.get_inputs()), tuple(o.name for o in session.get_outputs())
         if set(names[0]) != set(spec.inputs) or set(names[1]) != set(spec.outputs):
             raise InputError(f"{where}: graph I/O {names} differs from the manifest {(spec.inputs, spec.outputs)}")
+        self._check_shapes(session, where)
         return session
+
+    def _check_shapes(self, session, where) -> None:
+        """Every graph input/output is float32 and shaped as the manifest's input spec, class count and
+        batch imply; a graph edited (or a manifest changed) otherwise would fail on the first run."""
+        rows, k = self.bundle.batch, self.num_classes
+        image = (rows, *self.input_shape)
+        expected = {"x": image, "baseline": image, "grad": image, "multipliers": image, "image": image,
+                    "w": (rows, k), "target": (rows, k), "logits": (rows, k), "score": (rows,), "score_baseline": (rows,)}
+        for arg in [*session.get_inputs(), *session.get_outputs()]:
+            want = expected.get(arg.name)
+            if want is None:
+                continue
+            got = list(arg.shape)
+            dynamic_or_equal = [not isinstance(g, int) or g == w for g, w in zip(got, want)]
+            if arg.type != "tensor(float)" or len(got) != len(want) or not all(dynamic_or_equal):
+                shown = ["N" if w is None else w for w in want]
+                raise InputError(f"{where}: {arg.name!r} is {arg.type} {got} in the graph, but the manifest's input spec "
+                                 f"and class names make it tensor(float) {shown}")
 
     def _warmup(self) -> None:
         x = np.full((1, *self.input_shape), self.value_range[0], np.float32)
