@@ -205,11 +205,17 @@ def explain_command(bundle_path: Path, inputs: tuple[Path, ...], target: str | N
         raise click.ClickException("--input: two files share a name; their outputs would overwrite each other")
     chosen_baseline = baseline if baseline is not None else ("ganmex" if target is not None else "zero")
     options = {"n_steps": steps} if method == "ig" else {}
-    records = []
+    # Explain every image before writing anything, so that a bad input leaves no half-written output folder.
+    explanations = []
     for path, image in zip(inputs, images):
-        e = explainer.explain(image, _class_arg(target), source=_class_arg(source), method=method,
-                              baseline=None if method in ("gradient", "grad_x_input") else _number_or_name(chosen_baseline),
-                              **options)
+        try:
+            explanations.append(explainer.explain(
+                image, _class_arg(target), source=_class_arg(source), method=method,
+                baseline=None if method in ("gradient", "grad_x_input") else _number_or_name(chosen_baseline), **options))
+        except InputError as err:
+            raise InputError(f"{path}: {err}" if len(inputs) > 1 else str(err)) from None
+    records = []
+    for path, image, e in zip(inputs, images, explanations):
         save_image_png(image, out_dir / f"{path.stem}_input.png", value_range)
         save_attribution_png(e.attributions, out_dir / f"{path.stem}_attribution.png")
         if e.baseline is not None and np.ndim(e.baseline) == len(shape):

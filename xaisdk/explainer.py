@@ -155,6 +155,8 @@ class Explainer:
             return as_model_batch(x, self.backend.input_shape, self.backend.value_range)
         except InputError as err:
             message = str(err)
+            if name != "x" and message.startswith("x: "):  # as_model_batch names its argument x
+                message = message[len("x: "):]
             raise InputError(message if message.startswith(name) else f"{name}: {message}") from None
 
     def _classes(self, value: Any, n: int, name: str) -> np.ndarray:
@@ -196,7 +198,7 @@ class Explainer:
                              "a number, an image or batch, or a callable (x, target) -> images")
         if callable(baseline):
             baseline = baseline(x, target)
-        if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+        if isinstance(baseline, (int, float, np.integer, np.floating)) and not isinstance(baseline, (bool, np.bool_)):
             value = np.full_like(x, float(baseline))
             if not np.isfinite(value).all():
                 raise InputError("baseline: must be finite")
@@ -276,13 +278,15 @@ class Explainer:
         args: tuple = (self.backend, batch, weights)
         base = None
         if baseline_use is None:
-            if baseline not in (None, "ganmex"):
-                raise InputError(f"method {name!r} takes no baseline (got {baseline!r})")
+            if not (baseline is None or isinstance(baseline, str) and baseline == "ganmex"):
+                shown = f"an array of shape {np.shape(baseline)}" if isinstance(baseline, np.ndarray) else repr(baseline)
+                raise InputError(f"method {name!r} takes no baseline (got {shown})")
             if name == "expected_gradients":
+                if "references" not in method_options:
+                    raise InputError("method 'expected_gradients' needs references= (images (M, C, H, W) to draw baselines "
+                                     "from, e.g. training images; reference_labels= restricts them to the target class)")
                 method_options.setdefault("target", tgt)
-                if "references" in method_options:
-                    refs, _ = self._batch(method_options["references"], "references")
-                    method_options["references"] = refs
+                method_options["references"], _ = self._batch(method_options["references"], "references")
         elif baseline_use == "set":
             base = self._baseline_set(baseline, batch, tgt, src)
             args += (base,)

@@ -273,10 +273,11 @@ def _deeplift_pairs(
 ) -> np.ndarray:
     """Rescale-rule attributions ``(x - base) * m`` for paired rows of ``x`` and ``base``."""
     if not backend.supports_deeplift:
-        raise InputError(
-            f"{desc}: the model has layers the rescale rule does not cover (max pooling, softmax, normalization "
-            f"across features), so the {backend.name} backend offers no DeepLIFT; use integrated_gradients instead"
-        )
+        reason = getattr(backend, "deeplift_unavailable", None)  # the backend's own account of why, if it has one
+        why = reason or ("the model has layers the rescale rule does not cover "
+                         "(max pooling, softmax, normalization across features)")
+        hint = "" if "integrated" in why else "; use integrated_gradients instead"
+        raise InputError(f"{desc}: the {backend.name} backend offers no DeepLIFT: {why}{hint}")
     attr = np.empty_like(x)
     pieces = list(chunks(len(x), _chunk_size(chunk_size)))
     for sl in _bar(pieces, desc, progress):

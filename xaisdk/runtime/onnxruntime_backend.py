@@ -84,6 +84,7 @@ class OnnxRuntimeBackend:
             options.intra_op_num_threads = int(intra_op_threads)
         self._sessions = {role: self._session(ort, spec, options) for role, spec in self.bundle.graphs.items()}
         self.supports_deeplift = "deeplift_grad" in self._sessions
+        self.deeplift_unavailable = None if self.supports_deeplift else self.bundle.deeplift_unavailable
         self.has_generator = "generator_ganmex" in self._sessions
         if warmup:
             self._warmup()

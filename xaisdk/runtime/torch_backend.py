@@ -73,6 +73,8 @@ class TorchBackend:
         self.num_classes = meta.num_classes if meta is not None else self._probe_num_classes()
         self._unsupported = unsupported_layer(self.module)
         self.supports_deeplift = self._unsupported is None
+        self.deeplift_unavailable = None if self.supports_deeplift else (
+            f"the model contains {type(self._unsupported).__name__}, which the rescale rule does not cover")
         self._generator = _generator(generator, model, self.input_shape)
         self.has_generator = self._generator is not None
         self._deeplift_lock = threading.Lock()
