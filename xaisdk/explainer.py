@@ -118,11 +118,12 @@ class Explainer:
 
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str = "auto", *, providers: list[str] | None = None,
-             intra_op_threads: int | None = None) -> Explainer:
+             intra_op_threads: int | None = None, spin_wait: bool = False) -> Explainer:
         """An Explainer for an exported bundle folder (ONNX Runtime) or a ``.pt`` checkpoint (torch).
 
         ``backend``: ``"auto"`` (bundle folders on ONNX Runtime, checkpoints on torch),
-        ``"onnxruntime"`` or ``"torch"``. ``providers`` and ``intra_op_threads`` configure ONNX
+        ``"onnxruntime"`` or ``"torch"``. ``providers``, ``intra_op_threads`` and ``spin_wait`` (see
+        :class:`~xaisdk.runtime.onnxruntime_backend.OnnxRuntimeBackend`) configure ONNX
         Runtime (default: TensorRT/CUDA when onnxruntime-gpu offers them, else CPU; all cores).
         Sessions are warmed up before this returns.
 
@@ -142,7 +143,8 @@ class Explainer:
                                  "or load the .pt checkpoint it was exported from")
             from xaisdk.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
-            return cls(OnnxRuntimeBackend(path, providers=providers, intra_op_threads=intra_op_threads))
+            return cls(OnnxRuntimeBackend(path, providers=providers, intra_op_threads=intra_op_threads,
+                                          spin_wait=spin_wait))
         if backend == "onnxruntime":
             raise InputError(f"{path}: the onnxruntime backend runs bundles; make one with `xaisdk export --model {path}`")
         from xaisdk.models.ganmex import load_model
