@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from nets import randomize_batch_norms
 
 from xaisdk.models import CifarCNN, MnistCNN
 
@@ -21,14 +22,7 @@ def cifar_cnn() -> CifarCNN:
     """A narrow GANMEX CIFAR architecture whose batch norms have non-trivial running statistics."""
     torch.manual_seed(1)
     net = CifarCNN(in_channels=3, image_size=32, num_classes=10, widths=(8, 8, 16, 16)).eval()
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.1, 0.1)
-    return net
+    return randomize_batch_norms(net)
 
 
 @pytest.fixture(scope="session")

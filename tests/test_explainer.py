@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from nets import randomize_batch_norms
 from torch import nn
 
 import xaisdk
@@ -46,22 +47,12 @@ def score_ulps(score: Any) -> float:
 # --- models under test -----------------------------------------------------------------------------
 
 
-def _randomize_batch_norms(net: nn.Module) -> None:
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.1, 0.1)
-
-
 def bn_classifier() -> Classifier:
     """A narrow CifarCNN (conv + batch norm + ReLU, average pooling) on 3x16x16 with random running stats."""
     torch.manual_seed(3)
     config = {"in_channels": 3, "image_size": 16, "num_classes": 4, "widths": [8, 16]}
     net = CifarCNN(**{**config, "widths": tuple(config["widths"])})
-    _randomize_batch_norms(net)
+    randomize_batch_norms(net)
     return Classifier(net.eval(), "cifar_cnn", config, ("cat", "dog", "ship", "frog"), (3, 16, 16))
 
 
@@ -83,7 +74,7 @@ class PoolNet(nn.Module):
 def pool_classifier() -> Classifier:
     torch.manual_seed(4)
     net = PoolNet()
-    _randomize_batch_norms(net)
+    randomize_batch_norms(net)
     return Classifier(net.eval(), "pool_net", {}, tuple(f"c{i}" for i in range(5)), (1, 12, 12))
 
 
