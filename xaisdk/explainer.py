@@ -179,7 +179,7 @@ class Explainer:
                 raise InputError(f"{name}: classes are integer indices or class names, got {type(item).__name__}")
         return np.repeat(out, n) if len(out) == 1 else out
 
-    def _baseline(self, baseline: Any, x: np.ndarray, target: np.ndarray | None, source: np.ndarray) -> np.ndarray:
+    def _baseline(self, baseline: Any, x: np.ndarray, target: np.ndarray | None) -> np.ndarray:
         if isinstance(baseline, str):
             if baseline == "ganmex":
                 if target is None:
@@ -212,7 +212,7 @@ class Explainer:
             raise InputError(f"baseline: expected one image or {len(x)} (one per input), got {len(batch)}")
         return batch
 
-    def _baseline_set(self, baseline: Any, x: np.ndarray, target: np.ndarray | None, source: np.ndarray) -> np.ndarray:
+    def _baseline_set(self, baseline: Any, x: np.ndarray, target: np.ndarray | None) -> np.ndarray:
         """DeepSHAP's (N, M, C, H, W) baselines: a generated/one-per-input baseline is a set of one."""
         array = np.asarray(baseline) if isinstance(baseline, np.ndarray) else None
         if array is not None and array.ndim == x.ndim + 1:
@@ -223,7 +223,7 @@ class Explainer:
         if array is not None and array.ndim == x.ndim and len(array) != len(x):
             shared, _ = self._batch(array, "baseline")  # (M, C, H, W) shared by every input
             return np.broadcast_to(shared, (len(x), *shared.shape)).copy()
-        return self._baseline(baseline, x, target, source)[:, None]
+        return self._baseline(baseline, x, target)[:, None]
 
     # ---- public API ---------------------------------------------------------------------
     def logits(self, x: Any) -> np.ndarray:
@@ -290,10 +290,10 @@ class Explainer:
                 method_options.setdefault("target", tgt)
                 method_options["references"], _ = self._batch(method_options["references"], "references")
         elif baseline_use == "set":
-            base = self._baseline_set(baseline, batch, tgt, src)
+            base = self._baseline_set(baseline, batch, tgt)
             args += (base,)
         else:
-            base = self._baseline(baseline, batch, tgt, src)
+            base = self._baseline(baseline, batch, tgt)
             args += (base,)
         attributions = _call(driver, name, args, method_options)
         baseline_score = delta = None
