@@ -72,6 +72,24 @@ inline void require_f32(const py::array& a, const char* fn, const char* name, py
     }
 }
 
+// Like require_f32 for int64 index arrays.
+inline void require_i64(const py::array& a, const char* fn, const char* name, py::ssize_t ndim, bool writeable = false) {
+    const std::string where = std::string(fn) + ": " + name;
+    if (!a.dtype().equal(py::dtype::of<std::int64_t>())) {
+        throw std::invalid_argument(where + " must be an int64 array, got dtype " + py::str(a.dtype()).cast<std::string>());
+    }
+    if (a.ndim() != ndim) {
+        throw std::invalid_argument(where + " must have " + std::to_string(ndim) + " dimension" + (ndim == 1 ? "" : "s") +
+                                    ", got shape " + shape_str(a));
+    }
+    if (!(a.flags() & py::array::c_style)) {
+        throw std::invalid_argument(where + " must be C-contiguous (use numpy.ascontiguousarray)");
+    }
+    if (writeable && !a.writeable()) {
+        throw std::invalid_argument(where + " is written in place and must be writeable");
+    }
+}
+
 // True when the memory of `a` and `b` overlaps (both non-empty).
 inline bool overlaps(const py::array& a, const py::array& b) {
     if (a.nbytes() == 0 || b.nbytes() == 0) return false;

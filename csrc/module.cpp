@@ -6,6 +6,7 @@
 
 #include "common.h"
 #include "ig.h"
+#include "perturb.h"
 
 namespace {
 
@@ -43,4 +44,5 @@ PYBIND11_MODULE(_ext, m) {
     m.def("build_info", &build_info, "One line describing how the extension was compiled.");
 
     xaisdk::register_ig(m);
+    xaisdk::register_perturb(m);
 }

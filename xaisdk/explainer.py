@@ -26,7 +26,7 @@ import numpy as np
 
 from xaisdk.attribution import drivers
 from xaisdk.errors import InputError
-from xaisdk.runtime.backend import Backend, class_weights
+from xaisdk.runtime.backend import Backend, as_backend, class_weights
 from xaisdk.runtime.images import as_model_batch
 
 __all__ = ["METHODS", "Explainer", "Explanation"]
@@ -103,14 +103,9 @@ class Explainer:
 
     def __init__(self, model: Any, generator: Any = None, *, class_names: tuple[str, ...] | None = None,
                  **backend_options: Any) -> None:
-        if isinstance(model, Backend):
-            if generator is not None or backend_options:
-                raise InputError("generator= and backend options apply to torch models, not to a ready backend")
-            self.backend = model
-        else:
-            from xaisdk.runtime.torch_backend import TorchBackend
-
-            self.backend = TorchBackend(model, generator=generator, **backend_options)
+        if isinstance(model, Backend) and (generator is not None or backend_options):
+            raise InputError("generator= and backend options apply to torch models, not to a ready backend")
+        self.backend = model if isinstance(model, Backend) else as_backend(model, generator=generator, **backend_options)
         names = class_names or getattr(self.backend, "class_names", None) or _model_class_names(model)
         self.class_names = tuple(str(n) for n in names) if names else tuple(str(i) for i in range(self.backend.num_classes))
         if len(self.class_names) != self.backend.num_classes:

@@ -17,5 +17,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from xaisdk.runtime.ig_loop import integrated_gradients_loop  # noqa: E402
 from xaisdk.runtime.ig_reference import integrated_gradients_reference  # noqa: E402
+from xaisdk.runtime.perturbation import descending_order, perturbation_scores  # noqa: E402
 
-__all__ = ["integrated_gradients_loop", "integrated_gradients_reference"]
+__all__ = ["descending_order", "integrated_gradients_loop", "integrated_gradients_reference", "perturbation_scores"]

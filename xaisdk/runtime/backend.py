@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Backend", "class_weights"]
+__all__ = ["Backend", "as_backend", "class_weights"]
 
 
 @runtime_checkable
@@ -67,3 +67,21 @@ def class_weights(source: np.ndarray, target: np.ndarray | None, num_classes: in
     if target is not None:
         weights[rows, np.asarray(target, dtype=np.int64)] -= 1.0
     return weights
+
+
+def as_backend(model: object, **torch_options: object) -> Backend:
+    """``model`` itself when it already is a :class:`Backend`, else a
+    :class:`~xaisdk.runtime.torch_backend.TorchBackend` around it (torch module, ``Classifier`` or
+    ``GanmexModel``; ``torch_options`` go to its constructor). Imports torch only in that case.
+
+    >>> import torch
+    >>> as_backend(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)), input_shape=(1, 2, 2)).num_classes
+    3
+    """
+    if isinstance(model, Backend):
+        if torch_options:
+            raise TypeError(f"as_backend: options {sorted(torch_options)} apply to torch models, not to a ready backend")
+        return model
+    from xaisdk.runtime.torch_backend import TorchBackend
+
+    return TorchBackend(model, **torch_options)  # type: ignore[arg-type]
