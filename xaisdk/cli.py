@@ -231,6 +231,85 @@ def explain_command(bundle_path: Path, inputs: tuple[Path, ...], target: str | N
     click.echo(f"wrote {out_dir}")
 
 
+def _names(value: str, what: str) -> tuple[str, ...]:
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not items:
+        raise click.ClickException(f"--{what}: give a comma-separated list")
+    return items
+
+
+@main.command("evaluate")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="A GANMEX (or classifier) checkpoint .pt; needed for --metrics roar / randomization.")
+@click.option("--bundle", "bundle_path", type=click.Path(path_type=Path), default=None,
+              help="An exported bundle folder, run on ONNX Runtime (instead of --model).")
+@click.option("--dataset", default="digits", show_default=True, help="'digits', 'shapes', an .npz or a folder.")
+@click.option("--methods", default="ig,eg,deeplift,occlusion", show_default=True,
+              help="Comma-separated: ig, eg, deeplift, occlusion, deepshap.")
+@click.option("--baselines", default="zero,mdts,ganmex", show_default=True, help="Comma-separated: zero, mdts, ganmex.")
+@click.option("--metrics", "metric_names", default="all", show_default=True,
+              help="Comma-separated metric names, or 'all' (see `xaisdk.metrics.evaluate.METRICS`).")
+@click.option("--samples", default=100, show_default=True, help="Test images evaluated (the first ones).")
+@click.option("--targets", default="random", show_default=True, type=click.Choice(["random", "runner-up"]),
+              help="Target class of each image: a random other class (seeded) or the runner-up.")
+@click.option("--ig-steps", default=200, show_default=True)
+@click.option("--single-feature-samples", default=50, show_default=True,
+              help="Images for faithfulness / monotonicity (784 model calls per image each).")
+@click.option("--randomization-ganmex-steps", default=300, show_default=True,
+              help="GANMEX training steps per cascade stage.")
+@click.option("--roar-methods", default="ig,eg", show_default=True, help="Methods whose columns get ROAR.")
+@click.option("--roar-epochs", default=10, show_default=True)
+@click.option("--workers", default=2, show_default=True, help="Processes for ROAR's retraining.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for the report.")
+@click.option("--force", is_flag=True, help="Write into --out even if it holds files.")
+@_clean_errors
+def evaluate_command(model_path: Path | None, bundle_path: Path | None, dataset: str, methods: str, baselines: str,
+                     metric_names: str, samples: int, targets: str, ig_steps: int, single_feature_samples: int,
+                     randomization_ganmex_steps: int, roar_methods: str, roar_epochs: int, workers: int, seed: int,
+                     out_dir: Path, force: bool) -> None:
+    """Score attribution methods x baselines with the papers' metrics: metrics.json, report.md, PNG figures."""
+    import shlex
+
+    from xaisdk.data import load_dataset
+    from xaisdk.explainer import Explainer
+    from xaisdk.metrics.evaluate import METRICS, EvaluationConfig, evaluate
+    from xaisdk.metrics.report import write_report
+
+    if (model_path is None) == (bundle_path is None):
+        raise click.ClickException("give exactly one of --model (a .pt checkpoint) or --bundle (an exported folder)")
+    _refuse_overwrite(out_dir, force, "output folder")
+    chosen = METRICS if metric_names == "all" else _names(metric_names, "metrics")
+    config = EvaluationConfig(methods=_names(methods, "methods"), baselines=_names(baselines, "baselines"),
+                              metrics=tuple(chosen), samples=samples, targets=targets, seed=seed, ig_steps=ig_steps,
+                              single_feature_samples=single_feature_samples,
+                              randomization_ganmex_steps=randomization_ganmex_steps,
+                              roar_methods=_names(roar_methods, "roar-methods"), roar_epochs=roar_epochs,
+                              roar_workers=workers, progress=sys.stderr.isatty())
+    config.validate()
+    split = load_dataset(dataset)
+    torch_model = None
+    if bundle_path is not None:
+        explainer = Explainer.load(bundle_path)
+    else:
+        if not model_path.is_file():
+            raise click.ClickException(f"--model {model_path}: no such checkpoint file")
+        from xaisdk.models.ganmex import load_model
+
+        torch_model = load_model(model_path)
+        explainer = Explainer(torch_model, max_batch=1024)
+    if explainer.backend.input_shape != split.test.x.shape[1:]:
+        raise click.ClickException(f"--dataset {dataset}: images are {split.test.x.shape[1:]}, the model takes "
+                                   f"{explainer.backend.input_shape}")
+    result = evaluate(explainer, split, config, torch_model=torch_model, dataset_name=dataset,
+                      model_name=str(model_path or bundle_path))
+    command = "xaisdk " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    paths = write_report(result, out_dir, command)
+    click.echo((out_dir / "report.md").read_text())
+    for path in paths.values():
+        click.echo(f"wrote {path}")
+
+
 def _class_arg(value: str | None) -> int | str | None:
     """A class given on the command line: an index when it is all digits, else a class name."""
     if value is None:
