@@ -42,3 +42,13 @@ def digits():
 @pytest.fixture()
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def ext():
+    """The built extension; a missing build fails the test (CI always builds it), it is not skipped."""
+    try:
+        from xaisdk import _ext
+    except ImportError as err:
+        pytest.fail(f"xaisdk._ext is not built ({err}); run `python setup.py build_ext --inplace`")
+    return _ext

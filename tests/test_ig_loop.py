@@ -21,15 +21,6 @@ REPO_ROOT = Path(xaisdk.__file__).resolve().parent.parent
 IG_FUNCTIONS = [integrated_gradients_loop, integrated_gradients_reference]
 
 
-@pytest.fixture
-def ext():
-    """The built extension; a missing build fails the test (CI always builds it), it is not skipped."""
-    try:
-        from xaisdk import _ext
-    except ImportError as err:
-        pytest.fail(f"xaisdk._ext is not built ({err}); run `python setup.py build_ext --inplace`")
-    return _ext
-
 
 def midpoint_rule(steps: int) -> tuple[np.ndarray, np.ndarray]:
     return ((np.arange(steps) + 0.5) / steps).astype(np.float32), np.full(steps, 1.0 / steps, dtype=np.float32)

@@ -15,15 +15,6 @@ from xaisdk.runtime.perturbation import (
 )
 
 
-@pytest.fixture
-def ext():
-    try:
-        from xaisdk import _ext
-    except ImportError as err:
-        pytest.fail(f"xaisdk._ext is not built ({err}); run `python setup.py build_ext --inplace`")
-    return _ext
-
-
 def random_run(n=3, c=2, h=5, w=7, steps=6, seed=0):
     rng = np.random.default_rng(seed)
     base = rng.random((n, c, h, w), dtype=np.float32)

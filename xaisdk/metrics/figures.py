@@ -12,6 +12,13 @@ from xaisdk.viz import plt, save_grouped_saliency_grid
 __all__ = ["write_figures", "perturbation_curves", "gini_bars", "saliency_grid", "randomization_grid", "roar_curves"]
 
 
+def _save(fig, path: Path, dpi: int = 120) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def _style(label: str) -> dict:
     """Dashed for the non-class-targeted zero baseline, solid for class-targeted ones (as the paper)."""
     return {"linestyle": "--" if label.endswith("+Zero") else "-", "linewidth": 1.3}
@@ -27,10 +34,7 @@ def perturbation_curves(result: EvaluationResult, path: Path) -> Path:
     ax.set_ylabel("mean score delta S_source - S_target")
     ax.set_title(f"Perturbation curves, {result.dataset} ({len(result.x)} images)", fontsize=10)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def gini_bars(result: EvaluationResult, path: Path) -> Path:
@@ -45,10 +49,7 @@ def gini_bars(result: EvaluationResult, path: Path) -> Path:
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("Gini index (higher = sparser)")
     ax.set_title("Sparsity (yellow: zero baseline, green: GANMEX)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def saliency_grid(result: EvaluationResult, path: Path, rows: int = 6) -> Path:
@@ -94,10 +95,7 @@ def randomization_grid(result: EvaluationResult, path: Path, image: int = 0) -> 
             if c == 0:
                 ax.set_ylabel(label, fontsize=7)
     fig.suptitle("Cascading randomization, output layer first (left: original model)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=110)
 
 
 def roar_curves(result: EvaluationResult, path: Path) -> Path:
@@ -115,10 +113,7 @@ def roar_curves(result: EvaluationResult, path: Path) -> Path:
     ax.set_ylabel("retrained pair classifier accuracy")
     ax.set_title("ROAR, one-vs-one", fontsize=10)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_figures(result: EvaluationResult, out: Path) -> dict[str, Path]:
