@@ -153,7 +153,8 @@ def _roar_section(study: dict[str, Any]) -> list[str]:
     random = study.get("random")
     for label, found in study["columns"].items():
         a = found["aoroarc"]
-        lines.append(f"| {label} | {_cell(a['mean'])} | {_cell(a['std'])} | {_cell(found.get('excess'))} |")
+        excess = a["mean"] - random["mean"] if random and a["mean"] is not None and random["mean"] is not None else None
+        lines.append(f"| {label} | {_cell(a['mean'])} | {_cell(a['std'])} | {_cell(excess)} |")
     if random:
         lines.append(f"| random ranking | {_cell(random['mean'])} | {_cell(random['std'])} | 0 |")
     return lines + [""]
