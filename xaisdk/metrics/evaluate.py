@@ -154,7 +154,8 @@ def _pairs(explainer: Explainer, x: np.ndarray, kind: str, seed: int) -> tuple[n
 
 def nearest_of_class(train_x: np.ndarray, train_y: np.ndarray, x: np.ndarray, target: np.ndarray,
                      k: int) -> np.ndarray:
-    """(N, k, C, H, W): the ``k`` training images of each row's target class closest to it in L2.
+    """(N, k, C, H, W): the ``k`` training images of each row's target class closest to it in L2
+    (DeepSHAP's set version of :class:`~xaisdk.baselines.MDTS`, which gives the single nearest).
 
     >>> tx = np.arange(4, dtype=np.float32).reshape(4, 1, 1, 1); ty = np.array([0, 1, 1, 1])
     >>> nearest_of_class(tx, ty, np.full((1, 1, 1, 1), 2.2, np.float32), np.array([1]), 2)[0, :, 0, 0, 0].tolist()
@@ -182,7 +183,9 @@ def make_baselines(explainer: Explainer, split: Split, x: np.ndarray, target: np
         if kind == "zero":
             out[kind] = np.zeros_like(x)
         elif kind == "mdts":
-            out[kind] = nearest_of_class(split.train.x, split.train.y, x, target, 1)[:, 0]
+            from xaisdk.baselines import MDTS
+
+            out[kind] = MDTS(split.train)(x, target)
         elif kind == "ganmex":
             out[kind] = explainer.counterfactual_batch(x, target)
     return out
