@@ -9,7 +9,8 @@ import torch
 from scipy import ndimage, stats
 
 from xaisdk.errors import InputError
-from xaisdk.metrics.faithfulness import faithfulness, monotonicity, pearson_rows, spearman_rows
+from xaisdk.metrics._common import pearson_rows, spearman_rows
+from xaisdk.metrics.faithfulness import faithfulness, monotonicity
 from xaisdk.metrics.perturbation import aopc, aopc_from_curve, aospc, deletion, insertion, perturbation_curve
 from xaisdk.runtime.torch_backend import TorchBackend
 

@@ -17,7 +17,10 @@ import numpy as np
 from xaisdk.errors import InputError
 from xaisdk.runtime.backend import Backend, as_backend, class_weights
 
-__all__ = ["MetricResult", "Pairs", "resolve_pairs", "as_maps", "check_maps", "pixel_saliency", "batched_scores"]
+__all__ = [
+    "MetricResult", "Pairs", "resolve_pairs", "as_maps", "check_maps", "pixel_saliency", "batched_scores",
+    "pearson_rows", "spearman_rows",
+]
 
 
 @dataclass(frozen=True)
@@ -213,3 +216,35 @@ def pixel_saliency(maps: np.ndarray, reduce: str = "sum") -> np.ndarray:
     else:
         raise InputError(f"reduce: expected 'sum', 'abs' or 'max_abs', got {reduce!r}")
     return out.reshape(len(maps), -1)
+
+
+def pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row of ``a`` with the same row of ``b``; NaN for a constant row.
+
+    >>> pearson_rows(np.array([[1.0, 2, 3], [1, 1, 1]]), np.array([[2.0, 4, 7], [1, 2, 3]])).round(4).tolist()
+    [0.9934, nan]
+    """
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    denominator = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # Rows whose spread is rounding noise count as constant.
+        scale = np.maximum(np.abs(a).max(1), 1e-300) * np.maximum(np.abs(b).max(1), 1e-300)
+        r = np.where(denominator > 1e-12 * scale * a.shape[1], (a * b).sum(1) / denominator, np.nan)
+    return np.clip(r, -1.0, 1.0)
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share the mean rank) of each row, as scipy.stats.rankdata."""
+    from scipy.stats import rankdata
+
+    return rankdata(values, axis=1)
+
+
+def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman rank correlation of each row pair (Pearson of average ranks); NaN for a constant row.
+
+    >>> spearman_rows(np.array([[1.0, 2, 3]]), np.array([[1.0, 4, 9]])).tolist()
+    [1.0]
+    """
+    return pearson_rows(_ranks(a), _ranks(b))

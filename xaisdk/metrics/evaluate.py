@@ -37,8 +37,7 @@ BASELINES = {"zero": "Zero", "mdts": "MDTS", "ganmex": "GANMEX"}
 # "localization" needs ground-truth masks (the shapes data).
 METRICS = ("aopc", "gini", "faithfulness", "monotonicity", "inverse_localization", "deletion", "insertion",
            "aospc", "localization", "baseline_distance", "sensitivity", "randomization", "roar")
-DEFAULT_METRICS = ("aopc", "gini", "faithfulness", "monotonicity", "inverse_localization", "deletion", "insertion",
-                   "aospc", "localization", "baseline_distance", "sensitivity", "randomization", "roar")
+DEFAULT_METRICS = METRICS
 _DRIVER = {"ig": "ig", "eg": "expected_gradients", "deeplift": "deeplift", "occlusion": "occlusion",
            "deepshap": "deepshap"}
 

@@ -15,43 +15,12 @@ from typing import Any
 import numpy as np
 
 from xaisdk.errors import InputError
-from xaisdk.metrics._common import MetricResult, as_maps, pixel_saliency, resolve_pairs
+from xaisdk.metrics._common import MetricResult, as_maps, pearson_rows, pixel_saliency, resolve_pairs, spearman_rows
 from xaisdk.metrics.perturbation import score_function
 from xaisdk.metrics.substrates import make_substrate
 from xaisdk.runtime.perturbation import descending_order, perturbation_scores
 
-__all__ = ["faithfulness", "monotonicity", "pearson_rows", "spearman_rows"]
-
-
-def pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each row of ``a`` with the same row of ``b``; NaN for a constant row.
-
-    >>> pearson_rows(np.array([[1.0, 2, 3], [1, 1, 1]]), np.array([[2.0, 4, 7], [1, 2, 3]])).round(4).tolist()
-    [0.9934, nan]
-    """
-    a = a - a.mean(1, keepdims=True)
-    b = b - b.mean(1, keepdims=True)
-    denominator = np.sqrt((a * a).sum(1) * (b * b).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        # Rows whose spread is rounding noise count as constant.
-        scale = np.maximum(np.abs(a).max(1), 1e-300) * np.maximum(np.abs(b).max(1), 1e-300)
-        return np.where(denominator > 1e-12 * scale * a.shape[1], (a * b).sum(1) / denominator, np.nan)
-
-
-def _ranks(values: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share the mean rank) of each row, as scipy.stats.rankdata."""
-    from scipy.stats import rankdata
-
-    return rankdata(values, axis=1)
-
-
-def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman rank correlation of each row pair (Pearson of average ranks); NaN for a constant row.
-
-    >>> spearman_rows(np.array([[1.0, 2, 3]]), np.array([[1.0, 4, 9]])).tolist()
-    [1.0]
-    """
-    return pearson_rows(_ranks(a), _ranks(b))
+__all__ = ["faithfulness", "monotonicity"]
 
 
 def _groups(maps: np.ndarray, features_in_step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -31,12 +31,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 from skimage.feature import hog
 from skimage.metrics import structural_similarity
 
 from xaisdk.errors import InputError
-from xaisdk.metrics._common import MetricResult, as_maps, pixel_saliency
+from xaisdk.metrics._common import MetricResult, as_maps, pearson_rows, pixel_saliency, spearman_rows
 
 __all__ = [
     "SIMILARITY_METRICS",
@@ -171,17 +170,6 @@ def ssim_similarity(a: Any, b: Any, absolute: bool = True, percentile: float = D
                                  "win_size": 7, "undefined": int(np.isnan(values).sum())})
 
 
-def _row_pearson(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each row of ``u`` with the same row of ``v``; NaN where a row is constant."""
-    du = u - u.mean(1, keepdims=True)
-    dv = v - v.mean(1, keepdims=True)
-    norm = np.sqrt((du * du).sum(1) * (dv * dv).sum(1))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = (du * dv).sum(1) / norm
-    r[norm == 0] = np.nan
-    return np.clip(r, -1.0, 1.0)
-
-
 def spearman_similarity(a: Any, b: Any, absolute: bool = True) -> MetricResult:
     """Spearman rank correlation of each pair of flattened maps (ties get their average rank).
 
@@ -200,9 +188,7 @@ def spearman_similarity(a: Any, b: Any, absolute: bool = True) -> MetricResult:
     """
     ma, mb = _pair(a, b)
     reduce = "abs" if absolute else "sum"
-    ra = rankdata(pixel_saliency(ma, reduce), axis=1)
-    rb = rankdata(pixel_saliency(mb, reduce), axis=1)
-    values = _row_pearson(ra, rb)
+    values = spearman_rows(pixel_saliency(ma, reduce), pixel_saliency(mb, reduce))
     return MetricResult("spearman" if absolute else "spearman_signed", values,
                         details={"absolute": absolute, "undefined": int(np.isnan(values).sum())})
 
@@ -254,7 +240,7 @@ def hog_pearson_similarity(
         if np.isfinite(na[i]).all() and np.isfinite(nb[i]).all():
             fa[i] = _hog_features(na[i], cell, block, orientations)
             fb[i] = _hog_features(nb[i], cell, block, orientations)
-    values = _row_pearson(fa, fb)
+    values = pearson_rows(fa, fb)
     return MetricResult("hog_pearson" if absolute else "hog_pearson_signed", values,
                         details={"absolute": absolute, "pixels_per_cell": list(cell), "cells_per_block": list(block),
                                  "orientations": orientations, "features": n_features, "percentile": percentile,
