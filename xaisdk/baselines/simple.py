@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from xaisdk.errors import InputError
+from xaisdk.runtime.inpainting import gaussian_blur
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,7 @@ class Blur:
             raise InputError(f"blur baseline: sigma must be > 0, got {self.sigma}")
 
     def __call__(self, x: np.ndarray, target: np.ndarray | None) -> np.ndarray:
-        sigmas = (0.0,) * (x.ndim - 2) + (self.sigma, self.sigma)
-        return ndimage.gaussian_filter(np.asarray(x, np.float32), sigma=sigmas, mode="reflect").astype(np.float32)
+        return gaussian_blur(np.asarray(x, np.float32), self.sigma)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Names: ``"flip"`` (``low + high - x``: Bach et al.'s ``1 - x`` for images in [0,
 ``"baseline"`` (the caller's baseline images, e.g. the explanation's own baseline), ``"zero"``,
 ``"mean"`` (each image's per-channel mean), ``"blur"`` (Gaussian blur of the image) and
 ``"uniform"`` (seeded uniform noise over the model's value range); or an array broadcasting to x.
-Imports numpy (and scipy for ``"blur"``).
+Imports numpy only.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from xaisdk.errors import InputError
+from xaisdk.runtime.inpainting import gaussian_blur
 
 __all__ = ["SUBSTRATES", "make_substrate", "blurred"]
 
@@ -27,11 +28,7 @@ def blurred(x: np.ndarray, sigma: float) -> np.ndarray:
     >>> round(float(blurred(x, 1.0).sum()), 4)
     1.0
     """
-    if not sigma > 0:
-        raise InputError(f"blur sigma: must be > 0, got {sigma}")
-    from scipy import ndimage
-
-    return ndimage.gaussian_filter(np.asarray(x, np.float32), sigma=(0, 0, sigma, sigma), mode="reflect").astype(np.float32)
+    return gaussian_blur(np.asarray(x, np.float32), sigma)
 
 
 def make_substrate(kind: Any, x: np.ndarray, value_range: tuple[float, float] = (0.0, 1.0), *,
