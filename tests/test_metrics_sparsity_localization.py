@@ -7,7 +7,16 @@ import pytest
 
 from xaisdk import InputError
 from xaisdk.data import make_shapes
-from xaisdk.metrics.localization import energy_in_mask, inverse_localization, mask_iou, pointing_game
+from xaisdk.metrics.localization import (
+    box_iou,
+    box_localization_error,
+    energy_in_mask,
+    inverse_localization,
+    mask_boxes,
+    mask_iou,
+    pointing_game,
+    saliency_boxes,
+)
 from xaisdk.metrics.sparsity import gini, gini_index
 
 
@@ -271,3 +280,53 @@ def test_mask_metrics_bad_masks(square_masks: np.ndarray) -> None:
         pointing_game(a, square_masks, tolerance=-1)
     with pytest.raises(InputError, match="reduce"):
         energy_in_mask(a, square_masks, reduce="max")
+
+
+# ---------------------------------------------------------------- bounding-box localization
+
+
+def test_saliency_boxes_match_skimage_regionprops() -> None:
+    from skimage.measure import label, regionprops
+
+    rng = np.random.default_rng(0)
+    maps = rng.random((20, 1, 16, 16)) ** 3
+    for alpha in (0.3, 0.6):
+        boxes = saliency_boxes(maps, alpha)
+        for m, box in zip(maps[:, 0], boxes):
+            regions = regionprops(label(m >= alpha * m.max(), connectivity=2))
+            largest = max(regions, key=lambda r: r.area)
+            top, left, bottom, right = largest.bbox  # skimage: exclusive end
+            if sum(r.area == largest.area for r in regions) == 1:  # ties may pick either component
+                assert box.tolist() == [top, left, bottom - 1, right - 1]
+
+
+def test_box_iou_equals_pixel_set_iou() -> None:
+    rng = np.random.default_rng(1)
+    a = np.sort(rng.integers(0, 10, (50, 2, 2)), axis=1).transpose(0, 2, 1).reshape(50, 4)[:, [0, 2, 1, 3]]
+    b = np.sort(rng.integers(0, 10, (50, 2, 2)), axis=1).transpose(0, 2, 1).reshape(50, 4)[:, [0, 2, 1, 3]]
+
+    def pixels(box: np.ndarray) -> np.ndarray:
+        grid = np.zeros((10, 10), bool)
+        grid[box[0]:box[2] + 1, box[1]:box[3] + 1] = True
+        return grid
+
+    want = [(pixels(p) & pixels(q)).sum() / (pixels(p) | pixels(q)).sum() for p, q in zip(a, b)]
+    np.testing.assert_allclose(box_iou(a, b), want)
+    assert box_iou(np.array([[-1, -1, -1, -1]]), np.array([[0, 0, 1, 1]])).tolist() == [0.0]
+
+
+def test_box_localization_error_on_shapes_masks() -> None:
+    ds = make_shapes(12, image_size=16, seed=4)
+    perfect = ds.masks.astype(np.float64)
+    r = box_localization_error(perfect, ds.masks, held_out=perfect, held_out_masks=ds.masks)
+    assert r.mean == 0.0 and r.details["alpha_from"] == "held_out"
+    boxes = mask_boxes(ds.masks)
+    whole = np.tile([[0, 0, 15, 15]], (12, 1))
+    assert r.details["whole_image_error"] == pytest.approx(np.mean(box_iou(whole, boxes) < 0.5))
+    flipped = perfect[:, :, ::-1, ::-1]  # the object's box mirrored: misses unless it is central
+    expected = np.mean(box_iou(mask_boxes(ds.masks[:, :, ::-1, ::-1]), boxes) < 0.5)
+    assert box_localization_error(flipped, ds.masks, alphas=(0.5,)).mean == pytest.approx(expected)
+    with pytest.raises(InputError, match="alphas"):
+        box_localization_error(perfect, ds.masks, alphas=(1.5,))
+    with pytest.raises(InputError, match="held_out_masks"):
+        box_localization_error(perfect, ds.masks, held_out=perfect)

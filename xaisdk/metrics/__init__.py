@@ -31,6 +31,7 @@ _NAMES = {
     "pointing_game": "localization",
     "mask_iou": "localization",
     "energy_in_mask": "localization",
+    "box_localization_error": "localization",
     "ssim_similarity": "similarity",
     "spearman_similarity": "similarity",
     "hog_pearson_similarity": "similarity",

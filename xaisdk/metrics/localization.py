@@ -25,7 +25,8 @@ from scipy import ndimage
 from xaisdk.errors import InputError
 from xaisdk.metrics._common import MetricResult, check_maps, pixel_saliency
 
-__all__ = ["inverse_localization", "pointing_game", "mask_iou", "energy_in_mask", "DEFAULT_THRESHOLDS"]
+__all__ = ["inverse_localization", "pointing_game", "mask_iou", "energy_in_mask", "DEFAULT_THRESHOLDS", "BOX_ALPHAS",
+           "box_iou", "box_localization_error", "mask_boxes", "saliency_boxes"]
 
 # mask_iou's default thresholds per mode: kept fractions of the pixels (shapes' objects cover
 # about 5-25 % of the image), and fractions of the map's maximum.
@@ -211,3 +212,120 @@ def energy_in_mask(attributions: Any, masks: Any, reduce: str = "sum") -> Metric
     defined = (total > 0) & mask.any(1)
     chance = float(mask[defined].mean()) if defined.any() else float("nan")
     return MetricResult("energy_in_mask", np.where(defined, score, np.nan), details={"reduce": reduce, "chance": chance})
+
+
+# --- bounding-box localization (Zhou et al. 2016 / Fong & Vedaldi 2017, paper 004's Table 2) ------
+
+BOX_ALPHAS = tuple(np.round(np.arange(0.0, 1.0, 0.05), 2))
+"""Paper 004's grid of thresholds ``t = alpha * max`` (alpha in 0:0.05:0.95)."""
+
+
+def mask_boxes(masks: Any) -> np.ndarray:
+    """The tight bounding box ``(top, left, bottom, right)`` (inclusive rows / columns) of each mask;
+    an empty mask gives ``(-1, -1, -1, -1)``.
+
+    >>> m = np.zeros((1, 5, 5), bool); m[0, 1:3, 2:5] = True
+    >>> mask_boxes(m).tolist()
+    [[1, 2, 2, 4]]
+    """
+    array = np.asarray(masks)
+    if array.ndim == 4 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 3:
+        raise InputError(f"masks: expected (N, H, W) or (N, 1, H, W), got shape {np.shape(masks)}")
+    boxes = np.full((len(array), 4), -1, np.int64)
+    for i, mask in enumerate(array.astype(bool)):
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        if len(rows):
+            boxes[i] = rows[0], cols[0], rows[-1], cols[-1]
+    return boxes
+
+
+def saliency_boxes(attributions: Any, alpha: float, reduce: str = "sum") -> np.ndarray:
+    """One box per map: pixels with saliency ``>= alpha * max`` are kept, and the box is the tight box
+    of their largest 8-connected component (CAM's rule, Zhou et al. 2016). A map whose maximum is not
+    positive keeps nothing: ``(-1, -1, -1, -1)``.
+
+    >>> a = np.zeros((1, 6, 6)); a[0, 1:3, 1:3] = 1.0; a[0, 5, 5] = 0.9
+    >>> saliency_boxes(a, 0.5).tolist()
+    [[1, 1, 2, 2]]
+    """
+    maps = check_maps(attributions)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)) or not 0 <= alpha < 1:
+        raise InputError(f"alpha: expected a number in [0, 1), got {alpha!r}")
+    n, _, h, w = maps.shape
+    saliency = pixel_saliency(maps, reduce).reshape(n, h, w)
+    kept = _binarize(saliency.reshape(n, -1), float(alpha), "relative_max").reshape(n, h, w)
+    boxes = np.full((n, 4), -1, np.int64)
+    for i in range(n):
+        labels, count = ndimage.label(kept[i], structure=np.ones((3, 3)))
+        if count:
+            largest = 1 + int(np.argmax(ndimage.sum_labels(np.ones_like(labels), labels, np.arange(1, count + 1))))
+            boxes[i] = mask_boxes((labels == largest)[None])[0]
+    return boxes
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of pairs of inclusive pixel boxes ``(top, left, bottom, right)``; 0 where either box is empty.
+
+    >>> box_iou(np.array([[0, 0, 1, 1]]), np.array([[0, 0, 3, 1]])).tolist()
+    [0.5]
+    """
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    top, left = np.maximum(a[:, 0], b[:, 0]), np.maximum(a[:, 1], b[:, 1])
+    bottom, right = np.minimum(a[:, 2], b[:, 2]), np.minimum(a[:, 3], b[:, 3])
+    inter = np.clip(bottom - top + 1, 0, None) * np.clip(right - left + 1, 0, None)
+
+    def area(box: np.ndarray) -> np.ndarray:
+        return (box[:, 2] - box[:, 0] + 1) * (box[:, 3] - box[:, 1] + 1)
+
+    valid = (a[:, 0] >= 0) & (b[:, 0] >= 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(valid, inter / (area(a) + area(b) - inter), 0.0)
+
+
+def box_localization_error(attributions: Any, masks: Any, *, held_out: Any = None, held_out_masks: Any = None,
+                           alphas: Sequence[float] = BOX_ALPHAS, iou_threshold: float = 0.5,
+                           reduce: str = "sum") -> MetricResult:
+    """Object-localization error (paper 004's Table 2, after Fong & Vedaldi): a map's box (see
+    :func:`saliency_boxes`) misses when its IoU with the mask's tight box is below ``iou_threshold``.
+    ``alpha`` is chosen as the one with the lowest error on the held-out maps and masks (when given;
+    otherwise on the evaluated maps themselves, which flatters the method: ``details["alpha_from"]``
+    says which). ``per_sample`` is 1 for a miss and 0 for a hit at that alpha, so ``mean`` is the
+    error rate; ``curve`` (N, A) holds the misses at every alpha; ``details`` the chosen alpha and
+    the error of the whole-image box (the paper's "baseline" column).
+
+    >>> a = np.zeros((2, 8, 8)); a[:, 2:5, 2:5] = 1.0; a[:, 0, 7] = 0.6
+    >>> m = np.zeros((2, 8, 8), bool); m[:, 2:5, 2:5] = True
+    >>> r = box_localization_error(a, m, alphas=(0.5, 0.7))
+    >>> r.mean, r.details["alpha"]
+    (0.0, 0.5)
+    """
+    if not 0 < iou_threshold <= 1:
+        raise InputError(f"iou_threshold: expected a number in (0, 1], got {iou_threshold!r}")
+    steps = np.asarray(alphas, dtype=np.float64)
+    if steps.ndim != 1 or len(steps) == 0 or not np.all((steps >= 0) & (steps < 1)):
+        raise InputError(f"alphas: expected a non-empty sequence of numbers in [0, 1), got {alphas!r}")
+    maps = check_maps(attributions)
+    truth = mask_boxes(check_masks(masks, maps).reshape(maps.shape[0], *maps.shape[2:]))
+
+    def misses(values: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        return np.stack([box_iou(saliency_boxes(values, float(a), reduce), boxes) < iou_threshold for a in steps], 1)
+
+    curve = misses(maps, truth).astype(np.float64)
+    if held_out is not None:
+        if held_out_masks is None:
+            raise InputError("held_out_masks: needed with held_out maps")
+        held_maps = check_maps(held_out, "held_out")
+        held_truth = mask_boxes(check_masks(held_out_masks, held_maps).reshape(held_maps.shape[0], *held_maps.shape[2:]))
+        choice, source = int(np.argmin(misses(held_maps, held_truth).mean(0))), "held_out"
+    else:
+        choice, source = int(np.argmin(curve.mean(0))), "evaluated"
+    h, w = maps.shape[2:]
+    whole = np.tile(np.array([[0, 0, h - 1, w - 1]]), (len(maps), 1))
+    per_sample = curve[:, choice].copy()
+    per_sample[truth[:, 0] < 0] = np.nan  # an empty mask has no box to find
+    whole_error = float(np.mean(box_iou(whole, truth)[truth[:, 0] >= 0] < iou_threshold))
+    return MetricResult("box_localization_error", per_sample, curve=curve, steps=steps, details={
+        "alpha": float(steps[choice]), "alpha_from": source, "iou_threshold": float(iou_threshold),
+        "whole_image_error": whole_error, "reduce": reduce})
