@@ -3,7 +3,9 @@
 Every method attributes ``S_source - S_target`` (``S_source`` alone when ``target`` is None) and
 returns a numpy array shaped like ``x``. The functions named here are the torch reference
 implementations; :mod:`xaisdk.attribution.drivers` holds the same methods written against the
-:class:`~xaisdk.runtime.backend.Backend` protocol (torch or ONNX Runtime).
+:class:`~xaisdk.runtime.backend.Backend` protocol (torch or ONNX Runtime). The feature-removal
+methods ``sliding_patch``, ``lime`` and ``meaningful_perturbation`` (classic or inpainting fillers)
+are Backend drivers only: they take ``(backend, x, weights)`` and return per-pixel maps (N, 1, H, W).
 
 Importing this package (or :mod:`~xaisdk.attribution.quadrature`, :mod:`~xaisdk.attribution.drivers`)
 does not import torch: the torch methods load on first use (PEP 562).
@@ -32,6 +34,8 @@ _TORCH_METHODS = {
     "deepshap": "deeplift",
     "occlusion": "occlusion",
 }
+# the feature-removal Backend drivers: public name == submodule name; torch-free (LIME needs scikit-image/-learn)
+_REMOVAL_METHODS = ("sliding_patch", "lime", "meaningful_perturbation")
 
 
 def _method(name: str) -> Any:
@@ -39,11 +43,13 @@ def _method(name: str) -> Any:
 
 
 def __getattr__(name: str) -> Any:
-    """Load ``METHODS`` and the torch methods on first access."""
+    """Load ``METHODS``, the torch methods and the removal drivers on first access."""
     if name == "METHODS":
         value: Any = {method: _method(method) for method in _TORCH_METHODS}
     elif name in _TORCH_METHODS:
         value = _method(name)
+    elif name in _REMOVAL_METHODS:
+        value = getattr(importlib.import_module(f"{__name__}.{name}"), name)
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value
@@ -60,7 +66,7 @@ class _Package(types.ModuleType):
     once something imported ``xaisdk.attribution.deeplift`` directly. This keeps the functions."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in _TORCH_METHODS and isinstance(value, types.ModuleType):
+        if (name in _TORCH_METHODS or name in _REMOVAL_METHODS) and isinstance(value, types.ModuleType):
             return  # the function is loaded by __getattr__ instead
         super().__setattr__(name, value)
 
@@ -76,6 +82,9 @@ __all__ = [
     "grad_x_input",
     "gradient",
     "integrated_gradients",
+    "lime",
+    "meaningful_perturbation",
     "occlusion",
     "path_rule",
+    "sliding_patch",
 ]
