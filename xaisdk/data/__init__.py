@@ -6,6 +6,7 @@ All images are float32 (N, C, H, W) in [0, 1] with int64 labels; every random ch
 from xaisdk.data.dataset import Dataset, Split, stratified_split
 from xaisdk.data.digits import DIGIT_COLORS, dominant_channel, load_colored_digits, load_digits
 from xaisdk.data.load import load_dataset
+from xaisdk.data.masks import MASK_KINDS, random_masks
 from xaisdk.data.shapes import SHAPE_BACKGROUNDS, SHAPE_OBJECTS, confounder_patch, load_shapes, make_shapes
 from xaisdk.data.user import IMAGE_EXTENSIONS, load_image_folder, load_npz
 
@@ -26,4 +27,6 @@ __all__ = [
     "load_image_folder",
     "IMAGE_EXTENSIONS",
     "load_dataset",
+    "MASK_KINDS",
+    "random_masks",
 ]

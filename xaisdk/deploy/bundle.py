@@ -2,10 +2,12 @@
 
 The manifest states the schema version, the input (shape, layout, dtype, value range, batch),
 the class names, every graph with what it computes and its input/output names, the opset, the
-sha256 of every file and the xaisdk version that wrote it. :func:`read_bundle` checks all of it
-and returns the graphs' bytes, already hashed, so a file swapped between the check and its use
-cannot slip through. This module imports only the standard library and numpy: a serving process
-reads bundles without torch or onnx.
+sha256 of every file and the xaisdk version that wrote it. Only the classifier and its gradient
+graph are required; the DeepLIFT graph, the GANMEX generator and the learned inpainter
+(``inpainter``: x, mask -> image; see :mod:`xaisdk.runtime.onnx_inpainter`) are optional.
+:func:`read_bundle` checks all of it and returns the graphs' bytes, already hashed, so a file
+swapped between the check and its use cannot slip through. This module imports only the standard
+library and numpy: a serving process reads bundles without torch or onnx.
 
 >>> import json, tempfile, pathlib
 >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -39,6 +41,7 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "classifier_grad": (("x", "w"), ("score", "grad")),
     "deeplift_grad": (("x", "baseline", "w"), ("multipliers", "score", "score_baseline")),
     "generator_ganmex": (("x", "target"), ("image",)),
+    "inpainter": (("x", "mask"), ("image",)),  # optional: bundles without it (and older ones) stay valid
 }
 REQUIRED_ROLES = ("classifier", "classifier_grad")
 

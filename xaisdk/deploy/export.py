@@ -8,14 +8,16 @@ Writes, into one folder:
   ``deeplift_grad.onnx`` (x, baseline, w -> multipliers, score, score_baseline), both built from
   the classifier graph by :mod:`xaisdk.deploy.onnx_grad` with standard ONNX ops only;
 - ``generator_ganmex.onnx`` (x, target one-hot -> image) for GANMEX checkpoints;
+- ``inpainter.onnx`` (x, mask -> image) when an inpainter checkpoint is given (``--inpainter``); its
+  input shape and value range must be the classifier's;
 - ``manifest.json`` (see :mod:`xaisdk.deploy.bundle`).
 
 Export verifies itself before anything reaches ``out``: the ONNX checker, the TensorRT op
 allow-list, ONNX Runtime against torch on real and random inputs (max relative error
-``<= 1e-4`` for logits, gradients, DeepLIFT attributions and generated images; relative to the
-largest reference magnitude), and central finite differences of a float64 copy of the torch model
-against the gradient graph. The bundle is assembled in a temporary folder and moved into place
-only when every check passes.
+``<= 1e-4`` for logits, gradients, DeepLIFT attributions, generated and inpainted images; relative
+to the largest reference magnitude; inpainted images must also keep every unmasked pixel exactly),
+and central finite differences of a float64 copy of the torch model against the gradient graph.
+The bundle is assembled in a temporary folder and moved into place only when every check passes.
 """
 
 from __future__ import annotations
@@ -45,9 +47,10 @@ from xaisdk.deploy.onnx_grad import UnsupportedOpError, deeplift_graph, gradient
 from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import Classifier
 from xaisdk.models.ganmex import GanmexModel, load_model
+from xaisdk.models.inpainter import LearnedInpainter, load_inpainter
 from xaisdk.models.score import WeightedScore, class_weights
 
-__all__ = ["DEFAULT_OPSET", "ExportReport", "VerificationError", "export_bundle"]
+__all__ = ["DEFAULT_OPSET", "ExportReport", "VerificationError", "export_bundle", "export_inpainter_onnx"]
 
 DEFAULT_OPSET = 17
 OPSETS = range(13, 21)
@@ -59,6 +62,8 @@ COMPUTES = {
     "deeplift_grad": "DeepLIFT rescale-rule multipliers of sum_k w[n, k] * logits[n, k] for x relative to "
                      "baseline (attributions = (x - baseline) * multipliers), and the scores of x and baseline",
     "generator_ganmex": "GANMEX generator G(x, target): the image of class target closest to x",
+    "inpainter": "learned inpainter: x with the pixels where mask == 1 replaced by plausible content "
+                 "(x exactly where mask == 0)",
 }
 
 
@@ -88,6 +93,15 @@ class _GeneratorGraph(nn.Module):
 
     def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.generator(x, target)
+
+
+class _InpainterGraph(nn.Module):
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.network(x, mask)
 
 
 def _to_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], inputs: list[str], outputs: list[str],
@@ -253,9 +267,12 @@ def _install(staging: Path, out: Path) -> None:
 
 def export_bundle(model: Classifier | GanmexModel | str | os.PathLike, out: str | os.PathLike, *,
                   opset: int = DEFAULT_OPSET, batch: int | None = None, force: bool = False,
-                  verify_inputs: np.ndarray | None = None, seed: int = 0) -> ExportReport:
+                  verify_inputs: np.ndarray | None = None, seed: int = 0,
+                  inpainter: LearnedInpainter | str | os.PathLike | None = None) -> ExportReport:
     """Export ``model`` (a classifier or GANMEX checkpoint, path or loaded) to the bundle folder ``out``.
 
+    ``inpainter`` (a checkpoint path or a loaded :class:`~xaisdk.models.inpainter.LearnedInpainter`)
+    adds ``inpainter.onnx``; its input shape and value range must match the classifier's.
     ``batch`` fixes the graphs' batch size (default: dynamic). ``verify_inputs`` adds images to the
     verification set (by default, test images of the model's dataset when it can be loaded, plus
     random ones). Raises :class:`UnsupportedOpError` (an :class:`xaisdk.InputError`) for a layer
@@ -273,6 +290,7 @@ def export_bundle(model: Classifier | GanmexModel | str | os.PathLike, out: str 
     out = Path(out)
     _prepare_out(out, force)
     classifier, ganmex, source = _resolve(model)
+    inpainter_model, inpainter_source = _resolve_inpainter(inpainter, classifier)
     module = copy.deepcopy(classifier.model).cpu().eval()
     example = torch.zeros(batch or 2, *classifier.input_shape)
     forward = _to_onnx(module, (example,), ["x"], ["logits"], int(opset), batch, "classifier")
@@ -291,6 +309,8 @@ def export_bundle(model: Classifier | GanmexModel | str | os.PathLike, out: str 
         gen_graph = _to_onnx(_GeneratorGraph(generator), (example, onehot), ["x", "target"], ["image"], int(opset),
                              batch, "GANMEX generator")
         graphs["generator_ganmex"] = _check_graph(gen_graph, "generator_ganmex")
+    if inpainter_model is not None:
+        graphs["inpainter"] = _inpainter_graph(inpainter_model, int(opset), batch)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
@@ -300,10 +320,16 @@ def export_bundle(model: Classifier | GanmexModel | str | os.PathLike, out: str 
             (staging / f"{role}.onnx").write_bytes(data)
             files[f"{role}.onnx"] = {"sha256": sha256_bytes(data), "bytes": len(data)}
         manifest = _manifest(classifier, ganmex, graphs, files, int(opset), batch, source, deeplift_unavailable)
+        if inpainter_model is not None:
+            manifest["inpainter"] = {"name": inpainter_model.name, "source": inpainter_source,
+                                     "data": inpainter_model.data,
+                                     "parameters": sum(p.numel() for p in inpainter_model.network.parameters())}
         _write_manifest(staging, manifest)
         rng = np.random.default_rng(seed)
         x, real = _verification_inputs(classifier, ganmex.data if ganmex else {}, rng, verify_inputs)
         checks = _verify(staging, module, generator, x, seed)
+        if inpainter_model is not None:
+            checks["inpainter_rel_err"] = _verify_inpainter(staging / "inpainter.onnx", inpainter_model, x, seed)
         failed = {k: v for k, v in checks.items() if not v <= TOLERANCE}
         if failed:
             raise VerificationError(f"exported graphs disagree with torch beyond {TOLERANCE:g} (relative): {failed}")
@@ -335,7 +361,8 @@ def _manifest(classifier: Classifier, ganmex: GanmexModel | None, graphs: dict[s
     c, h, w = classifier.input_shape
     shapes = {"x": [rows, c, h, w], "baseline": [rows, c, h, w], "w": [rows, classifier.num_classes],
               "target": [rows, classifier.num_classes], "logits": [rows, classifier.num_classes], "score": [rows],
-              "score_baseline": [rows], "grad": [rows, c, h, w], "multipliers": [rows, c, h, w], "image": [rows, c, h, w]}
+              "score_baseline": [rows], "grad": [rows, c, h, w], "multipliers": [rows, c, h, w], "image": [rows, c, h, w],
+              "mask": [rows, 1, h, w]}
     entries = {}
     for role in graphs:
         inputs, outputs = ROLES[role]
@@ -351,10 +378,98 @@ def _manifest(classifier: Classifier, ganmex: GanmexModel | None, graphs: dict[s
         "input": {"shape": [c, h, w], "layout": "NCHW", "dtype": "float32",
                   "value_range": list(classifier.value_range), "batch": batch},
         "class_names": list(classifier.class_names),
-        "model": {"arch": classifier.arch, "source": source, "ganmex": ganmex is not None},
+        "model": {"arch": classifier.arch, "source": source, "ganmex": ganmex is not None,
+                  "inpainter": "inpainter" in graphs},
         "graphs": entries,
         "files": files,
     }
     if deeplift_unavailable:
         manifest["deeplift_unavailable"] = deeplift_unavailable
     return manifest
+
+
+def _resolve_inpainter(inpainter: LearnedInpainter | str | os.PathLike | None,
+                       classifier: Classifier | None) -> tuple[LearnedInpainter | None, str | None]:
+    """The loaded inpainter and where it came from; InputError unless it fits the classifier's input."""
+    if inpainter is None:
+        return None, None
+    source = None
+    if isinstance(inpainter, (str, os.PathLike)):
+        source = str(inpainter)
+        inpainter = load_inpainter(inpainter)
+    if not isinstance(inpainter, LearnedInpainter):
+        raise InputError(f"inpainter: expected a LearnedInpainter or a checkpoint path, got {type(inpainter).__name__}")
+    if classifier is not None:
+        where = f"inpainter {source}" if source else "inpainter"
+        if tuple(inpainter.input_shape) != tuple(classifier.input_shape):
+            raise InputError(f"{where}: inpaints {tuple(inpainter.input_shape)} images but the classifier takes "
+                             f"{tuple(classifier.input_shape)}")
+        if tuple(inpainter.value_range) != tuple(classifier.value_range):
+            raise InputError(f"{where}: its value range {tuple(inpainter.value_range)} differs from the classifier's "
+                             f"{tuple(classifier.value_range)}")
+    return inpainter, source
+
+
+def _inpainter_graph(inpainter: LearnedInpainter, opset: int, batch: int | None) -> bytes:
+    network = copy.deepcopy(inpainter.network).cpu().eval()
+    rows = batch or 2
+    x = torch.full((rows, *inpainter.input_shape), inpainter.config.fill_value)
+    mask = torch.zeros(rows, 1, *inpainter.input_shape[1:])
+    graph = _to_onnx(_InpainterGraph(network), (x, mask), ["x", "mask"], ["image"], opset, batch, "inpainter")
+    # what a bare inpainter.onnx needs to be used on its own (xaisdk.runtime.onnx_inpainter reads it)
+    onnx.helper.set_model_props(graph, {"xaisdk.role": "inpainter", "xaisdk.name": inpainter.name,
+                                        "xaisdk.value_range": json.dumps(list(inpainter.value_range))})
+    return _check_graph(graph, "inpainter")
+
+
+def _verify_inpainter(path: Path, inpainter: LearnedInpainter, x: np.ndarray, seed: int) -> float:
+    """Relative error of the ONNX inpainter against torch on ``x`` with seeded random masks; raises
+    :class:`VerificationError` if it changes a single unmasked pixel."""
+    from xaisdk.data.masks import random_masks
+    from xaisdk.runtime.onnx_inpainter import OnnxInpainter
+
+    _, height, width = inpainter.input_shape
+    masks = random_masks(len(x), height, width, seed=seed)
+    got = OnnxInpainter(path, providers=["CPUExecutionProvider"]).graph_output(x, masks)
+    with torch.no_grad():
+        want = inpainter.network(torch.from_numpy(x), torch.from_numpy(masks)).numpy()
+    kept = np.broadcast_to(masks == 0, x.shape)
+    if not np.array_equal(got[kept], x[kept]):
+        raise VerificationError("inpainter.onnx changes pixels outside the mask")
+    return _rel_err(got, want)
+
+
+def export_inpainter_onnx(inpainter: LearnedInpainter | str | os.PathLike, path: str | os.PathLike, *,
+                          opset: int = DEFAULT_OPSET, batch: int | None = None, seed: int = 0) -> Path:
+    """Write ``inpainter`` alone as a verified ONNX graph (inputs ``x``, ``mask``; output ``image``) to ``path``.
+
+    The file carries its value range and name as model metadata, so that
+    :class:`~xaisdk.runtime.onnx_inpainter.OnnxInpainter` can run it without a bundle. Verified like
+    :func:`export_bundle`'s graphs (ONNX checker, TensorRT op list, ONNX Runtime vs torch <= 1e-4).
+
+    >>> import tempfile
+    >>> from xaisdk.models import shipped_inpainter_path
+    >>> export_inpainter_onnx(shipped_inpainter_path("digits"), Path(tempfile.mkdtemp()) / "inp.onnx").suffix
+    '.onnx'
+    """
+    opset, batch = _check_arguments(opset, batch)
+    model, _ = _resolve_inpainter(inpainter, None)
+    data = _inpainter_graph(model, opset, batch)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        Path(tmp).write_bytes(data)
+        rng = np.random.default_rng(seed)
+        low, high = model.value_range
+        x = rng.uniform(low, high, size=(6, *model.input_shape)).astype(np.float32)
+        err = _verify_inpainter(Path(tmp), model, x, seed)
+        if not err <= TOLERANCE:
+            raise VerificationError(f"inpainter.onnx disagrees with torch beyond {TOLERANCE:g} (relative): {err:.3g}")
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -15,6 +15,15 @@ from xaisdk.models.ganmex import (
     save_ganmex,
     shipped_ganmex_path,
 )
+from xaisdk.models.inpainter import (
+    GatedUNet,
+    InpainterConfig,
+    LearnedInpainter,
+    load_inpainter,
+    load_shipped_inpainter,
+    save_inpainter,
+    shipped_inpainter_path,
+)
 from xaisdk.models.randomize import randomized_copy, weighted_layers
 from xaisdk.models.score import WeightedScore, class_weights
 from xaisdk.models.stargan import CriticConfig, GeneratorConfig, PatchCritic, StarGenerator
@@ -42,4 +51,11 @@ __all__ = [
     "shipped_classifier_path",
     "WeightedScore",
     "class_weights",
+    "GatedUNet",
+    "InpainterConfig",
+    "LearnedInpainter",
+    "load_inpainter",
+    "load_shipped_inpainter",
+    "save_inpainter",
+    "shipped_inpainter_path",
 ]

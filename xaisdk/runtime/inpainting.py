@@ -192,7 +192,7 @@ class OpenCVInpainter:
     """Classical, non-learned inpainting with OpenCV (``cv2.inpaint``): ``method="telea"`` (fast
     marching, Telea 2004) or ``"ns"`` (Navier-Stokes, Bertalmio et al. 2001), filling from a
     ``radius``-pixel neighbourhood. Works for any image size and channel count (each channel is
-    inpainted in float32). Needs ``opencv-python-headless`` (the ``torch`` and ``inpaint`` extras).
+    inpainted separately, in 16-bit levels). Needs ``opencv-python-headless`` (the ``torch`` and ``inpaint`` extras).
 
     >>> x = np.full((1, 1, 6, 6), 0.25, np.float32); m = np.zeros((1, 1, 6, 6), np.float32); m[..., 2:4, 2:4] = 1
     >>> out = OpenCVInpainter().inpaint(np.where(m > 0, 1.0, x).astype(np.float32), m)
@@ -221,10 +221,15 @@ class OpenCVInpainter:
     def inpaint(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
         images, masks = check_images_and_masks(x, mask)
         flag = self._cv2.INPAINT_TELEA if self.method == "telea" else self._cv2.INPAINT_NS
+        low, high = self.value_range
+        # cv2.inpaint's Telea gives wrong pixels (stuck at 0 or 1) on float32 images; 16-bit integers
+        # work for both methods and keep the values to 1/65535 of the range.
+        scale = 65535.0 / (high - low)
+        levels = np.round((np.clip(images, low, high) - low) * scale).astype(np.uint16)
         out = images.copy()
         holes = masks[:, 0].astype(np.uint8)
         for n in np.flatnonzero(holes.reshape(len(holes), -1).any(axis=1)):  # cv2.inpaint takes one image
             for c in range(images.shape[1]):
-                out[n, c] = self._cv2.inpaint(np.ascontiguousarray(images[n, c]), holes[n], self.radius, flag)
-        low, high = self.value_range
-        return composite(images, np.clip(out, low, high), masks)
+                filled = self._cv2.inpaint(np.ascontiguousarray(levels[n, c]), holes[n], self.radius, flag)
+                out[n, c] = filled.astype(np.float32) / scale + low
+        return composite(images, out, masks)
