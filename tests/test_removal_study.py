@@ -106,3 +106,35 @@ def test_cli_evaluate_removal(tmp_path) -> None:
     nothing = CliRunner().invoke(main, ["evaluate-removal", "--model", str(shipped_classifier_path("digits")), "--dataset",
                                         "shapes", "--out", str(tmp_path / "z")])
     assert nothing.exit_code != 0 and "images are" in nothing.output
+
+
+def test_explainer_removal_methods_torch_and_bundle(tmp_path) -> None:
+    from xaisdk.attribution import lime, sliding_patch
+    from xaisdk.deploy.export import export_bundle
+    from xaisdk.explainer import Explainer
+    from xaisdk.models.checkpoint import shipped_classifier_path
+    from xaisdk.models.inpainter import shipped_inpainter_path
+    from xaisdk.runtime.backend import class_weights
+
+    x = load_digits().test.x[:2]
+    inpainter = load_shipped_inpainter("digits")
+    explainer = Explainer(load_shipped_classifier("digits"), inpainter=inpainter)
+    e = explainer.explain(x, target=None, method="lime", filler="inpaint", n_samples=40, seed=3)
+    weights = class_weights(e.source, None, 10)
+    direct = lime(explainer.backend, x, weights, filler="inpaint", inpainter=inpainter, n_samples=40, seed=3)
+    np.testing.assert_array_equal(e.attributions, direct)
+    assert e.baseline is None and e.convergence_delta is None
+    with pytest.raises(InputError, match="needs an inpainter"):
+        Explainer(load_shipped_classifier("digits")).explain(x, None, method="sp", filler="inpaint")
+    with pytest.raises(InputError, match="takes no baseline"):
+        explainer.explain(x, None, method="mp", baseline="zero")
+
+    bundle = tmp_path / "bundle"
+    export_bundle(shipped_classifier_path("digits"), bundle, inpainter=shipped_inpainter_path("digits"))
+    served = Explainer.load(bundle)
+    assert served.inpainter is not None  # the bundle's inpainter graph, on ONNX Runtime
+    other = (e.source + 1) % 10
+    onnx_map = served.explain(x, target=other, method="sp", filler="inpaint", patch=5).attributions
+    torch_map = sliding_patch(explainer.backend, x, class_weights(e.source, other, 10), filler="inpaint",
+                              inpainter=inpainter, patch=5)
+    np.testing.assert_allclose(onnx_map, torch_map, atol=2e-4)

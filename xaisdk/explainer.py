@@ -25,6 +25,9 @@ from typing import Any
 import numpy as np
 
 from xaisdk.attribution import drivers
+from xaisdk.attribution.lime import lime
+from xaisdk.attribution.meaningful_perturbation import meaningful_perturbation
+from xaisdk.attribution.sliding_patch import sliding_patch
 from xaisdk.errors import InputError
 from xaisdk.runtime.backend import Backend, as_backend, class_weights
 from xaisdk.runtime.images import as_model_batch
@@ -40,8 +43,13 @@ METHODS: dict[str, tuple[Callable[..., np.ndarray], str | None]] = {
     "expected_gradients": (drivers.expected_gradients, None),
     "gradient": (drivers.gradient, None),
     "grad_x_input": (drivers.grad_x_input, None),
+    "sliding_patch": (sliding_patch, None),
+    "lime": (lime, None),
+    "meaningful_perturbation": (meaningful_perturbation, None),
 }
-ALIASES = {"integrated_gradients": "ig", "eg": "expected_gradients", "saliency": "gradient"}
+ALIASES = {"integrated_gradients": "ig", "eg": "expected_gradients", "saliency": "gradient", "sp": "sliding_patch",
+           "mp": "meaningful_perturbation"}
+REMOVAL = ("sliding_patch", "lime", "meaningful_perturbation")  # methods that remove pixels with a filler
 COMPLETE = ("ig", "deeplift", "deepshap")  # methods whose attributions sum to S(x) - S(baseline)
 
 
@@ -102,7 +110,7 @@ class Explainer:
     """
 
     def __init__(self, model: Any, generator: Any = None, *, class_names: tuple[str, ...] | None = None,
-                 **backend_options: Any) -> None:
+                 inpainter: Any = None, **backend_options: Any) -> None:
         if isinstance(model, Backend) and (generator is not None or backend_options):
             raise InputError("generator= and backend options apply to torch models, not to a ready backend")
         self.backend = model if isinstance(model, Backend) else as_backend(model, generator=generator, **backend_options)
@@ -110,6 +118,7 @@ class Explainer:
         self.class_names = tuple(str(n) for n in names) if names else tuple(str(i) for i in range(self.backend.num_classes))
         if len(self.class_names) != self.backend.num_classes:
             raise InputError(f"class_names: {len(self.class_names)} names for {self.backend.num_classes} classes")
+        self.inpainter = _as_inpainter(inpainter, self.backend)
 
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str = "auto", *, providers: list[str] | None = None,
@@ -138,8 +147,13 @@ class Explainer:
                                  "or load the .pt checkpoint it was exported from")
             from xaisdk.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
-            return cls(OnnxRuntimeBackend(path, providers=providers, intra_op_threads=intra_op_threads,
-                                          spin_wait=spin_wait))
+            runtime = OnnxRuntimeBackend(path, providers=providers, intra_op_threads=intra_op_threads, spin_wait=spin_wait)
+            inpainter = None
+            if "inpainter" in runtime.bundle.graphs:
+                from xaisdk.runtime.onnx_inpainter import OnnxInpainter
+
+                inpainter = OnnxInpainter(runtime.bundle, providers=providers)
+            return cls(runtime, inpainter=inpainter)
         if backend == "onnxruntime":
             raise InputError(f"{path}: the onnxruntime backend runs bundles; make one with `xaisdk export --model {path}`")
         from xaisdk.models.ganmex import load_model
@@ -253,7 +267,10 @@ class Explainer:
         ``n_steps=200``, ``rule``), ``"deeplift"``, ``"deepshap"`` (``baseline`` may also be a set
         (M, C, H, W) or (N, M, C, H, W)), ``"occlusion"`` (``window``, ``stride``),
         ``"expected_gradients"`` (``references=`` images, optional ``reference_labels``; no
-        baseline), ``"gradient"``, ``"grad_x_input"``. ``baseline``: ``"ganmex"`` (default),
+        baseline), ``"gradient"``, ``"grad_x_input"``; the removal methods ``"sliding_patch"``
+        (``"sp"``), ``"lime"`` and ``"meaningful_perturbation"`` (``"mp"``) take no baseline but a
+        ``filler=`` (``"gray"``, ``"zero"``, ``"blur"``, ``"noise"``, or ``"inpaint"``: the Explainer's
+        inpainter, e.g. the bundle's) and return one map per pixel (N, 1, H, W). ``baseline``: ``"ganmex"`` (default),
         ``"zero"``, ``"uniform"``, ``"blur"``, a number, an image or one per input, or a callable
         ``(x, target) -> images``.
         """
@@ -278,6 +295,11 @@ class Explainer:
             if not (baseline is None or isinstance(baseline, str) and baseline == "ganmex"):
                 shown = f"an array of shape {np.shape(baseline)}" if isinstance(baseline, np.ndarray) else repr(baseline)
                 raise InputError(f"method {name!r} takes no baseline (got {shown})")
+            if name in REMOVAL and method_options.get("filler") == "inpaint" and "inpainter" not in method_options:
+                if self.inpainter is None:
+                    raise InputError(f"method {name!r} with filler='inpaint' needs an inpainter: Explainer(..., "
+                                     "inpainter=...) or a bundle exported with --inpainter")
+                method_options["inpainter"] = self.inpainter
             if name == "expected_gradients":
                 if "references" not in method_options:
                     raise InputError("method 'expected_gradients' needs references= (images (M, C, H, W) to draw baselines "
@@ -299,6 +321,24 @@ class Explainer:
             if name in COMPLETE:
                 delta = attributions.reshape(n, -1).sum(1) - (score - baseline_score)
         return _squeeze(Explanation(name, attributions, src, tgt, score, base, baseline_score, delta), single)
+
+
+def _as_inpainter(inpainter: Any, backend: Backend) -> Any:
+    """``inpainter`` when it is an :class:`~xaisdk.runtime.inpainting.Inpainter` (or None); torch
+    modules / checkpoints of :mod:`xaisdk.models.inpainter` are wrapped. Its image shape must be the model's."""
+    from xaisdk.runtime.inpainting import Inpainter
+
+    if inpainter is None or isinstance(inpainter, Inpainter):
+        shape = getattr(inpainter, "input_shape", None)
+        if shape is not None and tuple(shape) != tuple(backend.input_shape):
+            raise InputError(f"inpainter: fills images {tuple(shape)}, the model takes {tuple(backend.input_shape)}")
+        return inpainter
+    if isinstance(inpainter, (str, os.PathLike)):
+        from xaisdk.models.inpainter import load_inpainter
+
+        return _as_inpainter(load_inpainter(inpainter), backend)
+    raise InputError(f"inpainter: expected an Inpainter (LearnedInpainter, OnnxInpainter, OpenCVInpainter) or a "
+                     f"checkpoint path, got {type(inpainter).__name__}")
 
 
 def _call(driver: Callable[..., np.ndarray], name: str, args: tuple, options: dict[str, Any]) -> np.ndarray:
