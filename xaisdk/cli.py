@@ -36,6 +36,16 @@ def _refuse_overwrite(path: Path, force: bool, what: str) -> None:
         raise click.ClickException(f"{what} {path} already exists; pass --force to overwrite it")
 
 
+def _check_resume(out_path: Path, resume: bool, force: bool) -> None:
+    """The --resume / --force rules of the training commands."""
+    if resume and force:
+        raise click.ClickException("--resume continues --out and --force overwrites it; pass one of them")
+    if resume and not out_path.is_file():
+        raise click.ClickException(f"--resume: {out_path} does not exist")
+    if not resume:
+        _refuse_overwrite(out_path, force, "checkpoint")
+
+
 @click.group()
 @click.version_option(__version__, prog_name="xaisdk")
 def main() -> None:
@@ -127,12 +137,7 @@ def train_ganmex_command(dataset: str, classifier_path: Path, out_path: Path, st
     from xaisdk.models import load_classifier
     from xaisdk.train import GanmexTrainingConfig, train_ganmex
 
-    if resume and force:
-        raise click.ClickException("--resume continues --out and --force overwrites it; pass one of them")
-    if resume and not out_path.is_file():
-        raise click.ClickException(f"--resume: {out_path} does not exist")
-    if not resume:
-        _refuse_overwrite(out_path, force, "checkpoint")
+    _check_resume(out_path, resume, force)
     classifier = load_classifier(classifier_path)
     # Train on the classifier's own training split, so the generator never sees its test images.
     split_seed = int(classifier.metadata.get("seed", 0))
@@ -180,12 +185,7 @@ def train_inpainter_command(dataset: str, out_path: Path, steps: int | None, bat
     from xaisdk.data import load_dataset
     from xaisdk.train.inpainter import InpainterTrainingConfig, train_inpainter
 
-    if resume and force:
-        raise click.ClickException("--resume continues --out and --force overwrites it; pass one of them")
-    if resume and not out_path.is_file():
-        raise click.ClickException(f"--resume: {out_path} does not exist")
-    if not resume:
-        _refuse_overwrite(out_path, force, "checkpoint")
+    _check_resume(out_path, resume, force)
     split = load_dataset(dataset)
     given = {"steps": steps, "batch_size": batch_size, "lr": learning_rate, "base_channels": base_channels,
              "adversarial_weight": adversarial_weight, "sample_every": sample_every, "checkpoint_every": checkpoint_every}

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +12,7 @@ import numpy as np
 
 from xaisdk.metrics._common import _plain
 from xaisdk.metrics.removal_study import RemovalStudyResult, config_dict
+from xaisdk.metrics.report import run_environment
 
 __all__ = ["removal_result_dict", "write_removal_report"]
 
@@ -25,15 +23,8 @@ SIMILARITY_TITLES = {"ssim": "SSIM", "hog_pearson": "Pearson correlation of HOGs
 
 def removal_result_dict(result: RemovalStudyResult, command: str = "") -> dict[str, Any]:
     """The JSON document of a run: setup, and every part's numbers."""
-    import xaisdk
-
     return _plain({
-        "xaisdk": xaisdk.__version__,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": command,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
+        **run_environment(command),
         "dataset": result.dataset,
         "inpainter": result.inpainter,
         "config": config_dict(result.config),

@@ -53,18 +53,21 @@ def _description(metric: str) -> str:
     return ""
 
 
+def run_environment(command: str = "") -> dict[str, Any]:
+    """Where and how a report was made: xaisdk version, UTC date, command, Python, platform, CPU count."""
+    import xaisdk
+
+    return {"xaisdk": xaisdk.__version__, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": command, "python": sys.version.split()[0], "platform": platform.platform(),
+            "cpus": os.cpu_count()}
+
+
 def result_dict(result: EvaluationResult, command: str = "") -> dict[str, Any]:
     """The JSON document of a run: setup, per-metric per-column summaries, curves, studies."""
-    import xaisdk
 
     extra = {name: {k: v for k, v in value.items() if not k.startswith("_")} for name, value in result.extra.items()}
     return _plain({
-        "xaisdk": xaisdk.__version__,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": command,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
+        **run_environment(command),
         "dataset": result.dataset,
         "model": result.model,
         "backend": result.backend,
