@@ -46,6 +46,14 @@ def test_filler_table_real_column_and_removal(digits_backend) -> None:
     for name in ("gray", "inpaint"):
         np.testing.assert_array_equal(examples[name][masks.repeat(1, 1) == 0], test.x[masks == 0])  # only the object changed
         assert table[name]["accuracy"] < table["real"]["accuracy"]  # removing the digit removes the evidence
+    boxed, box_examples, origin = filler_table(digits_backend, test, OpenCVInpainter("telea"), ("zero",), shape="box")
+    assert origin.startswith("bounding boxes")
+    rows, cols = np.nonzero(masks[0, 0])
+    inside = box_examples["zero"][0, 0, rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    assert np.all(inside == 0)  # the whole box is removed, not only the strokes
+    assert boxed["zero"]["accuracy"] < boxed["real"]["accuracy"]
+    with pytest.raises(InputError, match="shape"):
+        filler_table(digits_backend, test, OpenCVInpainter("telea"), ("zero",), shape="circle")
 
 
 def test_study_on_shapes_every_part(tmp_path) -> None:
@@ -95,7 +103,7 @@ def test_cli_evaluate_removal(tmp_path) -> None:
             "--seeds", "0,1", "--mp-steps", "10", "--out", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert (out / "report.md").is_file() and (out / "robustness.png").is_file()
+    assert (out / "report.md").is_file() and (out / "robustness.png").is_file() and (out / "fillers_box.png").is_file()
     assert "MP-G" in (out / "report.md").read_text()
     again = CliRunner().invoke(main, args)  # refuses to overwrite
     assert again.exit_code != 0 and "--force" in again.output

@@ -29,7 +29,7 @@ def removal_result_dict(result: RemovalStudyResult, command: str = "") -> dict[s
         "inpainter": result.inpainter,
         "config": config_dict(result.config),
         "samples": len(result.x),
-        "fillers": {"object_masks": result.mask_origin, **result.fillers},
+        "fillers": {"object_masks": result.mask_origin, **result.fillers},  # per removed shape: outline, box
         "robustness": {label: {k: r.to_dict() for k, r in per.items()} for label, per in result.robustness.items()},
         "mp_perturbed_area": {label: r.to_dict() for label, r in result.mp_area.items()},
         "localization": {label: r.to_dict() for label, r in result.localization.items()},
@@ -45,15 +45,18 @@ def _fmt(value: float, std: float | None = None, bold: bool = False) -> str:
     return f"**{text}**" if bold else text
 
 
-def _filler_lines(result: RemovalStudyResult) -> list[str]:
-    names = list(result.fillers)
-    lines = [f"Objects removed with each filler; object masks: {result.mask_origin}; {len(result.x)} images.", "",
+def _filler_lines(result: RemovalStudyResult, shape: str) -> list[str]:
+    table = result.fillers[shape]
+    names = list(table)
+    removed = f"the objects' pixels ({result.mask_origin})" if shape == "outline" else \
+        f"the objects' bounding boxes (from {result.mask_origin})"
+    lines = [f"Removed: {removed}; {len(result.x)} images.", "",
              "| metric | " + " | ".join(FILLER_TITLES.get(n, n) for n in names) + " |", "|---" * (len(names) + 1) + "|"]
     rows = (("accuracy", "classifier accuracy (lower = more of the class evidence removed)"),
             ("p_true", "mean p(true class)"), ("ssim", "SSIM to the original (lower = more changed)"),
             ("l1", "mean |filled - original|"))
     for key, title in rows:
-        lines.append(f"| {title} | " + " | ".join(_fmt(result.fillers[n][key]) for n in names) + " |")
+        lines.append(f"| {title} | " + " | ".join(_fmt(table[n][key]) for n in names) + " |")
     return lines
 
 
@@ -119,7 +122,9 @@ def _report(result: RemovalStudyResult, command: str, figures: dict[str, Path]) 
              f"{len(result.x)} test images; {pairs}; generative filler: `{result.inpainter}`; classic fillers: "
              "SP gray, LIME gray, MP blur.", ""]
     if result.fillers:
-        lines += ["## Filler effectiveness (Table 1)", ""] + _filler_lines(result) + [""]
+        lines += ["## Filler effectiveness (Table 1)", ""]
+        for shape in result.fillers:
+            lines += _filler_lines(result, shape) + [""]
     if result.robustness:
         lines += ["## Robustness to hyper-parameters and seeds (Section 4.3, Table S3)", "",
                   f"Mean ± std over images of the similarity between runs (all pairs): SP over patch sizes "
@@ -144,15 +149,12 @@ def _report(result: RemovalStudyResult, command: str, figures: dict[str, Path]) 
 
 
 def _figures(result: RemovalStudyResult, out: Path) -> dict[str, Path]:
-    from xaisdk.viz import plt, save_grouped_saliency_grid
+    from xaisdk.viz import as_displayable, plt, save_grouped_saliency_grid
 
     paths: dict[str, Path] = {}
-    if result.filler_examples:
-        names = list(result.filler_examples)
-        images = result.filler_examples
+    for shape, images in result.filler_examples.items():
+        names = list(images)
         rows = len(images[names[0]])
-        from xaisdk.viz import as_displayable
-
         fig, axes = plt.subplots(rows, len(names), figsize=(1.2 * len(names), 1.2 * rows + 0.3), squeeze=False)
         for j, name in enumerate(names):
             for i in range(rows):
@@ -162,9 +164,10 @@ def _figures(result: RemovalStudyResult, out: Path) -> dict[str, Path]:
                 ax.set_yticks([])
                 if i == 0:
                     ax.set_title(FILLER_TITLES.get(name, name), fontsize=7)
+        fig.suptitle(f"object removed: {'its pixels' if shape == 'outline' else 'its bounding box'}", fontsize=8)
         fig.tight_layout()
-        paths["fillers"] = out / "fillers.png"
-        fig.savefig(paths["fillers"], dpi=110)
+        paths[f"fillers_{shape}"] = out / f"fillers_{shape}.png"
+        fig.savefig(paths[f"fillers_{shape}"], dpi=110)
         plt.close(fig)
     if result.maps:
         k = min(6, len(result.x))
