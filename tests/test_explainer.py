@@ -403,7 +403,7 @@ def _error_cases(case: Case, no_generator: Explainer) -> list[tuple[str, Any, st
         ("source name", lambda: e.explain(x, 1, source="seven", baseline="zero"), "source: unknown class name 'seven'"),
         ("class count", lambda: e.explain(x, [1, 2], baseline="zero"), r"target: expected one class or one per image \(3\)"),
         ("target is source", lambda: e.explain(x[0], src), "target equals source"),
-        ("method", lambda: e.explain(x, t, method="lime"), "method: unknown 'lime'"),
+        ("method", lambda: e.explain(x, t, method="kernel_shap"), "method: unknown 'kernel_shap'"),
         ("method option", lambda: e.explain(x, t, method="ig", n_step=8), r"unknown options \['n_step'\]"),
         ("option of another method", lambda: e.explain(x, t, method="deeplift", window=2), r"unknown options \['window'\]"),
         ("baseline shape", lambda: e.explain(x, t, baseline=zeros((1, 20, 20), np.float32)),

@@ -273,10 +273,10 @@ def run_removal_study(backend: Backend, inpainter: Inpainter, test: Dataset, con
                                 target, test.class_names)
     run = _method_runner(backend, inpainter, config)
 
-    def timed(label: str, work: Callable[..., Any], *args: Any) -> Any:
+    def timed(label: str, work: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
         say(f"{label} ...")
-        value = work(*args)
+        value = work(*args, **kwargs)
         result.timings[label] = result.timings.get(label, 0.0) + time.perf_counter() - start
         return value
 
