@@ -133,10 +133,10 @@ class CountingBackend:
         return self.inner.score_gradient(x, weights)
 
     def deeplift_multipliers(self, x, baseline, weights):
-        raise NotImplementedError
+        return self.inner.deeplift_multipliers(x, baseline, weights)
 
     def generate(self, x, target):
-        raise NotImplementedError
+        return self.inner.generate(x, target)
 
 
 # --- the attributed score --------------------------------------------------------------------------
