@@ -49,6 +49,7 @@ from xaisdk.runtime.tensorrt_backend import (
     CudaRuntime,
     TensorRTBackend,
     _DeviceBackend,
+    _free_all,
     import_cudart,
     row_shapes,
 )
@@ -207,6 +208,8 @@ def test_engine_for_uses_a_matching_cached_plan_without_tensorrt(tmp_path, monke
     plan, where, built = engine_for(tmp_path, "classifier", b"graph", {"x": (3,)}, key)
     assert (plan, where, built) == (b"cached plan", path, False) and path.stat().st_mtime_ns == mtime
 
+    with pytest.raises(InputError, match=r"needs TensorRT >= 10"):  # rebuild ignores even a matching plan
+        engine_for(tmp_path, "classifier", b"graph", {"x": (3,)}, key, rebuild=True)
     stale = _key(trt_version="10.0.1")
     with pytest.raises(InputError, match="no cached plan; create the backend with build=True"):
         engine_for(tmp_path, "classifier", b"graph", {"x": (3,)}, stale, build=False)
@@ -488,6 +491,18 @@ def test_fused_integrated_gradients_matches_the_driver(bundle_dir, ort, images, 
     assert mem.blocks == {}  # the loop's temporary buffers were freed too
 
 
+def test_driver_takes_the_fused_path(bundle_dir, ort, images):
+    """drivers.integrated_gradients hands a backend with fused_integrated_gradients whole groups of images."""
+    backend, mem = host_backend(bundle_dir, rows=8, kernels=True)
+    w = class_weights(np.arange(len(images)) % 10, (np.arange(len(images)) + 3) % 10, 10)
+    got, delta = drivers.integrated_gradients(backend, images, w, 0.0, n_steps=12, chunk_size=8,
+                                              return_convergence_delta=True)
+    want = drivers.integrated_gradients(ort, images, w, 0.0, n_steps=12, chunk_size=8)
+    assert any(call[0] == "finalize" for call in backend._kernels.calls)
+    assert rel_err(got, want) < 1e-5 and delta.shape == (len(images),)
+    backend.close()
+
+
 def test_fused_integrated_gradients_rejects_bad_input(bundle_dir, images):
     backend, mem = host_backend(bundle_dir, rows=4, kernels=True)
     w = class_weights(np.zeros(len(images), np.int64), None, 10)
@@ -510,6 +525,14 @@ def test_fused_integrated_gradients_rejects_bad_input(bundle_dir, images):
         backend.logits(images)
     with pytest.raises(InputError, match="closed"):
         backend.fused_integrated_gradients(images, images, w, alphas, quadrature)
+
+
+def test_free_all_frees_every_buffer_before_raising():
+    mem = HostMemory()
+    pointers = [mem.malloc(16), 12345, mem.malloc(8)]
+    with pytest.raises(KeyError):
+        _free_all(mem, pointers)
+    assert mem.blocks == {}
 
 
 def test_context_manager_frees_device_memory(bundle_dir, images):

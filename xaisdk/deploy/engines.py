@@ -321,13 +321,14 @@ def batch_profile(inputs: Mapping[str, Sequence[int]], chunk: int, min_batch: in
 
 
 def engine_for(bundle_dir: str | os.PathLike, graph_role: str, graph: bytes, row_shapes: Mapping[str, Sequence[int]],
-               key: EngineKey, *, fixed_batch: bool = False, build: bool = True,
+               key: EngineKey, *, fixed_batch: bool = False, build: bool = True, rebuild: bool = False,
                workspace_bytes: int = DEFAULT_WORKSPACE_BYTES) -> tuple[bytes, Path, bool]:
     """The plan of one bundle graph for ``key``: loaded from the bundle's engine cache when a matching
     one is there, else built (:func:`build_engine`, batch 1..``key.chunk``, or exactly ``key.chunk``
     with ``fixed_batch``) and cached. Returns ``(plan, path, built)``. With ``build=False`` a missing
-    or stale plan raises InputError saying why. A bundle folder that cannot be written to only costs
-    a warning: the plan is then built again by the next process.
+    or stale plan raises InputError saying why; ``rebuild=True`` ignores the cached plan (for one that
+    TensorRT itself refused to load). A bundle folder that cannot be written to only costs a warning:
+    the plan is then built again by the next process.
 
     >>> key = engine_cache_key("NVIDIA H200", "9.0", "10.13.0.35", "ab" * 32, 4)
     >>> engine_for("/nonexistent", "classifier", b"", {"x": (3,)}, key, build=False)  # doctest: +ELLIPSIS
@@ -336,7 +337,7 @@ def engine_for(bundle_dir: str | os.PathLike, graph_role: str, graph: bytes, row
     xaisdk.errors.InputError: /nonexistent/engines/.../classifier_b4_abababababab.plan: no cached plan; ...
     """
     path = engine_path(bundle_dir, graph_role, key)
-    reason = stale_reason(path, key, graph_role)
+    reason = "TensorRT could not load the cached plan" if rebuild else stale_reason(path, key, graph_role)
     if reason is None:
         return path.read_bytes(), path, False
     if not build:

@@ -407,8 +407,7 @@ class _DeviceBackend:
                     pass
                 raise
             finally:
-                for ptr in dev.values():
-                    cuda.free(ptr)
+                _free_all(cuda, list(dev.values()))
         if not np.isfinite(out).all():
             raise RuntimeError("the TensorRT gradient engine returned NaN or infinite gradients")
         return out.reshape(x.shape)
@@ -426,7 +425,7 @@ class _EngineRunner:
         self._context = None
         self._engine = runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
-            raise InputError(f"{where}: TensorRT cannot load this engine; delete it (and its .json) to rebuild it")
+            raise _UnloadablePlan(f"{where}: TensorRT cannot load this engine; delete it (and its .json) to rebuild it")
         engine = self._engine
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self.inputs = tuple(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
@@ -481,11 +480,26 @@ class _EngineRunner:
             raise RuntimeError(f"{self._where}: TensorRT failed to enqueue the engine (see TensorRT's log)")
 
     def close(self) -> None:
-        for ptr in self.address.values():
-            self._cuda.free(ptr)
-        self.address = {}
-        self._context = None
+        self._context = None  # contexts go before their engine, and both before their memory
         self._engine = None
+        addresses, self.address = list(self.address.values()), {}
+        _free_all(self._cuda, addresses)
+
+
+class _UnloadablePlan(InputError):
+    """TensorRT refused a plan (a cached one may have been built by an incompatible setup)."""
+
+
+def _free_all(cuda: CudaRuntime, pointers: Sequence[int]) -> None:
+    """Free every pointer, even when one cudaFree fails; then raise the first failure."""
+    first: Exception | None = None
+    for ptr in pointers:
+        try:
+            cuda.free(ptr)
+        except Exception as err:
+            first = first or err
+    if first is not None:
+        raise first
 
 
 def _load_runtime(device: int) -> tuple[Any, CudaRuntime]:
@@ -577,11 +591,17 @@ class TensorRTBackend(_DeviceBackend):
                     continue
                 sha = bundle.manifest["files"][spec.file]["sha256"]  # checked against the bytes by read_bundle
                 key = engine_cache_key(self.gpu_name, self.compute_capability, self.trt_version, sha, rows)
-                plan, path, built = engine_for(bundle.path, role, spec.data, {n: shapes[n] for n in spec.inputs}, key,
-                                               fixed_batch=bundle.batch is not None, build=build,
-                                               workspace_bytes=DEFAULT_WORKSPACE_BYTES)
+                inputs = {n: shapes[n] for n in spec.inputs}
+                options = dict(fixed_batch=bundle.batch is not None, workspace_bytes=DEFAULT_WORKSPACE_BYTES)
+                plan, path, built = engine_for(bundle.path, role, spec.data, inputs, key, build=build, **options)
+                try:
+                    runners[role] = _EngineRunner(trt, runtime, plan, spec, shapes, rows, cuda, stream, path)
+                except _UnloadablePlan:
+                    if built or not build:
+                        raise
+                    plan, path, built = engine_for(bundle.path, role, spec.data, inputs, key, rebuild=True, **options)
+                    runners[role] = _EngineRunner(trt, runtime, plan, spec, shapes, rows, cuda, stream, path)
                 self.engine_paths[role], self.built[role] = path, built
-                runners[role] = _EngineRunner(trt, runtime, plan, spec, shapes, rows, cuda, stream, path)
         except BaseException:
             for runner in runners.values():
                 runner.close()
