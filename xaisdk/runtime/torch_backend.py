@@ -21,6 +21,7 @@ from xaisdk.baselines.generated import resolve_generator
 from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import Classifier
 from xaisdk.models.ganmex import GanmexModel, generate_baselines
+from xaisdk.runtime.relu_path_ig import find_relu_conv_prefix, relu_path_integrated_gradients
 
 __all__ = ["TorchBackend"]
 
@@ -33,7 +34,9 @@ class TorchBackend:
     put in eval mode once, here, and must stay on the CPU. ``input_shape`` (C, H, W) and
     ``value_range`` default to the checkpoint's metadata; a plain module needs ``input_shape`` and
     defaults to the range (0, 1). ``generator`` (a GANMEX model, a path to one, or a module
-    ``G(x, target)``) supplies or replaces the generator. At most ``max_batch`` rows go through the
+    ``G(x, target)``) supplies or replaces the generator. With ``fast_ig`` (default) models that open
+    with conv -> ReLU -> conv get Integrated Gradients from :mod:`xaisdk.runtime.relu_path_ig` (the
+    same sum, those layers not re-run per step). At most ``max_batch`` rows go through the
     model in one pass. Calls are thread-safe: DeepLIFT calls, which register hooks on the shared
     module (acting on their own thread's forward passes only), run one at a time; gradients,
     logits and generation run concurrently.
@@ -59,6 +62,7 @@ class TorchBackend:
         generator: Any = None,
         max_batch: int = 256,
         eps: float = EPS,
+        fast_ig: bool = True,
     ) -> None:
         self.module = as_module(model)
         self.module.eval()
@@ -78,6 +82,7 @@ class TorchBackend:
         self._generator = _generator(generator, model, self.input_shape)
         self.has_generator = self._generator is not None
         self._deeplift_lock = threading.Lock()
+        self._relu_prefix = find_relu_conv_prefix(self.module, self.input_shape) if fast_ig else None
 
     def __repr__(self) -> str:
         return (
@@ -134,6 +139,21 @@ class TorchBackend:
             for sl in chunks(len(xt), max(1, self.max_batch // 2)):  # x and baseline go through together
                 out[sl] = _numpy(rescale_multipliers(self.module, xt[sl], bt[sl], wt[sl], self.eps))
         return out
+
+    def fused_integrated_gradients(
+        self, x: np.ndarray, baseline: np.ndarray, weights: np.ndarray, alphas: np.ndarray, quadrature: np.ndarray
+    ) -> np.ndarray | None:
+        """IG ``(x - b) * sum_s quadrature[s] dScore/dx(b + alphas[s] (x - b))`` in one call, by
+        :mod:`xaisdk.runtime.relu_path_ig` when the model opens with conv -> ReLU -> conv (and
+        ``fast_ig`` is on); None otherwise, and the driver runs its chunked loop over :meth:`score_gradient`."""
+        if self._relu_prefix is None:
+            return None
+        xt, bt = self._batch(x), self._batch(baseline, "baseline")
+        if bt.shape != xt.shape:
+            raise InputError(f"baseline: expected the shape of x {tuple(xt.shape)}, got {tuple(bt.shape)}")
+        wt = self._weights(weights, len(xt))
+        with torch.no_grad():
+            return relu_path_integrated_gradients(self._relu_prefix, xt.numpy(), bt.numpy(), wt.numpy(), alphas, quadrature)
 
     def generate(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
         """The GANMEX generator's image of each ``x[n]`` moved into class ``target[n]`` (float32, like ``x``)."""

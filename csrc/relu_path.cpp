@@ -1,0 +1,422 @@
+#include "relu_path.h"
+
+#include <pybind11/numpy.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common.h"
+
+namespace xaisdk {
+namespace relu_path {
+
+using i64 = std::int64_t;
+
+namespace {
+
+// Rows p of the second layer's output whose window covers input row i: p*s - pad + k = i, 0 <= k < K.
+inline void covering(i64 i, i64 kernel, i64 stride, i64 pad, i64 out, i64& first, i64& last) {
+    const i64 top = i + pad;                                        // = p * stride + k
+    first = top - kernel + 1 <= 0 ? 0 : (top - kernel + stride) / stride;  // ceil((top - K + 1) / stride)
+    last = std::min(top / stride, out - 1);
+}
+
+// sum over the outputs that input unit e feeds of weight * values (values laid out like C2's output).
+template <typename T>
+inline double transposed_at(const T* values, const float* weight, const ConvGeometry& g, i64 e) {
+    const i64 c = e / (g.h_in * g.w_in);
+    const i64 i = (e / g.w_in) % g.h_in;
+    const i64 j = e % g.w_in;
+    i64 p0, p1, q0, q1;
+    covering(i, g.kh, g.sh, g.ph, g.h_out, p0, p1);
+    covering(j, g.kw, g.sw, g.pw, g.w_out, q0, q1);
+    double total = 0.0;
+    for (i64 o = 0; o < g.c_out; ++o) {
+        const float* k = weight + (o * g.c_in + c) * g.kh * g.kw;
+        const T* v = values + o * g.h_out * g.w_out;
+        for (i64 p = p0; p <= p1; ++p) {
+            const i64 ki = i + g.ph - p * g.sh;
+            for (i64 q = q0; q <= q1; ++q) {
+                const i64 kj = j + g.pw - q * g.sw;
+                total += static_cast<double>(k[ki * g.kw + kj]) * static_cast<double>(v[p * g.w_out + q]);
+            }
+        }
+    }
+    return total;
+}
+
+struct Event {
+    i64 unit;
+    double sign;
+};
+
+}  // namespace
+
+void active_ranges(const float* z0, const float* dz, const float* alphas, i64 N, i64 E, i64 S, i64* lo, i64* hi) {
+    const i64 total = N * E;
+#ifdef XAISDK_HAVE_OPENMP
+#pragma omp parallel for schedule(static) if (total * 8 >= kParallelMinWork)
+#endif
+    for (i64 t = 0; t < total; ++t) {
+        const float a0 = z0[t];
+        const float d = dz[t];
+        // active(s) = a0 + alphas[s] * d > 0 is monotone in s (alphas ascending, rounding monotone):
+        // the first step where it turns true (d > 0) or false (d < 0) is found by bisection.
+        auto active = [&](i64 s) { return a0 + alphas[s] * d > 0.0f; };
+        i64 l = 0, h = 0;
+        if (S > 0 && active(0) == active(S - 1)) {
+            if (active(0)) h = S;
+        } else if (S > 0) {
+            const bool rising = !active(0);
+            i64 a = 0, b = S - 1;  // active(a) != active(b); find the first s with active(s) == active(S - 1)
+            while (b - a > 1) {
+                const i64 mid = a + (b - a) / 2;
+                (active(mid) == active(S - 1) ? b : a) = mid;
+            }
+            if (rising) {
+                l = b;
+                h = S;
+            } else {
+                h = b;
+            }
+        }
+        lo[t] = l;
+        hi[t] = h;
+    }
+}
+
+void conv_forward(const float* z0, const float* dz, const i64* lo, const i64* hi, const float* alphas, const float* weight,
+                  const float* bias, const float* base_p, const float* base_q, const ConvGeometry& g, i64 N, i64 S, float* z2) {
+    const i64 E = g.in_size();
+    const i64 F = g.out_size();
+    const i64 plane = g.h_out * g.w_out;
+    std::vector<i64> starts(static_cast<size_t>(S) + 1);
+    std::vector<Event> events;
+    for (i64 n = 0; n < N; ++n) {
+        const i64* lo_n = lo + n * E;
+        const i64* hi_n = hi + n * E;
+        // Events bucketed by the step at which a unit switches on (+1) or off (-1).
+        std::fill(starts.begin(), starts.end(), 0);
+        for (i64 e = 0; e < E; ++e) {
+            if (lo_n[e] >= hi_n[e]) continue;
+            if (lo_n[e] > 0) ++starts[lo_n[e]];
+            if (hi_n[e] < S) ++starts[hi_n[e]];
+        }
+        i64 running = 0;
+        for (i64 s = 0; s <= S; ++s) {
+            const i64 count = starts[s];
+            starts[s] = running;
+            running += count;
+        }
+        events.assign(static_cast<size_t>(running), Event{0, 0.0});
+        std::vector<i64> cursor(starts.begin(), starts.end());
+        for (i64 e = 0; e < E; ++e) {
+            if (lo_n[e] >= hi_n[e]) continue;
+            if (lo_n[e] > 0) events[cursor[lo_n[e]]++] = Event{e, 1.0};
+            if (hi_n[e] < S) events[cursor[hi_n[e]]++] = Event{e, -1.0};
+        }
+        const float* z0_n = z0 + n * E;
+        const float* dz_n = dz + n * E;
+        const float* bp = base_p + n * F;
+        const float* bq = base_q + n * F;
+        float* out = z2 + n * S * F;
+        // Each task owns one output channel: its running sums, its events' updates and its outputs.
+#ifdef XAISDK_HAVE_OPENMP
+#pragma omp parallel for schedule(static) if (S * F >= kParallelMinWork)
+#endif
+        for (i64 o = 0; o < g.c_out; ++o) {
+            std::vector<double> cp(static_cast<size_t>(plane), 0.0), cq(static_cast<size_t>(plane), 0.0);
+            for (i64 s = 0; s < S; ++s) {
+                for (i64 v = starts[s]; v < starts[s + 1]; ++v) {
+                    const i64 e = events[v].unit;
+                    const double sp = events[v].sign * z0_n[e];
+                    const double sq = events[v].sign * dz_n[e];
+                    const i64 c = e / (g.h_in * g.w_in);
+                    const i64 i = (e / g.w_in) % g.h_in;
+                    const i64 j = e % g.w_in;
+                    i64 p0, p1, q0, q1;
+                    covering(i, g.kh, g.sh, g.ph, g.h_out, p0, p1);
+                    covering(j, g.kw, g.sw, g.pw, g.w_out, q0, q1);
+                    const float* k = weight + (o * g.c_in + c) * g.kh * g.kw;
+                    for (i64 p = p0; p <= p1; ++p) {
+                        const i64 ki = i + g.ph - p * g.sh;
+                        for (i64 q = q0; q <= q1; ++q) {
+                            const double kv = k[ki * g.kw + j + g.pw - q * g.sw];
+                            cp[p * g.w_out + q] += sp * kv;
+                            cq[p * g.w_out + q] += sq * kv;
+                        }
+                    }
+                }
+                const double a = alphas[s];
+                const double b = bias == nullptr ? 0.0 : bias[o];
+                float* row = out + s * F + o * plane;
+                const float* bpo = bp + o * plane;
+                const float* bqo = bq + o * plane;
+                for (i64 f = 0; f < plane; ++f) {
+                    row[f] = static_cast<float>(b + (bpo[f] + cp[f]) + a * (bqo[f] + cq[f]));
+                }
+            }
+        }
+    }
+}
+
+void conv_backward(const i64* lo, const i64* hi, const float* g2, const float* w, const float* weight, const ConvGeometry& g,
+                   i64 N, i64 S, float* partial, float* total) {
+    const i64 E = g.in_size();
+    const i64 F = g.out_size();
+    // One image per task: walk the steps once, keeping W[t] = sum_{s<t} w[s] g2[s] in float64 and
+    // reading the transposed convolution at each unit when it switches.
+#ifdef XAISDK_HAVE_OPENMP
+#pragma omp parallel for schedule(dynamic, 1) if (N > 1)
+#endif
+    for (i64 n = 0; n < N; ++n) {
+        const i64* lo_n = lo + n * E;
+        const i64* hi_n = hi + n * E;
+        float* part = partial + n * E;
+        std::vector<i64> starts(static_cast<size_t>(S) + 2, 0);
+        for (i64 e = 0; e < E; ++e) {
+            part[e] = 0.0f;
+            if (lo_n[e] >= hi_n[e]) continue;
+            if (lo_n[e] > 0) ++starts[lo_n[e] + 1];
+            if (hi_n[e] < S) ++starts[hi_n[e] + 1];
+        }
+        for (i64 t = 0; t <= S; ++t) starts[t + 1] += starts[t];
+        std::vector<Event> events(static_cast<size_t>(starts[S + 1]));
+        std::vector<i64> cursor(starts.begin(), starts.end());
+        for (i64 e = 0; e < E; ++e) {
+            if (lo_n[e] >= hi_n[e]) continue;
+            if (lo_n[e] > 0) events[cursor[lo_n[e]]++] = Event{e, -1.0};
+            if (hi_n[e] < S) events[cursor[hi_n[e]]++] = Event{e, 1.0};
+        }
+        std::vector<double> running(static_cast<size_t>(F), 0.0);
+        std::vector<double> unit(static_cast<size_t>(E), 0.0);
+        for (i64 t = 0; t <= S; ++t) {
+            for (i64 v = starts[t]; v < starts[t + 1]; ++v) {
+                unit[events[v].unit] += events[v].sign * transposed_at(running.data(), weight, g, events[v].unit);
+            }
+            if (t == S) break;
+            const double wt = w[t];
+            const float* gt = g2 + (n * S + t) * F;
+            for (i64 f = 0; f < F; ++f) running[f] += wt * gt[f];
+        }
+        for (i64 e = 0; e < E; ++e) part[e] = static_cast<float>(unit[e]);
+        float* tot = total + n * F;
+        for (i64 f = 0; f < F; ++f) tot[f] = static_cast<float>(running[f]);
+    }
+}
+
+void dense_backward(const float* z2, const float* z3, const float* u, const float* w3, i64 N, i64 S, i64 F, i64 H, float* g2) {
+    const i64 block = column_block(N, F);
+    const i64 blocks = (F + block - 1) / block;
+#ifdef XAISDK_HAVE_OPENMP
+#pragma omp parallel for schedule(static) if (N * S * F >= kParallelMinWork)
+#endif
+    for (i64 t = 0; t < N * blocks; ++t) {
+        const i64 n = t / blocks;
+        const i64 f0 = (t % blocks) * block;
+        const i64 f1 = std::min(f0 + block, F);
+        const float* un = u + n * H;
+        std::vector<double> g(static_cast<size_t>(f1 - f0), 0.0);
+        for (i64 s = 0; s < S; ++s) {
+            const float* z3s = z3 + (n * S + s) * H;
+            const float* z3p = s == 0 ? nullptr : z3s - H;
+            for (i64 k = 0; k < H; ++k) {
+                const bool on = z3s[k] > 0.0f;
+                const bool was = z3p != nullptr && z3p[k] > 0.0f;
+                if (on == was) continue;
+                const double scale = (on ? 1.0 : -1.0) * un[k];
+                const float* row = w3 + k * F;
+                for (i64 f = f0; f < f1; ++f) g[f - f0] += scale * row[f];
+            }
+            const float* z2s = z2 + (n * S + s) * F;
+            float* out = g2 + (n * S + s) * F;
+            for (i64 f = f0; f < f1; ++f) out[f] = z2s[f] > 0.0f ? static_cast<float>(g[f - f0]) : 0.0f;
+        }
+    }
+}
+
+}  // namespace relu_path
+
+namespace {
+
+namespace py = pybind11;
+using i64 = std::int64_t;
+using relu_path::ConvGeometry;
+
+ConvGeometry geometry(const py::tuple& shape_in, const py::tuple& shape_out, const py::array& weight, const py::tuple& stride,
+                      const py::tuple& padding, const char* fn) {
+    if (shape_in.size() != 3 || shape_out.size() != 3 || stride.size() != 2 || padding.size() != 2) {
+        throw std::invalid_argument(std::string(fn) + ": in_shape/out_shape are (C, H, W); stride/padding are (h, w)");
+    }
+    ConvGeometry g{};
+    g.c_in = shape_in[0].cast<i64>();
+    g.h_in = shape_in[1].cast<i64>();
+    g.w_in = shape_in[2].cast<i64>();
+    g.c_out = shape_out[0].cast<i64>();
+    g.h_out = shape_out[1].cast<i64>();
+    g.w_out = shape_out[2].cast<i64>();
+    g.sh = stride[0].cast<i64>();
+    g.sw = stride[1].cast<i64>();
+    g.ph = padding[0].cast<i64>();
+    g.pw = padding[1].cast<i64>();
+    require_f32(weight, fn, "weight", 4);
+    g.kh = weight.shape(2);
+    g.kw = weight.shape(3);
+    if (weight.shape(0) != g.c_out || weight.shape(1) != g.c_in) {
+        throw std::invalid_argument(std::string(fn) + ": weight " + shape_str(weight) + " does not map " + std::to_string(g.c_in) +
+                                    " channels to " + std::to_string(g.c_out));
+    }
+    const bool positive = g.c_in > 0 && g.h_in > 0 && g.w_in > 0 && g.c_out > 0 && g.h_out > 0 && g.w_out > 0 && g.sh > 0 &&
+                          g.sw > 0 && g.kh > 0 && g.kw > 0 && g.ph >= 0 && g.pw >= 0;
+    if (!positive || (g.h_in + 2 * g.ph - g.kh) / g.sh + 1 != g.h_out || (g.w_in + 2 * g.pw - g.kw) / g.sw + 1 != g.w_out) {
+        throw std::invalid_argument(std::string(fn) + ": inconsistent convolution geometry");
+    }
+    return g;
+}
+
+void require_shape(const py::array& a, std::initializer_list<i64> shape, const char* fn, const char* name) {
+    i64 d = 0;
+    for (i64 expected : shape) {
+        if (a.shape(d) != expected) {
+            throw std::invalid_argument(std::string(fn) + ": " + name + " has shape " + shape_str(a) + ", which does not match");
+        }
+        ++d;
+    }
+}
+
+void require_ranges(const py::array& lo, const py::array& hi, i64 N, i64 E, i64 S, const char* fn) {
+    require_i64(lo, fn, "lo", 2);
+    require_i64(hi, fn, "hi", 2);
+    require_shape(lo, {N, E}, fn, "lo");
+    require_shape(hi, {N, E}, fn, "hi");
+    const auto* l = static_cast<const i64*>(lo.data());
+    const auto* h = static_cast<const i64*>(hi.data());
+    for (i64 t = 0; t < N * E; ++t) {
+        if (l[t] < 0 || h[t] > S || l[t] > h[t]) throw std::invalid_argument(std::string(fn) + ": lo/hi must satisfy 0 <= lo <= hi <= S");
+    }
+}
+
+void require_ascending(const py::array& alphas, const char* fn) {
+    require_f32(alphas, fn, "alphas", 1);
+    const auto* a = static_cast<const float*>(alphas.data());
+    for (py::ssize_t s = 1; s < alphas.shape(0); ++s) {
+        if (!(a[s - 1] <= a[s])) throw std::invalid_argument(std::string(fn) + ": alphas must be ascending (and not NaN)");
+    }
+}
+
+py::tuple py_active_ranges(const py::array& z0, const py::array& dz, const py::array& alphas) {
+    const char* fn = "relu_active_ranges";
+    require_f32(z0, fn, "z0", 2);
+    require_f32(dz, fn, "dz", 2);
+    require_ascending(alphas, fn);
+    const i64 N = z0.shape(0), E = z0.shape(1), S = alphas.shape(0);
+    require_shape(dz, {N, E}, fn, "dz");
+    py::array_t<i64> lo({N, E}), hi({N, E});
+    {
+        py::gil_scoped_release release;
+        relu_path::active_ranges(static_cast<const float*>(z0.data()), static_cast<const float*>(dz.data()),
+                                 static_cast<const float*>(alphas.data()), N, E, S, lo.mutable_data(), hi.mutable_data());
+    }
+    return py::make_tuple(lo, hi);
+}
+
+py::array py_conv_forward(const py::array& z0, const py::array& dz, const py::array& lo, const py::array& hi,
+                          const py::array& alphas, const py::array& weight, const py::object& bias, const py::array& base_p,
+                          const py::array& base_q, const py::tuple& in_shape, const py::tuple& out_shape, const py::tuple& stride,
+                          const py::tuple& padding) {
+    const char* fn = "relu_conv_forward";
+    const ConvGeometry g = geometry(in_shape, out_shape, weight, stride, padding, fn);
+    require_f32(z0, fn, "z0", 2);
+    require_f32(dz, fn, "dz", 2);
+    require_ascending(alphas, fn);
+    const i64 N = z0.shape(0), E = g.in_size(), F = g.out_size(), S = alphas.shape(0);
+    require_shape(z0, {N, E}, fn, "z0");
+    require_shape(dz, {N, E}, fn, "dz");
+    require_ranges(lo, hi, N, E, S, fn);
+    require_f32(base_p, fn, "base_p", 2);
+    require_f32(base_q, fn, "base_q", 2);
+    require_shape(base_p, {N, F}, fn, "base_p");
+    require_shape(base_q, {N, F}, fn, "base_q");
+    const float* bias_ptr = nullptr;
+    py::array bias_array;
+    if (!bias.is_none()) {
+        bias_array = bias.cast<py::array>();
+        require_f32(bias_array, fn, "bias", 1);
+        require_shape(bias_array, {g.c_out}, fn, "bias");
+        bias_ptr = static_cast<const float*>(bias_array.data());
+    }
+    py::array_t<float> z2({N, S, F});
+    {
+        py::gil_scoped_release release;
+        relu_path::conv_forward(static_cast<const float*>(z0.data()), static_cast<const float*>(dz.data()),
+                                static_cast<const i64*>(lo.data()), static_cast<const i64*>(hi.data()),
+                                static_cast<const float*>(alphas.data()), static_cast<const float*>(weight.data()), bias_ptr,
+                                static_cast<const float*>(base_p.data()), static_cast<const float*>(base_q.data()), g, N, S,
+                                z2.mutable_data());
+    }
+    return z2;
+}
+
+py::tuple py_conv_backward(const py::array& lo, const py::array& hi, const py::array& g2, const py::array& w,
+                           const py::array& weight, const py::tuple& in_shape, const py::tuple& out_shape, const py::tuple& stride,
+                           const py::tuple& padding) {
+    const char* fn = "relu_conv_backward";
+    const ConvGeometry g = geometry(in_shape, out_shape, weight, stride, padding, fn);
+    require_f32(g2, fn, "g2", 3);
+    require_f32(w, fn, "w", 1);
+    const i64 N = g2.shape(0), S = g2.shape(1), E = g.in_size(), F = g.out_size();
+    require_shape(g2, {N, S, F}, fn, "g2");
+    require_shape(w, {S}, fn, "w");
+    require_ranges(lo, hi, N, E, S, fn);
+    py::array_t<float> partial({N, E}), total({N, F});
+    {
+        py::gil_scoped_release release;
+        relu_path::conv_backward(static_cast<const i64*>(lo.data()), static_cast<const i64*>(hi.data()),
+                                 static_cast<const float*>(g2.data()), static_cast<const float*>(w.data()),
+                                 static_cast<const float*>(weight.data()), g, N, S, partial.mutable_data(), total.mutable_data());
+    }
+    return py::make_tuple(partial, total);
+}
+
+py::array py_dense_backward(const py::array& z2, const py::array& z3, const py::array& u, const py::array& w3) {
+    const char* fn = "relu_dense_backward";
+    require_f32(z2, fn, "z2", 3);
+    require_f32(z3, fn, "z3", 3);
+    require_f32(u, fn, "u", 2);
+    require_f32(w3, fn, "w3", 2);
+    const i64 N = z2.shape(0), S = z2.shape(1), F = z2.shape(2), H = w3.shape(0);
+    require_shape(z3, {N, S, H}, fn, "z3");
+    require_shape(u, {N, H}, fn, "u");
+    require_shape(w3, {H, F}, fn, "w3");
+    py::array_t<float> g2({N, S, F});
+    {
+        py::gil_scoped_release release;
+        relu_path::dense_backward(static_cast<const float*>(z2.data()), static_cast<const float*>(z3.data()),
+                                  static_cast<const float*>(u.data()), static_cast<const float*>(w3.data()), N, S, F, H,
+                                  g2.mutable_data());
+    }
+    return g2;
+}
+
+}  // namespace
+
+void register_relu_path(py::module_& m) {
+    m.def("relu_active_ranges", &py_active_ranges, py::arg("z0"), py::arg("dz"), py::arg("alphas"),
+          "(lo, hi) int64 (N, E): the ascending steps s with z0 + alphas[s] * dz > 0 are lo <= s < hi.");
+    m.def("relu_conv_forward", &py_conv_forward, py::arg("z0"), py::arg("dz"), py::arg("lo"), py::arg("hi"), py::arg("alphas"),
+          py::arg("weight"), py::arg("bias"), py::arg("base_p"), py::arg("base_q"), py::arg("in_shape"), py::arg("out_shape"),
+          py::arg("stride"), py::arg("padding"),
+          "Second-layer pre-activations (N, S, F) along the path from the step-0 bases and the switching units.");
+    m.def("relu_conv_backward", &py_conv_backward, py::arg("lo"), py::arg("hi"), py::arg("g2"), py::arg("w"), py::arg("weight"),
+          py::arg("in_shape"), py::arg("out_shape"), py::arg("stride"), py::arg("padding"),
+          "(partial (N, E), total (N, F)): total = sum_s w[s] g2[:, s]; partial[e] = (C2^T (W[hi] - W[lo]))[e] with the "
+          "W[S] term left out (units active at the last step add (C2^T total)[e]).");
+    m.def("relu_dense_backward", &py_dense_backward, py::arg("z2"), py::arg("z3"), py::arg("u"), py::arg("w3"),
+          "Gradient (N, S, F) at z2 of u . relu(w3 relu(z2) + b3) per step, updating W3^T (u * [z3 > 0]) only where a "
+          "hidden unit switches.");
+}
+
+}  // namespace xaisdk

@@ -1,0 +1,60 @@
+// Kernels for Integrated Gradients along a straight path through "conv -> ReLU -> conv" (the
+// opening layers of most CNNs), without running those layers once per path point.
+//
+// On the path x(a) = b + a (x - b) the first layer's output is affine in a: z(a) = z0 + a dz, with
+// z0 = L1(b) and dz = L1(x) - L1(b). Each ReLU unit is therefore active on one interval of the
+// (ascending) path points, [lo, hi). The second layer's pre-activation at step s is
+//     z2[s] = bias + C2(z0 * m_s) + a_s C2(dz * m_s),
+// and m_s changes only where a unit switches on or off: a few events along the whole path, each
+// touching one column of C2. Going back, the gradient reaching unit e summed over its active steps
+// is (C2^T (W[hi] - W[lo]))[e], where W[t] = sum_{s<t} w_s g2[s] are prefix sums of the weighted
+// gradients at z2: one row of the transposed convolution per switching unit.
+//
+// The first layer's output is flattened to e = (c * H1 + i) * W1 + j; the second layer is a 2-D
+// convolution (groups 1, dilation 1, zero padding) with weight (C2, C1, KH, KW).
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+
+namespace xaisdk {
+namespace relu_path {
+
+struct ConvGeometry {
+    std::int64_t c_in, h_in, w_in;     // first layer's output = second layer's input
+    std::int64_t c_out, h_out, w_out;  // second layer's output
+    std::int64_t kh, kw, sh, sw, ph, pw;
+    std::int64_t in_size() const { return c_in * h_in * w_in; }
+    std::int64_t out_size() const { return c_out * h_out * w_out; }
+};
+
+// lo[n, e], hi[n, e]: the steps s (alphas ascending) with z0[n, e] + alphas[s] * dz[n, e] > 0 are
+// exactly lo <= s < hi (lo = hi = 0 when there are none). z0, dz: (N, E); alphas: (S,).
+void active_ranges(const float* z0, const float* dz, const float* alphas, std::int64_t N, std::int64_t E, std::int64_t S,
+                   std::int64_t* lo, std::int64_t* hi);
+
+// z2 (N, S, F) = bias[o] + base_p[n] + alphas[s] * base_q[n] + (the changes of C2(z0 * m_s) and
+// C2(dz * m_s) since step 0), where base_p = C2(z0 * m_0) and base_q = C2(dz * m_0) without bias.
+void conv_forward(const float* z0, const float* dz, const std::int64_t* lo, const std::int64_t* hi, const float* alphas,
+                  const float* weight, const float* bias, const float* base_p, const float* base_q, const ConvGeometry& g,
+                  std::int64_t N, std::int64_t S, float* z2);
+
+// total (N, F) = W[S], where W[t] = sum_{s < t} w[s] * g2[n, s] (float64 inside), and
+// partial (N, E) = (C2^T (W[hi] - W[lo]))[e] for each active unit, leaving out the W[S] term of units
+// active up to the last step (hi = S): the caller adds the dense (C2^T total)[e] for those.
+void conv_backward(const std::int64_t* lo, const std::int64_t* hi, const float* g2, const float* w, const float* weight,
+                   const ConvGeometry& g, std::int64_t N, std::int64_t S, float* partial, float* total);
+
+// The gradient at z2 (N, S, F) of the score u[n] . relu(W3 relu(z2) + b3) + const, at every step,
+// given z3 = W3 relu(z2) + b3 (N, S, H): g2 = [z2 > 0] * W3^T ([z3 > 0] * u), kept as a running sum
+// that changes only where a hidden unit switches between consecutive steps. w3: (H, F).
+void dense_backward(const float* z2, const float* z3, const float* u, const float* w3, std::int64_t N, std::int64_t S,
+                    std::int64_t F, std::int64_t H, float* g2);
+
+}  // namespace relu_path
+
+// Adds relu_active_ranges, relu_conv_forward, relu_conv_backward and relu_dense_backward to `m`.
+void register_relu_path(pybind11::module_& m);
+
+}  // namespace xaisdk
