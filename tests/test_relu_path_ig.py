@@ -65,7 +65,8 @@ def test_conv_forward_equals_a_convolution_per_step(geometry):
     on0 = ((lo == 0) & (hi > 0)).astype(np.float32)
 
     def conv(a):
-        return nn.functional.conv2d(torch.from_numpy(a).view(-1, c1, h1, w1), torch.from_numpy(weight), stride=stride, padding=pad)
+        hidden = torch.from_numpy(a).view(-1, c1, h1, w1)
+        return nn.functional.conv2d(hidden, torch.from_numpy(weight), stride=stride, padding=pad)
 
     base_p = np.ascontiguousarray(conv(z0 * on0).reshape(n, -1).numpy())
     base_q = np.ascontiguousarray(conv(dz * on0).reshape(n, -1).numpy())
