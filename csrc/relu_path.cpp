@@ -238,6 +238,92 @@ void dense_backward(const float* z2, const float* z3, const float* u, const floa
     }
 }
 
+void occlusion_forward(const float* x, const float* baseline, const i64* row_lo, const i64* row_hi, i64 R, const i64* col_lo,
+                       const i64* col_hi, i64 Cc, const float* w1, const ConvGeometry& first, const float* z1x,
+                       const float* w2, const ConvGeometry& second, const float* z2x, i64 N, float* z2) {
+    const i64 D = first.in_size();
+    const i64 E = first.out_size();
+    const i64 F = second.out_size();
+    const i64 plane2 = second.h_out * second.w_out;
+    const i64 C2 = second.c_out;
+    // w2 as (C1, KH, KW, C2) and z2 as (H2, W2, C2): a unit's column is then one contiguous run of
+    // C2 weights per output pixel, which the compiler vectorizes.
+    std::vector<float> w2t(static_cast<size_t>(second.c_in * second.kh * second.kw * C2));
+    for (i64 o = 0; o < C2; ++o)
+        for (i64 c = 0; c < second.c_in; ++c)
+            for (i64 k = 0; k < second.kh * second.kw; ++k) {
+                w2t[(c * second.kh * second.kw + k) * C2 + o] = w2[(o * second.c_in + c) * second.kh * second.kw + k];
+            }
+    const i64 P = R * Cc;
+#ifdef XAISDK_HAVE_OPENMP
+#pragma omp parallel
+#endif
+    {
+        std::vector<float> local(static_cast<size_t>(F));
+#ifdef XAISDK_HAVE_OPENMP
+#pragma omp for schedule(dynamic, 8)
+#endif
+        for (i64 t = 0; t < N * P; ++t) {
+            const i64 n = t / P;
+            const i64 pos = t % P;
+            const i64 r0 = row_lo[pos / Cc], r1 = row_hi[pos / Cc];
+            const i64 c0 = col_lo[pos % Cc], c1 = col_hi[pos % Cc];
+            const float* xn = x + n * D;
+            const float* bn = baseline + n * D;
+            const float* z1n = z1x + n * E;
+            const float* z2n = z2x + n * F;
+            for (i64 o = 0; o < C2; ++o)
+                for (i64 f = 0; f < plane2; ++f) local[f * C2 + o] = z2n[o * plane2 + f];
+            // first-layer outputs (i, j) whose window meets rows [r0, r1) and columns [c0, c1); none for an empty window
+            i64 i_first = 0, i_last = -1, j_first = 0, j_last = -1, unused;
+            if (r0 < r1 && c0 < c1) {
+                covering(r0, first.kh, first.sh, first.ph, first.h_out, i_first, unused);
+                covering(r1 - 1, first.kh, first.sh, first.ph, first.h_out, unused, i_last);
+                covering(c0, first.kw, first.sw, first.pw, first.w_out, j_first, unused);
+                covering(c1 - 1, first.kw, first.sw, first.pw, first.w_out, unused, j_last);
+            }
+            for (i64 i = i_first; i <= i_last; ++i) {
+                const i64 u0 = std::max(r0, i * first.sh - first.ph), u1 = std::min(r1, i * first.sh - first.ph + first.kh);
+                for (i64 j = j_first; j <= j_last; ++j) {
+                    const i64 v0 = std::max(c0, j * first.sw - first.pw), v1 = std::min(c1, j * first.sw - first.pw + first.kw);
+                    for (i64 ch = 0; ch < first.c_out; ++ch) {
+                        double change = 0.0;
+                        for (i64 ci = 0; ci < first.c_in; ++ci) {
+                            const float* k = w1 + (ch * first.c_in + ci) * first.kh * first.kw;
+                            for (i64 u = u0; u < u1; ++u)
+                                for (i64 v = v0; v < v1; ++v) {
+                                    const i64 d = (ci * first.h_in + u) * first.w_in + v;
+                                    change += static_cast<double>(k[(u - i * first.sh + first.ph) * first.kw + v - j * first.sw + first.pw]) *
+                                              (static_cast<double>(bn[d]) - xn[d]);
+                                }
+                        }
+                        const i64 e = (ch * first.h_out + i) * first.w_out + j;
+                        const float before = z1n[e];
+                        const float after = static_cast<float>(before + change);
+                        const float delta = std::max(after, 0.0f) - std::max(before, 0.0f);
+                        if (delta == 0.0f) continue;
+                        i64 p0, p1, q0, q1;
+                        covering(i, second.kh, second.sh, second.ph, second.h_out, p0, p1);
+                        covering(j, second.kw, second.sw, second.pw, second.w_out, q0, q1);
+                        for (i64 p = p0; p <= p1; ++p) {
+                            const i64 ki = i + second.ph - p * second.sh;
+                            for (i64 q = q0; q <= q1; ++q) {
+                                const i64 kj = j + second.pw - q * second.sw;
+                                const float* col = w2t.data() + ((ch * second.kh + ki) * second.kw + kj) * C2;
+                                float* dst = local.data() + (p * second.w_out + q) * C2;
+                                for (i64 o = 0; o < C2; ++o) dst[o] += delta * col[o];
+                            }
+                        }
+                    }
+                }
+            }
+            float* out = z2 + t * F;
+            for (i64 o = 0; o < C2; ++o)
+                for (i64 f = 0; f < plane2; ++f) out[o * plane2 + f] = local[f * C2 + o];
+        }
+    }
+}
+
 }  // namespace relu_path
 
 namespace {
@@ -401,6 +487,52 @@ py::array py_dense_backward(const py::array& z2, const py::array& z3, const py::
     return g2;
 }
 
+void require_window_ranges(const py::array& lo, const py::array& hi, i64 size, const char* fn, const char* name) {
+    require_i64(lo, fn, name, 1);
+    require_i64(hi, fn, name, 1);
+    require_shape(hi, {lo.shape(0)}, fn, name);
+    const auto* l = static_cast<const i64*>(lo.data());
+    const auto* h = static_cast<const i64*>(hi.data());
+    for (py::ssize_t r = 0; r < lo.shape(0); ++r) {
+        if (l[r] < 0 || h[r] > size || l[r] > h[r]) {
+            throw std::invalid_argument(std::string(fn) + ": " + name + " windows must satisfy 0 <= lo <= hi <= " + std::to_string(size));
+        }
+    }
+}
+
+py::array py_occlusion_forward(const py::array& x, const py::array& baseline, const py::array& row_lo, const py::array& row_hi,
+                               const py::array& col_lo, const py::array& col_hi, const py::array& w1, const py::tuple& x_shape,
+                               const py::tuple& z1_shape, const py::tuple& stride1, const py::tuple& padding1, const py::array& z1x,
+                               const py::array& w2, const py::tuple& z2_shape, const py::tuple& stride2, const py::tuple& padding2,
+                               const py::array& z2x) {
+    const char* fn = "relu_occlusion_forward";
+    const ConvGeometry first = geometry(x_shape, z1_shape, w1, stride1, padding1, fn);
+    const ConvGeometry second = geometry(z1_shape, z2_shape, w2, stride2, padding2, fn);
+    require_f32(x, fn, "x", 2);
+    require_f32(baseline, fn, "baseline", 2);
+    require_f32(z1x, fn, "z1x", 2);
+    require_f32(z2x, fn, "z2x", 2);
+    const i64 N = x.shape(0);
+    require_shape(x, {N, first.in_size()}, fn, "x");
+    require_shape(baseline, {N, first.in_size()}, fn, "baseline");
+    require_shape(z1x, {N, first.out_size()}, fn, "z1x");
+    require_shape(z2x, {N, second.out_size()}, fn, "z2x");
+    require_window_ranges(row_lo, row_hi, first.h_in, fn, "row");
+    require_window_ranges(col_lo, col_hi, first.w_in, fn, "column");
+    const i64 R = row_lo.shape(0), Cc = col_lo.shape(0);
+    py::array_t<float> z2({N, R * Cc, second.out_size()});
+    {
+        py::gil_scoped_release release;
+        relu_path::occlusion_forward(static_cast<const float*>(x.data()), static_cast<const float*>(baseline.data()),
+                                     static_cast<const i64*>(row_lo.data()), static_cast<const i64*>(row_hi.data()), R,
+                                     static_cast<const i64*>(col_lo.data()), static_cast<const i64*>(col_hi.data()), Cc,
+                                     static_cast<const float*>(w1.data()), first, static_cast<const float*>(z1x.data()),
+                                     static_cast<const float*>(w2.data()), second, static_cast<const float*>(z2x.data()), N,
+                                     z2.mutable_data());
+    }
+    return z2;
+}
+
 }  // namespace
 
 void register_relu_path(py::module_& m) {
@@ -417,6 +549,10 @@ void register_relu_path(py::module_& m) {
     m.def("relu_dense_backward", &py_dense_backward, py::arg("z2"), py::arg("z3"), py::arg("u"), py::arg("w3"),
           "Gradient (N, S, F) at z2 of u . relu(w3 relu(z2) + b3) per step, updating W3^T (u * [z3 > 0]) only where a "
           "hidden unit switches.");
+    m.def("relu_occlusion_forward", &py_occlusion_forward, py::arg("x"), py::arg("baseline"), py::arg("row_lo"), py::arg("row_hi"),
+          py::arg("col_lo"), py::arg("col_hi"), py::arg("w1"), py::arg("x_shape"), py::arg("z1_shape"), py::arg("stride1"),
+          py::arg("padding1"), py::arg("z1x"), py::arg("w2"), py::arg("z2_shape"), py::arg("stride2"), py::arg("padding2"),
+          py::arg("z2x"), "Second-layer outputs (N, R * Cc, F) with each occlusion window of x replaced by the baseline.");
 }
 
 }  // namespace xaisdk

@@ -52,9 +52,21 @@ void conv_backward(const std::int64_t* lo, const std::int64_t* hi, const float* 
 void dense_backward(const float* z2, const float* z3, const float* u, const float* w3, std::int64_t N, std::int64_t S,
                     std::int64_t F, std::int64_t H, float* g2);
 
+// Occlusion through the same opening layers. Window position (r, c) replaces rows
+// [row_lo[r], row_hi[r]) x columns [col_lo[c], col_hi[c]) of x (all channels) by the baseline's
+// pixels; only the first-layer units whose window overlaps it change, and z2 changes by the second
+// layer's columns of those units. first: geometry of the first layer (x -> z1, weight w1);
+// second: z1 -> z2 (weight w2). z1x: first layer's output at x (N, E); z2x: second
+// layer's output at x (N, F), bias included. Writes z2 (N, R * Cc, F) for every window position.
+void occlusion_forward(const float* x, const float* baseline, const std::int64_t* row_lo, const std::int64_t* row_hi,
+                       std::int64_t R, const std::int64_t* col_lo, const std::int64_t* col_hi, std::int64_t Cc, const float* w1,
+                       const ConvGeometry& first, const float* z1x, const float* w2, const ConvGeometry& second,
+                       const float* z2x, std::int64_t N, float* z2);
+
 }  // namespace relu_path
 
-// Adds relu_active_ranges, relu_conv_forward, relu_conv_backward and relu_dense_backward to `m`.
+// Adds relu_active_ranges, relu_conv_forward, relu_conv_backward, relu_dense_backward and
+// relu_occlusion_forward to `m`.
 void register_relu_path(pybind11::module_& m);
 
 }  // namespace xaisdk

@@ -11,7 +11,7 @@ from xaisdk import _ext
 from xaisdk.attribution import drivers
 from xaisdk.attribution.quadrature import path_rule
 from xaisdk.models.classifiers import MnistCNN
-from xaisdk.runtime.relu_path_ig import find_relu_conv_prefix, relu_path_integrated_gradients
+from xaisdk.runtime.relu_path_ig import find_relu_conv_prefix, relu_path_integrated_gradients, relu_path_occluded_scores
 from xaisdk.runtime.torch_backend import TorchBackend
 
 GEOMETRIES = [  # (C1, H1, W1, C2, kernel, stride, padding)
@@ -237,3 +237,52 @@ def test_backend_fast_path_matches_the_chunked_loop_on_the_shipped_model(digits)
     np.testing.assert_allclose(a, b, atol=1e-5 * np.abs(b).max())
     np.testing.assert_allclose(delta_a, delta_b, atol=1e-4)
     assert np.abs(delta_a).max() < 0.05  # completeness, up to the quadrature error of 200 midpoints
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("window,stride", [(1, 1), (3, 2), ((2, 4), (3, 1))])
+def test_fast_occlusion_scores_equal_scoring_the_occluded_images(name, window, stride):
+    from xaisdk.attribution._shared import occlusion_covers
+
+    make, shape = MODELS[name]
+    torch.manual_seed(1)
+    module = make().eval()
+    rng = _rng(6)
+    x = rng.random((2, *shape), dtype=np.float32)
+    b = rng.random((2, *shape), dtype=np.float32)
+    weights = _pair_weights(2, module(torch.zeros(1, *shape)).shape[1], rng)
+    rows, cols = occlusion_covers(shape[1], shape[2], window, stride)
+    got = relu_path_occluded_scores(find_relu_conv_prefix(module, shape), x, b, weights, rows, cols, rows_per_pass=50)
+    masks = (rows[:, None, :, None] * cols[None, :, None, :]).astype(np.float32)  # (R, Cc, H, W)
+    occluded = x[:, None, None] * (1 - masks[None, :, :, None]) + b[:, None, None] * masks[None, :, :, None]
+    with torch.no_grad():
+        logits = module(torch.from_numpy(occluded.reshape(-1, *shape))).numpy().reshape(2, len(rows), len(cols), -1)
+    expected = (logits * weights[:, None, None, :]).sum(-1)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_occlusion_driver_takes_the_fast_path_with_the_same_maps(digits):
+    from xaisdk.models import load_shipped_classifier
+
+    model = load_shipped_classifier("digits")
+    fast, slow = TorchBackend(model), TorchBackend(model, fast_ig=False)
+    x = digits.test.x[:3]
+    weights = np.eye(10, dtype=np.float32)[[1, 2, 3]] - np.eye(10, dtype=np.float32)[[7, 8, 9]]
+    for window, stride in [(1, 1), (4, 2)]:
+        a = drivers.occlusion(fast, x, weights, 0.0, window=window, stride=stride)
+        b = drivers.occlusion(slow, x, weights, 0.0, window=window, stride=stride)
+        np.testing.assert_allclose(a, b, atol=1e-5 * np.abs(b).max())
+    assert slow.occluded_scores(x, x, weights, np.ones((1, 28)), np.ones((1, 28))) is None
+
+
+def test_occlusion_kernel_refuses_bad_windows():
+    x = np.zeros((1, 16), np.float32)
+    w1, w2 = np.zeros((2, 1, 1, 1), np.float32), np.zeros((3, 2, 1, 1), np.float32)
+    z1, z2 = np.zeros((1, 32), np.float32), np.zeros((1, 48), np.float32)
+    good = np.array([0], np.int64), np.array([2], np.int64)
+    with pytest.raises(ValueError, match="lo <= hi"):
+        _ext.relu_occlusion_forward(x, x, np.array([3], np.int64), np.array([2], np.int64), *good, w1, (1, 4, 4), (2, 4, 4),
+                                    (1, 1), (0, 0), z1, w2, (3, 4, 4), (1, 1), (0, 0), z2)
+    with pytest.raises(ValueError, match="<= 4"):
+        _ext.relu_occlusion_forward(x, x, *good, np.array([2], np.int64), np.array([5], np.int64), w1, (1, 4, 4), (2, 4, 4),
+                                    (1, 1), (0, 0), z1, w2, (3, 4, 4), (1, 1), (0, 0), z2)

@@ -42,7 +42,7 @@ try:
 except ImportError:  # not built: find_relu_conv_prefix then finds nothing and callers keep the plain loop
     _ext = None
 
-__all__ = ["ReluConvPrefix", "find_relu_conv_prefix", "relu_path_integrated_gradients"]
+__all__ = ["ReluConvPrefix", "find_relu_conv_prefix", "relu_path_integrated_gradients", "relu_path_occluded_scores"]
 
 
 @dataclass(frozen=True)
@@ -215,3 +215,56 @@ def relu_path_integrated_gradients(
             grad_sum = torch.nn.grad.conv2d_input(tuple(xt.shape), first.weight, unit_grad, **_conv_args(first))
             out[sl] = ((xt - bt) * grad_sum).numpy()
     return out
+
+
+def _window_ranges(cover: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) int64 of each row of a 0/1 window cover (positions, size); each window is one run of ones."""
+    cover = np.asarray(cover) > 0
+    lo = cover.argmax(1).astype(np.int64)
+    hi = lo + cover.sum(1).astype(np.int64)
+    return lo, hi
+
+
+def relu_path_occluded_scores(
+    prefix: ReluConvPrefix,
+    x: np.ndarray,
+    baseline: np.ndarray,
+    weights: np.ndarray,
+    row_cover: np.ndarray,
+    col_cover: np.ndarray,
+    *,
+    rows_per_pass: int = 2048,
+) -> np.ndarray:
+    """Scores ``weights[n] . logits`` (N, R, Cc) of ``x`` with each occlusion window replaced by ``baseline``.
+
+    Windows are the outer products of ``row_cover`` (R, H) and ``col_cover`` (Cc, W) (0/1, one run of
+    ones per row, as :func:`xaisdk.attribution._shared.occlusion_covers` gives). Only the first-layer
+    units a window reaches are recomputed, and the second layer changes by their columns
+    (``_ext.relu_occlusion_forward``); the rest of the network runs once per window position.
+    """
+    row_lo, row_hi = _window_ranges(row_cover)
+    col_lo, col_hi = _window_ranges(col_cover)
+    positions = len(row_lo) * len(col_lo)
+    first, second = prefix.first, prefix.second
+    w1 = np.ascontiguousarray(first.weight.detach().numpy(), np.float32)
+    w2 = np.ascontiguousarray(second.weight.detach().numpy(), np.float32)
+    n_all = len(x)
+    scores = np.empty((n_all, positions), np.float32)
+    group = max(1, rows_per_pass // positions)
+    for start in range(0, n_all, group):
+        sl = slice(start, min(start + group, n_all))
+        n = sl.stop - sl.start
+        xs = np.ascontiguousarray(x[sl], np.float32)
+        with torch.no_grad():
+            z1 = first(torch.from_numpy(xs))
+            z2 = second(torch.relu(z1))
+            rows = _ext.relu_occlusion_forward(
+                xs.reshape(n, -1), np.ascontiguousarray(baseline[sl], np.float32).reshape(n, -1), row_lo, row_hi, col_lo, col_hi,
+                w1, prefix.input_shape, prefix.hidden_shape, tuple(first.stride), tuple(first.padding),
+                np.ascontiguousarray(z1.reshape(n, -1).numpy()), w2, prefix.output_shape, tuple(second.stride),
+                tuple(second.padding), np.ascontiguousarray(z2.reshape(n, -1).numpy()),
+            )
+            logits = prefix.tail(torch.from_numpy(rows).view(n * positions, *prefix.output_shape))
+            weighted = logits.view(n, positions, -1) * torch.from_numpy(np.asarray(weights[sl], np.float32))[:, None, :]
+            scores[sl] = weighted.sum(-1).numpy()
+    return scores.reshape(n_all, len(row_lo), len(col_lo))

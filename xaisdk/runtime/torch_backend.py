@@ -21,7 +21,7 @@ from xaisdk.baselines.generated import resolve_generator
 from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import Classifier
 from xaisdk.models.ganmex import GanmexModel, generate_baselines
-from xaisdk.runtime.relu_path_ig import find_relu_conv_prefix, relu_path_integrated_gradients
+from xaisdk.runtime.relu_path_ig import find_relu_conv_prefix, relu_path_integrated_gradients, relu_path_occluded_scores
 
 __all__ = ["TorchBackend"]
 
@@ -154,6 +154,18 @@ class TorchBackend:
         wt = self._weights(weights, len(xt))
         with torch.no_grad():
             return relu_path_integrated_gradients(self._relu_prefix, xt.numpy(), bt.numpy(), wt.numpy(), alphas, quadrature)
+
+    def occluded_scores(
+        self, x: np.ndarray, baseline: np.ndarray, weights: np.ndarray, row_cover: np.ndarray, col_cover: np.ndarray
+    ) -> np.ndarray | None:
+        """Scores (N, R, Cc) of ``x`` with each window ``row_cover[r] x col_cover[c]`` taken from ``baseline``,
+        by :func:`~xaisdk.runtime.relu_path_ig.relu_path_occluded_scores` when the model opens with
+        conv -> ReLU -> conv (and ``fast_ig`` is on); None otherwise (the driver then scores occluded images)."""
+        if self._relu_prefix is None:
+            return None
+        xt, bt = self._batch(x), self._batch(baseline, "baseline")
+        wt = self._weights(weights, len(xt))
+        return relu_path_occluded_scores(self._relu_prefix, xt.numpy(), bt.numpy(), wt.numpy(), row_cover, col_cover)
 
     def generate(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
         """The GANMEX generator's image of each ``x[n]`` moved into class ``target[n]`` (float32, like ``x``)."""
