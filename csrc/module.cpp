@@ -5,7 +5,9 @@
 #include <string>
 
 #include "common.h"
+#include "gini.h"
 #include "ig.h"
+#include "nearest.h"
 #include "perturb.h"
 
 namespace {
@@ -43,6 +45,8 @@ PYBIND11_MODULE(_ext, m) {
           "Threads an OpenMP loop of the extension would use now (omp_get_max_threads); 1 without OpenMP.");
     m.def("build_info", &build_info, "One line describing how the extension was compiled.");
 
+    xaisdk::register_gini(m);
     xaisdk::register_ig(m);
+    xaisdk::register_nearest(m);
     xaisdk::register_perturb(m);
 }

@@ -8,6 +8,11 @@ import numpy as np
 
 from xaisdk.errors import InputError
 
+try:
+    from xaisdk import _ext
+except ImportError:  # not built: nearest_by_l2 falls back to numpy
+    _ext = None
+
 
 def _labelled_images(data: Any, labels: np.ndarray | None, who: str) -> tuple[np.ndarray, np.ndarray]:
     """(images, labels) from a Dataset-like object (``.x``, ``.y``) or two arrays."""
@@ -32,15 +37,40 @@ def _need_targets(target: np.ndarray | None, who: str) -> np.ndarray:
     return np.asarray(target, dtype=np.int64)
 
 
+def _as_rows(array: np.ndarray, dtype: type) -> np.ndarray:
+    """``array`` (M, ...) as (M, features) of ``dtype`` (also for M = 0, where reshape(0, -1) fails)."""
+    array = np.asarray(array, dtype=dtype)
+    return array.reshape(len(array), int(np.prod(array.shape[1:], dtype=np.int64)))
+
+
 def nearest_by_l2(queries: np.ndarray, candidates: np.ndarray, block: int = 1024) -> np.ndarray:
-    """Index of each query's nearest candidate by squared L2 distance, computed blockwise
-    (norms + one matrix product per block), never holding the full distance matrix.
+    """Index of each query's nearest candidate by squared L2 distance (ties: the lowest index),
+    computed blockwise from norms and matrix products, never holding the full distance matrix.
+
+    Rows are flattened and compared in float32 by ``xaisdk._ext.nearest_l2`` (a packed SGEMM-style
+    kernel fused with the running minimum, OpenMP); without the extension, a numpy float64 version
+    takes ``block`` queries per matrix product (the compiled kernel picks its own cache-sized blocks).
+    Candidates nearly tied (within float32 rounding of the distances) may be resolved differently
+    by the two paths. NaN or infinite values raise :class:`~xaisdk.errors.InputError`.
 
     >>> nearest_by_l2(np.array([[0.0], [0.9]]), np.array([[1.0], [0.1], [5.0]])).tolist()
     [1, 0]
     """
-    q = queries.reshape(len(queries), -1).astype(np.float64)
-    c = candidates.reshape(len(candidates), -1).astype(np.float64)
+    if len(candidates) == 0:
+        raise InputError("nearest_by_l2: no candidates")
+    if _ext is not None:
+        q = np.ascontiguousarray(_as_rows(queries, np.float32))
+        c = np.ascontiguousarray(_as_rows(candidates, np.float32))
+        try:
+            return _ext.nearest_l2(q, c)[0]
+        except ValueError as err:
+            raise InputError(str(err)) from None
+    q = _as_rows(queries, np.float64)
+    c = _as_rows(candidates, np.float64)
+    if q.shape[1] != c.shape[1]:
+        raise InputError(f"nearest_by_l2: queries {q.shape} and candidates {c.shape} differ in the number of features")
+    if not (np.isfinite(q).all() and np.isfinite(c).all()):
+        raise InputError("nearest_by_l2: queries and candidates must be finite (no NaN or infinity)")
     c_norms = (c * c).sum(1)
     best = np.empty(len(q), dtype=np.int64)
     for start in range(0, len(q), block):
