@@ -324,6 +324,96 @@ void occlusion_forward(const float* x, const float* baseline, const i64* row_lo,
     }
 }
 
+void perturbed_forward(const float* base, const float* substrate, const i64* order, const i64* lo, const i64* hi, i64 N,
+                       i64 J, const float* w1, const ConvGeometry& first, const float* z1_base, const float* w2,
+                       const ConvGeometry& second, const float* z2_base, float* z2) {
+    const i64 D = first.in_size();
+    const i64 P = first.h_in * first.w_in;
+    const i64 E = first.out_size();
+    const i64 F = second.out_size();
+    const i64 plane = second.h_out * second.w_out;
+    const i64 C2 = second.c_out;
+    const i64 kk2 = second.kh * second.kw;
+    std::vector<float> w2t(static_cast<size_t>(second.c_in * kk2 * C2));  // (C1, KH, KW, C2), as in occlusion_forward
+    for (i64 o = 0; o < C2; ++o)
+        for (i64 c = 0; c < second.c_in; ++c)
+            for (i64 k = 0; k < kk2; ++k) w2t[(c * kk2 + k) * C2 + o] = w2[(o * second.c_in + c) * kk2 + k];
+    // Channel slices of 16 (one cache line of floats): each task keeps its own copy of the first
+    // layer's state and its slice of z2, so tasks never wait for each other.
+    const i64 width = 16;
+    const i64 slices = (C2 + width - 1) / width;
+#ifdef XAISDK_HAVE_OPENMP
+#pragma omp parallel for schedule(dynamic, 1) if (N * J * F >= kParallelMinWork)
+#endif
+    for (i64 t = 0; t < N * slices; ++t) {
+        const i64 n = t / slices;
+        const i64 o0 = (t % slices) * width;
+        const i64 o1 = std::min(o0 + width, C2);
+        const i64 span = o1 - o0;
+        const float* bn = base + n * D;
+        const float* sn = substrate + n * D;
+        const i64* ord = order + n * P;
+        std::vector<float> z1(static_cast<size_t>(E));
+        std::vector<float> local(static_cast<size_t>(plane * span));  // (plane, span)
+        auto reset = [&]() {
+            std::copy(z1_base + n * E, z1_base + (n + 1) * E, z1.begin());
+            for (i64 o = o0; o < o1; ++o)
+                for (i64 f = 0; f < plane; ++f) local[f * span + (o - o0)] = z2_base[n * F + o * plane + f];
+        };
+        auto replace = [&](i64 pixel) {
+            const i64 u = pixel / first.w_in, v = pixel % first.w_in;
+            i64 i0, i1, j0, j1;
+            covering(u, first.kh, first.sh, first.ph, first.h_out, i0, i1);
+            covering(v, first.kw, first.sw, first.pw, first.w_out, j0, j1);
+            for (i64 i = i0; i <= i1; ++i) {
+                const i64 ki = u + first.ph - i * first.sh;
+                for (i64 j = j0; j <= j1; ++j) {
+                    const i64 kj = v + first.pw - j * first.sw;
+                    i64 p0, p1, q0, q1;
+                    covering(i, second.kh, second.sh, second.ph, second.h_out, p0, p1);
+                    covering(j, second.kw, second.sw, second.pw, second.w_out, q0, q1);
+                    for (i64 ch = 0; ch < first.c_out; ++ch) {
+                        float change = 0.0f;
+                        for (i64 ci = 0; ci < first.c_in; ++ci) {
+                            const i64 d = ci * P + pixel;
+                            change += w1[((ch * first.c_in + ci) * first.kh + ki) * first.kw + kj] * (sn[d] - bn[d]);
+                        }
+                        const i64 e = (ch * first.h_out + i) * first.w_out + j;
+                        const float before = z1[e];
+                        const float after = before + change;
+                        z1[e] = after;
+                        const float delta = std::max(after, 0.0f) - std::max(before, 0.0f);
+                        if (delta == 0.0f) continue;
+                        for (i64 p = p0; p <= p1; ++p) {
+                            const i64 k2i = i + second.ph - p * second.sh;
+                            for (i64 q = q0; q <= q1; ++q) {
+                                const i64 k2j = j + second.pw - q * second.sw;
+                                const float* col = w2t.data() + ((ch * second.kh + k2i) * second.kw + k2j) * C2 + o0;
+                                float* dst = local.data() + (p * second.w_out + q) * span;
+                                for (i64 o = 0; o < span; ++o) dst[o] += delta * col[o];
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        i64 cur_lo = -1, cur_hi = -1;
+        for (i64 j = 0; j < J; ++j) {
+            const i64 l = lo[n * J + j], h = hi[n * J + j];
+            if (l != cur_lo || h < cur_hi) {
+                reset();
+                cur_lo = l;
+                cur_hi = l;
+            }
+            for (i64 k = cur_hi; k < h; ++k) replace(ord[k]);
+            cur_hi = h;
+            float* out = z2 + (n * J + j) * F;
+            for (i64 o = o0; o < o1; ++o)
+                for (i64 f = 0; f < plane; ++f) out[o * plane + f] = local[f * span + (o - o0)];
+        }
+    }
+}
+
 }  // namespace relu_path
 
 namespace {
@@ -533,6 +623,49 @@ py::array py_occlusion_forward(const py::array& x, const py::array& baseline, co
     return z2;
 }
 
+py::array py_perturbed_forward(const py::array& base, const py::array& substrate, const py::array& order, const py::array& lo,
+                               const py::array& hi, const py::array& w1, const py::tuple& x_shape, const py::tuple& z1_shape,
+                               const py::tuple& stride1, const py::tuple& padding1, const py::array& z1_base, const py::array& w2,
+                               const py::tuple& z2_shape, const py::tuple& stride2, const py::tuple& padding2,
+                               const py::array& z2_base) {
+    const char* fn = "relu_perturbed_forward";
+    const ConvGeometry first = geometry(x_shape, z1_shape, w1, stride1, padding1, fn);
+    const ConvGeometry second = geometry(z1_shape, z2_shape, w2, stride2, padding2, fn);
+    require_f32(base, fn, "base", 2);
+    require_f32(substrate, fn, "substrate", 2);
+    require_f32(z1_base, fn, "z1_base", 2);
+    require_f32(z2_base, fn, "z2_base", 2);
+    require_i64(order, fn, "order", 2);
+    require_i64(lo, fn, "lo", 2);
+    require_i64(hi, fn, "hi", 2);
+    const i64 N = base.shape(0), J = lo.shape(1), P = first.h_in * first.w_in;
+    require_shape(base, {N, first.in_size()}, fn, "base");
+    require_shape(substrate, {N, first.in_size()}, fn, "substrate");
+    require_shape(z1_base, {N, first.out_size()}, fn, "z1_base");
+    require_shape(z2_base, {N, second.out_size()}, fn, "z2_base");
+    require_shape(order, {N, P}, fn, "order");
+    require_shape(lo, {N, J}, fn, "lo");
+    require_shape(hi, {N, J}, fn, "hi");
+    const auto* o = static_cast<const i64*>(order.data());
+    for (i64 t = 0; t < N * P; ++t) {
+        if (o[t] < 0 || o[t] >= P) throw std::invalid_argument(std::string(fn) + ": order holds a pixel index outside [0, H*W)");
+    }
+    const auto* l = static_cast<const i64*>(lo.data());
+    const auto* h = static_cast<const i64*>(hi.data());
+    for (i64 t = 0; t < N * J; ++t) {
+        if (l[t] < 0 || h[t] > P || l[t] > h[t]) throw std::invalid_argument(std::string(fn) + ": lo/hi must satisfy 0 <= lo <= hi <= H*W");
+    }
+    py::array_t<float> z2({N, J, second.out_size()});
+    {
+        py::gil_scoped_release release;
+        relu_path::perturbed_forward(static_cast<const float*>(base.data()), static_cast<const float*>(substrate.data()), o, l, h, N,
+                                     J, static_cast<const float*>(w1.data()), first, static_cast<const float*>(z1_base.data()),
+                                     static_cast<const float*>(w2.data()), second, static_cast<const float*>(z2_base.data()),
+                                     z2.mutable_data());
+    }
+    return z2;
+}
+
 }  // namespace
 
 void register_relu_path(py::module_& m) {
@@ -553,6 +686,10 @@ void register_relu_path(py::module_& m) {
           py::arg("col_lo"), py::arg("col_hi"), py::arg("w1"), py::arg("x_shape"), py::arg("z1_shape"), py::arg("stride1"),
           py::arg("padding1"), py::arg("z1x"), py::arg("w2"), py::arg("z2_shape"), py::arg("stride2"), py::arg("padding2"),
           py::arg("z2x"), "Second-layer outputs (N, R * Cc, F) with each occlusion window of x replaced by the baseline.");
+    m.def("relu_perturbed_forward", &py_perturbed_forward, py::arg("base"), py::arg("substrate"), py::arg("order"), py::arg("lo"),
+          py::arg("hi"), py::arg("w1"), py::arg("x_shape"), py::arg("z1_shape"), py::arg("stride1"), py::arg("padding1"),
+          py::arg("z1_base"), py::arg("w2"), py::arg("z2_shape"), py::arg("stride2"), py::arg("padding2"), py::arg("z2_base"),
+          "Second-layer outputs (N, J, F) of the perturbation rows (base with order[lo:hi] from substrate).");
 }
 
 }  // namespace xaisdk

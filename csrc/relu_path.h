@@ -63,10 +63,21 @@ void occlusion_forward(const float* x, const float* baseline, const std::int64_t
                        const ConvGeometry& first, const float* z1x, const float* w2, const ConvGeometry& second,
                        const float* z2x, std::int64_t N, float* z2);
 
+// Perturbation rows through the same opening layers: row (n, j) is base[n] with the pixels
+// order[n, lo[n, j]:hi[n, j]] (all channels) taken from substrate[n], as in perturb.h. A row that
+// extends the previous row of its sample (same lo, larger or equal hi) is reached from that row by
+// the newly replaced pixels; any other row from the base. A replaced pixel moves the first-layer
+// units over it, and z2 by the second layer's columns of the units whose ReLU output changed.
+// z1_base (N, E) and z2_base (N, F) are the two layers' outputs at base (bias included).
+// Writes z2 (N, J, F). Work is split over samples and slices of the second layer's channels.
+void perturbed_forward(const float* base, const float* substrate, const std::int64_t* order, const std::int64_t* lo,
+                       const std::int64_t* hi, std::int64_t N, std::int64_t J, const float* w1, const ConvGeometry& first,
+                       const float* z1_base, const float* w2, const ConvGeometry& second, const float* z2_base, float* z2);
+
 }  // namespace relu_path
 
-// Adds relu_active_ranges, relu_conv_forward, relu_conv_backward, relu_dense_backward and
-// relu_occlusion_forward to `m`.
+// Adds relu_active_ranges, relu_conv_forward, relu_conv_backward, relu_dense_backward,
+// relu_occlusion_forward and relu_perturbed_forward to `m`.
 void register_relu_path(pybind11::module_& m);
 
 }  // namespace xaisdk

@@ -11,7 +11,12 @@ from xaisdk import _ext
 from xaisdk.attribution import drivers
 from xaisdk.attribution.quadrature import path_rule
 from xaisdk.models.classifiers import MnistCNN
-from xaisdk.runtime.relu_path_ig import find_relu_conv_prefix, relu_path_integrated_gradients, relu_path_occluded_scores
+from xaisdk.runtime.relu_path_ig import (
+    find_relu_conv_prefix,
+    relu_path_integrated_gradients,
+    relu_path_occluded_scores,
+    relu_path_perturbed_scores,
+)
 from xaisdk.runtime.torch_backend import TorchBackend
 
 GEOMETRIES = [  # (C1, H1, W1, C2, kernel, stride, padding)
@@ -286,3 +291,61 @@ def test_occlusion_kernel_refuses_bad_windows():
     with pytest.raises(ValueError, match="<= 4"):
         _ext.relu_occlusion_forward(x, x, *good, np.array([2], np.int64), np.array([5], np.int64), w1, (1, 4, 4), (2, 4, 4),
                                     (1, 1), (0, 0), z1, w2, (3, 4, 4), (1, 1), (0, 0), z2)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_fast_perturbation_rows_equal_scoring_the_built_rows(name):
+    from xaisdk.runtime.perturbation import perturbed_rows_reference
+
+    make, shape = MODELS[name]
+    torch.manual_seed(2)
+    module = make().eval()
+    rng = _rng(7)
+    n, pixels = 2, shape[1] * shape[2]
+    base = rng.random((n, *shape), dtype=np.float32)
+    substrate = 1.0 - base
+    order = np.stack([rng.permutation(pixels) for _ in range(n)]).astype(np.int64)
+    # a cumulative curve, then single features, then a shrinking row, a repeated row and an empty one
+    cumulative = [(0, k) for k in range(0, pixels + 1, 7)]
+    singles = [(k, k + 1) for k in range(0, pixels, 11)]
+    bounds = cumulative + singles + [(0, pixels // 2), (3, pixels // 3), (3, pixels // 3), (5, 5)]
+    lo = np.tile(np.array([b[0] for b in bounds], np.int64), (n, 1))
+    hi = np.tile(np.array([b[1] for b in bounds], np.int64), (n, 1))
+    weights = _pair_weights(n, module(torch.zeros(1, *shape)).shape[1], rng)
+    got = relu_path_perturbed_scores(find_relu_conv_prefix(module, shape), base, substrate, order, lo, hi, weights,
+                                     rows_per_pass=len(bounds))  # one sample per pass
+    rows = perturbed_rows_reference(base, substrate, order, lo, hi, range(n * len(bounds)))
+    with torch.no_grad():
+        logits = module(torch.from_numpy(rows.reshape(-1, *shape))).numpy().reshape(n, len(bounds), -1)
+    np.testing.assert_allclose(got, (logits * weights[:, None, :]).sum(-1), rtol=1e-4, atol=2e-4)
+
+
+def test_perturbation_metrics_take_the_fast_path_with_the_same_numbers(digits):
+    from xaisdk.metrics.faithfulness import faithfulness
+    from xaisdk.metrics.perturbation import aopc
+    from xaisdk.models import load_shipped_classifier
+
+    model = load_shipped_classifier("digits")
+    fast, slow = TorchBackend(model), TorchBackend(model, fast_ig=False)
+    x = digits.test.x[:3]
+    maps = np.random.default_rng(0).normal(size=x.shape).astype(np.float32)
+    source, target = np.array([1, 2, 3]), np.array([7, 8, 9])
+    for metric, options in ((aopc, {"L": None}), (faithfulness, {})):
+        a = metric(fast, x, maps, source, target, **options).per_sample
+        b = metric(slow, x, maps, source, target, **options).per_sample
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    lo = np.zeros((1, 2), np.int64)
+    assert slow.perturbed_scores(x[:1], 1 - x[:1], np.arange(784)[None], lo, lo + 5, np.eye(10, dtype=np.float32)[:1]) is None
+
+
+def test_perturbation_kernel_refuses_bad_rows():
+    base = np.zeros((1, 16), np.float32)
+    w1, w2 = np.zeros((2, 1, 1, 1), np.float32), np.zeros((3, 2, 1, 1), np.float32)
+    z1, z2 = np.zeros((1, 32), np.float32), np.zeros((1, 48), np.float32)
+    order = np.arange(16, dtype=np.int64)[None]
+    geometry = (w1, (1, 4, 4), (2, 4, 4), (1, 1), (0, 0), z1, w2, (3, 4, 4), (1, 1), (0, 0), z2)
+    lo = np.zeros((1, 1), np.int64)
+    with pytest.raises(ValueError, match="lo <= hi"):
+        _ext.relu_perturbed_forward(base, base, order, lo, lo + 17, *geometry)
+    with pytest.raises(ValueError, match="outside"):
+        _ext.relu_perturbed_forward(base, base, order + 1, lo, lo + 1, *geometry)

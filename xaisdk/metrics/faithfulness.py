@@ -16,7 +16,7 @@ import numpy as np
 
 from xaisdk.errors import InputError
 from xaisdk.metrics._common import MetricResult, as_maps, pearson_rows, pixel_saliency, resolve_pairs, spearman_rows
-from xaisdk.metrics.perturbation import score_function
+from xaisdk.metrics.perturbation import row_scores, score_function
 from xaisdk.metrics.substrates import make_substrate
 from xaisdk.runtime.perturbation import descending_order, perturbation_scores
 
@@ -66,8 +66,8 @@ def faithfulness(model: Any, x: np.ndarray, attributions: np.ndarray, source: An
     sub = make_substrate(substrate, pairs.x, pairs.backend.value_range, baseline=baseline, seed=seed)
     score_fn = score_function(pairs, "delta")
     unperturbed = score_fn(pairs.x, np.arange(len(pairs.x)))
-    perturbed = perturbation_scores(score_fn, pairs.x, sub, order, lo, hi, chunk_size=chunk_size,
-                                    progress=progress, desc="faithfulness")
+    perturbed = row_scores(pairs, "delta", pairs.x, sub, order, lo, hi, chunk_size=chunk_size, progress=progress,
+                           desc="faithfulness")
     drops = unperturbed[:, None] - perturbed
     return MetricResult("faithfulness", pearson_rows(group_sums, drops),
                         details={"substrate": substrate if isinstance(substrate, str) else "array",

@@ -31,6 +31,7 @@ __all__ = [
     "trapezoid_auc",
     "score_function",
     "ranking",
+    "row_scores",
 ]
 
 
@@ -81,8 +82,21 @@ def _run(pairs: Pairs, maps: np.ndarray, substrate: np.ndarray, counts: np.ndarr
     order = ranking(maps, rank, reduce)
     lo, hi = cumulative_bounds(len(pairs.x), counts)
     start = pairs.x if base is None else base
-    return perturbation_scores(score_function(pairs, score), start, substrate, order, lo, hi,
-                               chunk_size=chunk_size, progress=progress, desc=desc)
+    return row_scores(pairs, score, start, substrate, order, lo, hi, chunk_size=chunk_size, progress=progress, desc=desc)
+
+
+def row_scores(pairs: Pairs, score: str, base: np.ndarray, substrate: Any, order: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+               *, chunk_size: int = 256, progress: bool = False, desc: str = "perturbations") -> np.ndarray:
+    """Scores (N, J) float64 of the perturbation rows of :func:`~xaisdk.runtime.perturbation.perturbation_scores`,
+    by the backend's own path when it has one for the attributed score (``perturbed_scores``: the torch
+    backend's relu-path kernels answer for CNNs that open with conv -> ReLU -> conv), else by the
+    chunked engine over ``score_function(pairs, score)``."""
+    fast = getattr(pairs.backend, "perturbed_scores", None) if score == "delta" else None
+    result = fast(base, substrate, order, lo, hi, pairs.weights) if fast is not None else None
+    if result is not None:
+        return np.asarray(result, np.float64)
+    return perturbation_scores(score_function(pairs, score), base, substrate, order, lo, hi, chunk_size=chunk_size,
+                               progress=progress, desc=desc)
 
 
 def perturbation_curve(

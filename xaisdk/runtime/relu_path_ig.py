@@ -42,7 +42,8 @@ try:
 except ImportError:  # not built: find_relu_conv_prefix then finds nothing and callers keep the plain loop
     _ext = None
 
-__all__ = ["ReluConvPrefix", "find_relu_conv_prefix", "relu_path_integrated_gradients", "relu_path_occluded_scores"]
+__all__ = ["ReluConvPrefix", "find_relu_conv_prefix", "relu_path_integrated_gradients", "relu_path_occluded_scores",
+           "relu_path_perturbed_scores"]
 
 
 @dataclass(frozen=True)
@@ -264,7 +265,54 @@ def relu_path_occluded_scores(
                 np.ascontiguousarray(z1.reshape(n, -1).numpy()), w2, prefix.output_shape, tuple(second.stride),
                 tuple(second.padding), np.ascontiguousarray(z2.reshape(n, -1).numpy()),
             )
-            logits = prefix.tail(torch.from_numpy(rows).view(n * positions, *prefix.output_shape))
-            weighted = logits.view(n, positions, -1) * torch.from_numpy(np.asarray(weights[sl], np.float32))[:, None, :]
-            scores[sl] = weighted.sum(-1).numpy()
+        scores[sl] = _scores(prefix, rows, weights[sl])
     return scores.reshape(n_all, len(row_lo), len(col_lo))
+
+
+def _scores(prefix: ReluConvPrefix, z2: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``weights[n] . tail(z2[n, j])`` (N, J) for second-layer outputs z2 (N, J, F)."""
+    n, rows, _ = z2.shape
+    with torch.no_grad():
+        logits = prefix.tail(torch.from_numpy(z2).view(n * rows, *prefix.output_shape))
+        return (logits.view(n, rows, -1) * torch.from_numpy(np.asarray(weights, np.float32))[:, None, :]).sum(-1).numpy()
+
+
+def relu_path_perturbed_scores(
+    prefix: ReluConvPrefix,
+    base: np.ndarray,
+    substrate: np.ndarray,
+    order: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    weights: np.ndarray,
+    *,
+    rows_per_pass: int = 2048,
+) -> np.ndarray:
+    """Scores ``weights[n] . logits`` (N, J) of the perturbation rows "``base[n]`` with the pixels
+    ``order[n, lo[n, j]:hi[n, j]]`` taken from ``substrate[n]``" (see :mod:`xaisdk.runtime.perturbation`).
+
+    A cumulative curve's row is reached from the previous row by its newly replaced pixels
+    (``_ext.relu_perturbed_forward``); other rows start from ``base``. The rest of the network runs
+    once per row.
+    """
+    first, second = prefix.first, prefix.second
+    w1 = np.ascontiguousarray(first.weight.detach().numpy(), np.float32)
+    w2 = np.ascontiguousarray(second.weight.detach().numpy(), np.float32)
+    n_all, steps = lo.shape
+    scores = np.empty((n_all, steps), np.float32)
+    group = max(1, rows_per_pass // max(steps, 1))
+    for start in range(0, n_all, group):
+        sl = slice(start, min(start + group, n_all))
+        n = sl.stop - sl.start
+        b = np.ascontiguousarray(base[sl], np.float32)
+        with torch.no_grad():
+            z1 = first(torch.from_numpy(b))
+            z2 = second(torch.relu(z1))
+        rows = _ext.relu_perturbed_forward(
+            b.reshape(n, -1), np.ascontiguousarray(substrate[sl], np.float32).reshape(n, -1), np.ascontiguousarray(order[sl]),
+            np.ascontiguousarray(lo[sl]), np.ascontiguousarray(hi[sl]), w1, prefix.input_shape, prefix.hidden_shape,
+            tuple(first.stride), tuple(first.padding), np.ascontiguousarray(z1.reshape(n, -1).numpy()), w2, prefix.output_shape,
+            tuple(second.stride), tuple(second.padding), np.ascontiguousarray(z2.reshape(n, -1).numpy()),
+        )
+        scores[sl] = _scores(prefix, rows, weights[sl])
+    return scores

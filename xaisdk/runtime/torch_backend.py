@@ -21,7 +21,12 @@ from xaisdk.baselines.generated import resolve_generator
 from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import Classifier
 from xaisdk.models.ganmex import GanmexModel, generate_baselines
-from xaisdk.runtime.relu_path_ig import find_relu_conv_prefix, relu_path_integrated_gradients, relu_path_occluded_scores
+from xaisdk.runtime.relu_path_ig import (
+    find_relu_conv_prefix,
+    relu_path_integrated_gradients,
+    relu_path_occluded_scores,
+    relu_path_perturbed_scores,
+)
 
 __all__ = ["TorchBackend"]
 
@@ -166,6 +171,20 @@ class TorchBackend:
         xt, bt = self._batch(x), self._batch(baseline, "baseline")
         wt = self._weights(weights, len(xt))
         return relu_path_occluded_scores(self._relu_prefix, xt.numpy(), bt.numpy(), wt.numpy(), row_cover, col_cover)
+
+    def perturbed_scores(self, base: np.ndarray, substrate: np.ndarray, order: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                         weights: np.ndarray) -> np.ndarray | None:
+        """Scores (N, J) of the perturbation rows of :func:`xaisdk.runtime.perturbation.perturbation_scores`
+        ("``base[n]`` with pixels ``order[n, lo:hi]`` from ``substrate[n]``"), by
+        :func:`~xaisdk.runtime.relu_path_ig.relu_path_perturbed_scores` when the model opens with
+        conv -> ReLU -> conv (and ``fast_ig`` is on); None otherwise."""
+        if self._relu_prefix is None:
+            return None
+        bt = self._batch(base, "base")
+        sub = np.broadcast_to(np.asarray(substrate, np.float32), bt.shape)
+        wt = self._weights(weights, len(bt)).numpy()
+        return relu_path_perturbed_scores(self._relu_prefix, bt.numpy(), sub, np.asarray(order, np.int64),
+                                          np.asarray(lo, np.int64), np.asarray(hi, np.int64), wt)
 
     def generate(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
         """The GANMEX generator's image of each ``x[n]`` moved into class ``target[n]`` (float32, like ``x``)."""
