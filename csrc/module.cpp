@@ -9,6 +9,7 @@
 #include "ig.h"
 #include "nearest.h"
 #include "perturb.h"
+#include "relu_path.h"
 
 namespace {
 
@@ -49,4 +50,5 @@ PYBIND11_MODULE(_ext, m) {
     xaisdk::register_ig(m);
     xaisdk::register_nearest(m);
     xaisdk::register_perturb(m);
+    xaisdk::register_relu_path(m);
 }
