@@ -3,6 +3,10 @@ and nearest_by_l2 / MDTS on top of it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -106,6 +110,25 @@ def test_distances_are_clamped_at_zero(ext, isa):
     index, distance = ext.nearest_l2(r.copy(), r, isa=isa)
     assert (distance >= 0).all()
     assert_nearest(r, r, index, distance)
+
+
+def test_thread_count_does_not_change_the_answer(ext, tmp_path):
+    # Large enough for the parallel path, with query blocks and reference panels split between threads.
+    rng = np.random.default_rng(8)
+    q = rng.random((150, 100), dtype=np.float32)
+    r = rng.random((400, 100), dtype=np.float32)
+    np.save(tmp_path / "q.npy", q)
+    np.save(tmp_path / "r.npy", r)
+    script = (
+        "import numpy as np, sys; from xaisdk import _ext; d = sys.argv[1]; "
+        "i, dist = _ext.nearest_l2(np.load(d + '/q.npy'), np.load(d + '/r.npy'), 120, 64); "
+        "np.save(d + '/i.npy', i); np.save(d + '/d.npy', dist)"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, env=env)
+    index, distance = ext.nearest_l2(q, r, 120, 64)
+    np.testing.assert_array_equal(np.load(tmp_path / "i.npy"), index)
+    np.testing.assert_array_equal(np.load(tmp_path / "d.npy"), distance)
 
 
 def test_no_queries_gives_empty_results(ext):
