@@ -82,9 +82,12 @@ def numpy_blocked_nearest(q: np.ndarray, r: np.ndarray, block: int = 256) -> tup
     return index, distance
 
 
-def time_mdts(q: np.ndarray, r: np.ndarray, numpy_block: int = 256, block_q: int = 120, block_r: int = 4096) -> dict:
-    """Time ``_ext.nearest_l2`` and :func:`numpy_blocked_nearest` on the same data in one run (one
-    call each, after a small warm-up) and check that they agree.
+def time_mdts(
+    q: np.ndarray, r: np.ndarray, numpy_block: int = 256, block_q: int = 120, block_r: int = 4096, isa: str = "auto"
+) -> dict:
+    """Time ``_ext.nearest_l2`` (micro-kernel ``isa``: "auto" or one of ``_ext.nearest_l2_isas()``)
+    and :func:`numpy_blocked_nearest` on the same data in one run (one call each, after a small
+    warm-up) and check that they agree.
 
     Agreement: ``index_match`` is the fraction of queries given the same reference; where they differ,
     ``max_exact_gap_of_mismatches`` is the largest float64 difference between the exact distances of
@@ -99,11 +102,11 @@ def time_mdts(q: np.ndarray, r: np.ndarray, numpy_block: int = 256, block_q: int
     q = np.ascontiguousarray(q, dtype=np.float32)
     r = np.ascontiguousarray(r, dtype=np.float32)
     warm = q[: min(len(q), 64)]
-    _ext.nearest_l2(warm, r[: min(len(r), 4096)], block_q, block_r)
+    _ext.nearest_l2(warm, r[: min(len(r), 4096)], block_q, block_r, isa)
     numpy_blocked_nearest(warm, r[: min(len(r), 4096)], numpy_block)
 
     start = time.perf_counter()
-    ext_index, ext_distance = _ext.nearest_l2(q, r, block_q, block_r)
+    ext_index, ext_distance = _ext.nearest_l2(q, r, block_q, block_r, isa)
     ext_seconds = time.perf_counter() - start
     start = time.perf_counter()
     np_index, np_distance = numpy_blocked_nearest(q, r, numpy_block)
@@ -112,14 +115,14 @@ def time_mdts(q: np.ndarray, r: np.ndarray, numpy_block: int = 256, block_q: int
     differ = np.flatnonzero(ext_index != np_index)
     qd, re, rn = q[differ].astype(np.float64), r[ext_index[differ]].astype(np.float64), r[np_index[differ]].astype(np.float64)
     exact_gap = np.abs(((qd - re) ** 2).sum(1) - ((qd - rn) ** 2).sum(1))
-    norm_scale = float((q.astype(np.float64) ** 2).sum(1).max() + (r.astype(np.float64) ** 2).sum(1).max())
+    norm_scale = float(np.einsum("ij,ij->i", q, q, dtype=np.float64).max() + np.einsum("ij,ij->i", r, r, dtype=np.float64).max())
     max_exact_gap = float(exact_gap.max()) if len(differ) else 0.0
     flops = 2.0 * len(q) * len(r) * q.shape[1]
     return {
         "queries": len(q),
         "refs": len(r),
         "dim": q.shape[1],
-        "isa": _ext.nearest_l2_isas()[0],
+        "isa": _ext.nearest_l2_isas()[0] if isa == "auto" else isa,
         "openmp_threads": _ext.openmp_threads(),
         "block_q": block_q,
         "block_r": block_r,
@@ -145,6 +148,7 @@ if __name__ == "__main__":
     parser.add_argument("--n-refs", type=int, default=60000)
     parser.add_argument("--dim", type=int, default=784)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--isa", default="auto", help="micro-kernel of nearest_l2: auto, avx512, avx2 or scalar")
     args = parser.parse_args()
     queries, refs = synthetic_mnist_scale(args.n_queries, args.n_refs, args.dim, args.seed)
-    print(time_mdts(queries, refs))
+    print(time_mdts(queries, refs, isa=args.isa))
