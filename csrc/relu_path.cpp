@@ -15,6 +15,15 @@ namespace relu_path {
 
 using i64 = std::int64_t;
 
+// The loops below are short runs of multiply-adds over channels; an AVX2/FMA clone of each kernel
+// (and AVX-512) is picked at load time where the CPU has it (GCC on x86-64 Linux), the portable build
+// elsewhere.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define XAISDK_SIMD_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#else
+#define XAISDK_SIMD_CLONES
+#endif
+
 namespace {
 
 // Rows p of the second layer's output whose window covers input row i: p*s - pad + k = i, 0 <= k < K.
@@ -88,6 +97,7 @@ void active_ranges(const float* z0, const float* dz, const float* alphas, i64 N,
     }
 }
 
+XAISDK_SIMD_CLONES
 void conv_forward(const float* z0, const float* dz, const i64* lo, const i64* hi, const float* alphas, const float* weight,
                   const float* bias, const float* base_p, const float* base_q, const ConvGeometry& g, i64 N, i64 S, float* z2) {
     const i64 E = g.in_size();
@@ -163,6 +173,7 @@ void conv_forward(const float* z0, const float* dz, const i64* lo, const i64* hi
     }
 }
 
+XAISDK_SIMD_CLONES
 void conv_backward(const i64* lo, const i64* hi, const float* g2, const float* w, const float* weight, const ConvGeometry& g,
                    i64 N, i64 S, float* partial, float* total) {
     const i64 E = g.in_size();
@@ -208,6 +219,7 @@ void conv_backward(const i64* lo, const i64* hi, const float* g2, const float* w
     }
 }
 
+XAISDK_SIMD_CLONES
 void dense_backward(const float* z2, const float* z3, const float* u, const float* w3, i64 N, i64 S, i64 F, i64 H, float* g2) {
     const i64 block = column_block(N, F);
     const i64 blocks = (F + block - 1) / block;
@@ -238,28 +250,41 @@ void dense_backward(const float* z2, const float* z3, const float* u, const floa
     }
 }
 
+namespace {
+
+// w2 as (C1, KH, KW, C2): a first-layer unit's weights into one output pixel are then C2
+// contiguous floats, the inner loop of every scatter below.
+std::vector<float> channels_last(const float* w2, const ConvGeometry& g) {
+    const i64 kk = g.kh * g.kw;
+    std::vector<float> out(static_cast<size_t>(g.c_in * kk * g.c_out));
+    for (i64 o = 0; o < g.c_out; ++o)
+        for (i64 c = 0; c < g.c_in; ++c)
+            for (i64 k = 0; k < kk; ++k) out[(c * kk + k) * g.c_out + o] = w2[(o * g.c_in + c) * kk + k];
+    return out;
+}
+
+}  // namespace
+
+XAISDK_SIMD_CLONES
 void occlusion_forward(const float* x, const float* baseline, const i64* row_lo, const i64* row_hi, i64 R, const i64* col_lo,
                        const i64* col_hi, i64 Cc, const float* w1, const ConvGeometry& first, const float* z1x,
                        const float* w2, const ConvGeometry& second, const float* z2x, i64 N, float* z2) {
     const i64 D = first.in_size();
     const i64 E = first.out_size();
     const i64 F = second.out_size();
-    const i64 plane2 = second.h_out * second.w_out;
+    const i64 plane = second.h_out * second.w_out;
     const i64 C2 = second.c_out;
-    // w2 as (C1, KH, KW, C2) and z2 as (H2, W2, C2): a unit's column is then one contiguous run of
-    // C2 weights per output pixel, which the compiler vectorizes.
-    std::vector<float> w2t(static_cast<size_t>(second.c_in * second.kh * second.kw * C2));
-    for (i64 o = 0; o < C2; ++o)
-        for (i64 c = 0; c < second.c_in; ++c)
-            for (i64 k = 0; k < second.kh * second.kw; ++k) {
-                w2t[(c * second.kh * second.kw + k) * C2 + o] = w2[(o * second.c_in + c) * second.kh * second.kw + k];
-            }
+    const std::vector<float> w2t = channels_last(w2, second);
+    std::vector<float> z2x_last(static_cast<size_t>(N * F));  // z2x as (N, H2, W2, C2)
+    for (i64 n = 0; n < N; ++n)
+        for (i64 o = 0; o < C2; ++o)
+            for (i64 f = 0; f < plane; ++f) z2x_last[n * F + f * C2 + o] = z2x[n * F + o * plane + f];
     const i64 P = R * Cc;
 #ifdef XAISDK_HAVE_OPENMP
 #pragma omp parallel
 #endif
     {
-        std::vector<float> local(static_cast<size_t>(F));
+        std::vector<float> local(static_cast<size_t>(F));  // (H2, W2, C2), valid inside the touched box only
 #ifdef XAISDK_HAVE_OPENMP
 #pragma omp for schedule(dynamic, 8)
 #endif
@@ -271,40 +296,46 @@ void occlusion_forward(const float* x, const float* baseline, const i64* row_lo,
             const float* xn = x + n * D;
             const float* bn = baseline + n * D;
             const float* z1n = z1x + n * E;
-            const float* z2n = z2x + n * F;
-            for (i64 o = 0; o < C2; ++o)
-                for (i64 f = 0; f < plane2; ++f) local[f * C2 + o] = z2n[o * plane2 + f];
-            // first-layer outputs (i, j) whose window meets rows [r0, r1) and columns [c0, c1); none for an empty window
-            i64 i_first = 0, i_last = -1, j_first = 0, j_last = -1, unused;
-            if (r0 < r1 && c0 < c1) {
-                covering(r0, first.kh, first.sh, first.ph, first.h_out, i_first, unused);
-                covering(r1 - 1, first.kh, first.sh, first.ph, first.h_out, unused, i_last);
-                covering(c0, first.kw, first.sw, first.pw, first.w_out, j_first, unused);
-                covering(c1 - 1, first.kw, first.sw, first.pw, first.w_out, unused, j_last);
+            float* out = z2 + t * F;
+            std::copy(z2x + n * F, z2x + (n + 1) * F, out);
+            if (r0 >= r1 || c0 >= c1) continue;  // an empty window changes nothing
+            // first-layer outputs (i, j) whose window meets the occluded rows and columns, and the
+            // second-layer outputs (p, q) those reach
+            i64 i_first, i_last, j_first, j_last, p_first, p_last, q_first, q_last, unused;
+            covering(r0, first.kh, first.sh, first.ph, first.h_out, i_first, unused);
+            covering(r1 - 1, first.kh, first.sh, first.ph, first.h_out, unused, i_last);
+            covering(c0, first.kw, first.sw, first.pw, first.w_out, j_first, unused);
+            covering(c1 - 1, first.kw, first.sw, first.pw, first.w_out, unused, j_last);
+            if (i_first > i_last || j_first > j_last) continue;
+            covering(i_first, second.kh, second.sh, second.ph, second.h_out, p_first, unused);
+            covering(i_last, second.kh, second.sh, second.ph, second.h_out, unused, p_last);
+            covering(j_first, second.kw, second.sw, second.pw, second.w_out, q_first, unused);
+            covering(j_last, second.kw, second.sw, second.pw, second.w_out, unused, q_last);
+            for (i64 p = p_first; p <= p_last; ++p) {
+                const float* src = z2x_last.data() + n * F + (p * second.w_out + q_first) * C2;
+                std::copy(src, src + (q_last - q_first + 1) * C2, local.data() + (p * second.w_out + q_first) * C2);
             }
             for (i64 i = i_first; i <= i_last; ++i) {
                 const i64 u0 = std::max(r0, i * first.sh - first.ph), u1 = std::min(r1, i * first.sh - first.ph + first.kh);
+                i64 p0, p1;
+                covering(i, second.kh, second.sh, second.ph, second.h_out, p0, p1);
                 for (i64 j = j_first; j <= j_last; ++j) {
                     const i64 v0 = std::max(c0, j * first.sw - first.pw), v1 = std::min(c1, j * first.sw - first.pw + first.kw);
+                    i64 q0, q1;
+                    covering(j, second.kw, second.sw, second.pw, second.w_out, q0, q1);
                     for (i64 ch = 0; ch < first.c_out; ++ch) {
-                        double change = 0.0;
+                        float change = 0.0f;
                         for (i64 ci = 0; ci < first.c_in; ++ci) {
                             const float* k = w1 + (ch * first.c_in + ci) * first.kh * first.kw;
                             for (i64 u = u0; u < u1; ++u)
                                 for (i64 v = v0; v < v1; ++v) {
                                     const i64 d = (ci * first.h_in + u) * first.w_in + v;
-                                    change += static_cast<double>(k[(u - i * first.sh + first.ph) * first.kw + v - j * first.sw + first.pw]) *
-                                              (static_cast<double>(bn[d]) - xn[d]);
+                                    change += k[(u - i * first.sh + first.ph) * first.kw + v - j * first.sw + first.pw] * (bn[d] - xn[d]);
                                 }
                         }
-                        const i64 e = (ch * first.h_out + i) * first.w_out + j;
-                        const float before = z1n[e];
-                        const float after = static_cast<float>(before + change);
-                        const float delta = std::max(after, 0.0f) - std::max(before, 0.0f);
+                        const float before = z1n[(ch * first.h_out + i) * first.w_out + j];
+                        const float delta = std::max(before + change, 0.0f) - std::max(before, 0.0f);
                         if (delta == 0.0f) continue;
-                        i64 p0, p1, q0, q1;
-                        covering(i, second.kh, second.sh, second.ph, second.h_out, p0, p1);
-                        covering(j, second.kw, second.sw, second.pw, second.w_out, q0, q1);
                         for (i64 p = p0; p <= p1; ++p) {
                             const i64 ki = i + second.ph - p * second.sh;
                             for (i64 q = q0; q <= q1; ++q) {
@@ -317,13 +348,16 @@ void occlusion_forward(const float* x, const float* baseline, const i64* row_lo,
                     }
                 }
             }
-            float* out = z2 + t * F;
-            for (i64 o = 0; o < C2; ++o)
-                for (i64 f = 0; f < plane2; ++f) out[o * plane2 + f] = local[f * C2 + o];
+            for (i64 p = p_first; p <= p_last; ++p)
+                for (i64 q = q_first; q <= q_last; ++q) {
+                    const float* src = local.data() + (p * second.w_out + q) * C2;
+                    for (i64 o = 0; o < C2; ++o) out[o * plane + p * second.w_out + q] = src[o];
+                }
         }
     }
 }
 
+XAISDK_SIMD_CLONES
 void perturbed_forward(const float* base, const float* substrate, const i64* order, const i64* lo, const i64* hi, i64 N,
                        i64 J, const float* w1, const ConvGeometry& first, const float* z1_base, const float* w2,
                        const ConvGeometry& second, const float* z2_base, float* z2) {
@@ -333,69 +367,29 @@ void perturbed_forward(const float* base, const float* substrate, const i64* ord
     const i64 F = second.out_size();
     const i64 plane = second.h_out * second.w_out;
     const i64 C2 = second.c_out;
-    const i64 kk2 = second.kh * second.kw;
-    std::vector<float> w2t(static_cast<size_t>(second.c_in * kk2 * C2));  // (C1, KH, KW, C2), as in occlusion_forward
-    for (i64 o = 0; o < C2; ++o)
-        for (i64 c = 0; c < second.c_in; ++c)
-            for (i64 k = 0; k < kk2; ++k) w2t[(c * kk2 + k) * C2 + o] = w2[(o * second.c_in + c) * kk2 + k];
-    // Channel slices of 16 (one cache line of floats): each task keeps its own copy of the first
-    // layer's state and its slice of z2, so tasks never wait for each other.
-    const i64 width = 16;
-    const i64 slices = (C2 + width - 1) / width;
+    const i64 W2 = second.w_out;
+    const std::vector<float> w2t = channels_last(w2, second);
+    // One task per (sample, row p of the second layer's output): it keeps the first-layer units
+    // that feed row p and its own (W2, C2) slice of z2, so tasks never wait for each other and the
+    // innermost loop runs over all C2 channels.
 #ifdef XAISDK_HAVE_OPENMP
 #pragma omp parallel for schedule(dynamic, 1) if (N * J * F >= kParallelMinWork)
 #endif
-    for (i64 t = 0; t < N * slices; ++t) {
-        const i64 n = t / slices;
-        const i64 o0 = (t % slices) * width;
-        const i64 o1 = std::min(o0 + width, C2);
-        const i64 span = o1 - o0;
+    for (i64 t = 0; t < N * second.h_out; ++t) {
+        const i64 n = t / second.h_out;
+        const i64 p = t % second.h_out;
         const float* bn = base + n * D;
         const float* sn = substrate + n * D;
         const i64* ord = order + n * P;
+        // first-layer rows feeding output row p
+        const i64 i_lo = std::max<i64>(0, p * second.sh - second.ph);
+        const i64 i_hi = std::min(first.h_out, p * second.sh - second.ph + second.kh);
         std::vector<float> z1(static_cast<size_t>(E));
-        std::vector<float> local(static_cast<size_t>(plane * span));  // (plane, span)
+        std::vector<float> local(static_cast<size_t>(W2 * C2));  // (W2, C2)
         auto reset = [&]() {
             std::copy(z1_base + n * E, z1_base + (n + 1) * E, z1.begin());
-            for (i64 o = o0; o < o1; ++o)
-                for (i64 f = 0; f < plane; ++f) local[f * span + (o - o0)] = z2_base[n * F + o * plane + f];
-        };
-        auto replace = [&](i64 pixel) {
-            const i64 u = pixel / first.w_in, v = pixel % first.w_in;
-            i64 i0, i1, j0, j1;
-            covering(u, first.kh, first.sh, first.ph, first.h_out, i0, i1);
-            covering(v, first.kw, first.sw, first.pw, first.w_out, j0, j1);
-            for (i64 i = i0; i <= i1; ++i) {
-                const i64 ki = u + first.ph - i * first.sh;
-                for (i64 j = j0; j <= j1; ++j) {
-                    const i64 kj = v + first.pw - j * first.sw;
-                    i64 p0, p1, q0, q1;
-                    covering(i, second.kh, second.sh, second.ph, second.h_out, p0, p1);
-                    covering(j, second.kw, second.sw, second.pw, second.w_out, q0, q1);
-                    for (i64 ch = 0; ch < first.c_out; ++ch) {
-                        float change = 0.0f;
-                        for (i64 ci = 0; ci < first.c_in; ++ci) {
-                            const i64 d = ci * P + pixel;
-                            change += w1[((ch * first.c_in + ci) * first.kh + ki) * first.kw + kj] * (sn[d] - bn[d]);
-                        }
-                        const i64 e = (ch * first.h_out + i) * first.w_out + j;
-                        const float before = z1[e];
-                        const float after = before + change;
-                        z1[e] = after;
-                        const float delta = std::max(after, 0.0f) - std::max(before, 0.0f);
-                        if (delta == 0.0f) continue;
-                        for (i64 p = p0; p <= p1; ++p) {
-                            const i64 k2i = i + second.ph - p * second.sh;
-                            for (i64 q = q0; q <= q1; ++q) {
-                                const i64 k2j = j + second.pw - q * second.sw;
-                                const float* col = w2t.data() + ((ch * second.kh + k2i) * second.kw + k2j) * C2 + o0;
-                                float* dst = local.data() + (p * second.w_out + q) * span;
-                                for (i64 o = 0; o < span; ++o) dst[o] += delta * col[o];
-                            }
-                        }
-                    }
-                }
-            }
+            for (i64 o = 0; o < C2; ++o)
+                for (i64 q = 0; q < W2; ++q) local[q * C2 + o] = z2_base[n * F + o * plane + p * W2 + q];
         };
         i64 cur_lo = -1, cur_hi = -1;
         for (i64 j = 0; j < J; ++j) {
@@ -405,11 +399,47 @@ void perturbed_forward(const float* base, const float* substrate, const i64* ord
                 cur_lo = l;
                 cur_hi = l;
             }
-            for (i64 k = cur_hi; k < h; ++k) replace(ord[k]);
+            for (i64 k = cur_hi; k < h; ++k) {
+                const i64 pixel = ord[k];
+                const i64 u = pixel / first.w_in, v = pixel % first.w_in;
+                i64 i0, i1, j0, j1;
+                covering(u, first.kh, first.sh, first.ph, first.h_out, i0, i1);
+                covering(v, first.kw, first.sw, first.pw, first.w_out, j0, j1);
+                i0 = std::max(i0, i_lo);
+                i1 = std::min(i1, i_hi - 1);
+                for (i64 i = i0; i <= i1; ++i) {
+                    const i64 ki = u + first.ph - i * first.sh;
+                    const i64 k2i = i + second.ph - p * second.sh;
+                    for (i64 jj = j0; jj <= j1; ++jj) {
+                        const i64 kj = v + first.pw - jj * first.sw;
+                        i64 q0, q1;
+                        covering(jj, second.kw, second.sw, second.pw, W2, q0, q1);
+                        for (i64 ch = 0; ch < first.c_out; ++ch) {
+                            float change = 0.0f;
+                            for (i64 ci = 0; ci < first.c_in; ++ci) {
+                                const i64 d = ci * P + pixel;
+                                change += w1[((ch * first.c_in + ci) * first.kh + ki) * first.kw + kj] * (sn[d] - bn[d]);
+                            }
+                            const i64 e = (ch * first.h_out + i) * first.w_out + jj;
+                            const float before = z1[e];
+                            const float after = before + change;
+                            z1[e] = after;
+                            const float delta = std::max(after, 0.0f) - std::max(before, 0.0f);
+                            if (delta == 0.0f) continue;
+                            for (i64 q = q0; q <= q1; ++q) {
+                                const i64 k2j = jj + second.pw - q * second.sw;
+                                const float* col = w2t.data() + ((ch * second.kh + k2i) * second.kw + k2j) * C2;
+                                float* dst = local.data() + q * C2;
+                                for (i64 o = 0; o < C2; ++o) dst[o] += delta * col[o];
+                            }
+                        }
+                    }
+                }
+            }
             cur_hi = h;
-            float* out = z2 + (n * J + j) * F;
-            for (i64 o = o0; o < o1; ++o)
-                for (i64 f = 0; f < plane; ++f) out[o * plane + f] = local[f * span + (o - o0)];
+            float* out = z2 + (n * J + j) * F + p * W2;
+            for (i64 o = 0; o < C2; ++o)
+                for (i64 q = 0; q < W2; ++q) out[o * plane + q] = local[q * C2 + o];
         }
     }
 }

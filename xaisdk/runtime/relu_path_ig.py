@@ -273,7 +273,12 @@ def _scores(prefix: ReluConvPrefix, z2: np.ndarray, weights: np.ndarray) -> np.n
     """``weights[n] . tail(z2[n, j])`` (N, J) for second-layer outputs z2 (N, J, F)."""
     n, rows, _ = z2.shape
     with torch.no_grad():
-        logits = prefix.tail(torch.from_numpy(z2).view(n * rows, *prefix.output_shape))
+        if prefix.dense_head is not None:  # z2 is our own buffer: the ReLUs run in place
+            hidden, output = prefix.dense_head
+            z3 = nn.functional.linear(torch.from_numpy(z2).view(n * rows, -1).relu_(), hidden.weight, hidden.bias)
+            logits = nn.functional.linear(z3.relu_(), output.weight, output.bias)
+        else:
+            logits = prefix.tail(torch.from_numpy(z2).view(n * rows, *prefix.output_shape))
         return (logits.view(n, rows, -1) * torch.from_numpy(np.asarray(weights, np.float32))[:, None, :]).sum(-1).numpy()
 
 
