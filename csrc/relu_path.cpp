@@ -15,11 +15,12 @@ namespace relu_path {
 
 using i64 = std::int64_t;
 
-// The loops below are short runs of multiply-adds over channels; an AVX2/FMA clone of each kernel
-// (and AVX-512) is picked at load time where the CPU has it (GCC on x86-64 Linux), the portable build
-// elsewhere.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define XAISDK_SIMD_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+// The loops below are short runs of multiply-adds over channels; AVX2/FMA and AVX-512 clones of
+// each kernel are picked at load time by the CPU's x86-64 feature level (GCC >= 12 on x86-64 Linux;
+// "arch=<cpu model>" clones would dispatch on the CPU model and never run on AMD), the portable
+// build elsewhere.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) && defined(__linux__)
+#define XAISDK_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define XAISDK_SIMD_CLONES
 #endif
@@ -265,84 +266,133 @@ std::vector<float> channels_last(const float* w2, const ConvGeometry& g) {
 
 }  // namespace
 
+namespace {
+
+// Consecutive window positions along one axis whose windows reach the same first-layer rows (or
+// columns) [first, last]: they touch the same units and the same box of the second layer's output,
+// so occlusion_forward handles them together and reads each weight once for all of them.
+struct Run {
+    i64 start, count, first, last;  // first > last: empty windows, nothing touched
+};
+
+std::vector<Run> position_runs(const i64* lo, const i64* hi, i64 positions, i64 kernel, i64 stride, i64 pad, i64 out, i64 most) {
+    std::vector<Run> result;
+    for (i64 r = 0; r < positions; ++r) {
+        i64 first = 0, last = -1, unused;
+        if (lo[r] < hi[r]) {
+            covering(lo[r], kernel, stride, pad, out, first, unused);
+            covering(hi[r] - 1, kernel, stride, pad, out, unused, last);
+        }
+        if (first > last) first = 0, last = -1;
+        if (!result.empty() && result.back().first == first && result.back().last == last && result.back().count < most) {
+            ++result.back().count;
+        } else {
+            result.push_back(Run{r, 1, first, last});
+        }
+    }
+    return result;
+}
+
+constexpr i64 kRunLength = 4;
+
+}  // namespace
+
 XAISDK_SIMD_CLONES
 void occlusion_forward(const float* x, const float* baseline, const i64* row_lo, const i64* row_hi, i64 R, const i64* col_lo,
                        const i64* col_hi, i64 Cc, const float* w1, const ConvGeometry& first, const float* z1x,
-                       const float* w2, const ConvGeometry& second, const float* z2x, i64 N, float* z2) {
+                       const float* w2, const ConvGeometry& second, const float* z2x, const float* w3t, i64 H, const float* z3x,
+                       i64 N, float* out_rows) {
     const i64 D = first.in_size();
     const i64 E = first.out_size();
     const i64 F = second.out_size();
     const i64 plane = second.h_out * second.w_out;
     const i64 C2 = second.c_out;
+    const i64 width = w3t != nullptr ? H : F;  // with w3t: the dense layer's pre-activations z3, else z2
     const std::vector<float> w2t = channels_last(w2, second);
     std::vector<float> z2x_last(static_cast<size_t>(N * F));  // z2x as (N, H2, W2, C2)
     for (i64 n = 0; n < N; ++n)
         for (i64 o = 0; o < C2; ++o)
             for (i64 f = 0; f < plane; ++f) z2x_last[n * F + f * C2 + o] = z2x[n * F + o * plane + f];
-    const i64 P = R * Cc;
+    const std::vector<Run> rows = position_runs(row_lo, row_hi, R, first.kh, first.sh, first.ph, first.h_out, kRunLength);
+    const std::vector<Run> cols = position_runs(col_lo, col_hi, Cc, first.kw, first.sw, first.pw, first.w_out, kRunLength);
+    const i64 row_runs = static_cast<i64>(rows.size()), col_runs = static_cast<i64>(cols.size());
+    constexpr i64 kGroup = kRunLength * kRunLength;
 #ifdef XAISDK_HAVE_OPENMP
 #pragma omp parallel
 #endif
     {
-        std::vector<float> local(static_cast<size_t>(F));  // (H2, W2, C2), valid inside the touched box only
+        std::vector<float> local(static_cast<size_t>(kGroup * F));  // per position: the touched box, (bh, bw, C2)
 #ifdef XAISDK_HAVE_OPENMP
-#pragma omp for schedule(dynamic, 8)
+#pragma omp for schedule(dynamic, 2)
 #endif
-        for (i64 t = 0; t < N * P; ++t) {
-            const i64 n = t / P;
-            const i64 pos = t % P;
-            const i64 r0 = row_lo[pos / Cc], r1 = row_hi[pos / Cc];
-            const i64 c0 = col_lo[pos % Cc], c1 = col_hi[pos % Cc];
+        for (i64 t = 0; t < N * row_runs * col_runs; ++t) {
+            const i64 n = t / (row_runs * col_runs);
+            const Run& rr = rows[(t / col_runs) % row_runs];
+            const Run& cr = cols[t % col_runs];
+            const i64 G = rr.count * cr.count;
             const float* xn = x + n * D;
             const float* bn = baseline + n * D;
             const float* z1n = z1x + n * E;
-            float* out = z2 + t * F;
-            std::copy(z2x + n * F, z2x + (n + 1) * F, out);
-            if (r0 >= r1 || c0 >= c1) continue;  // an empty window changes nothing
-            // first-layer outputs (i, j) whose window meets the occluded rows and columns, and the
-            // second-layer outputs (p, q) those reach
-            i64 i_first, i_last, j_first, j_last, p_first, p_last, q_first, q_last, unused;
-            covering(r0, first.kh, first.sh, first.ph, first.h_out, i_first, unused);
-            covering(r1 - 1, first.kh, first.sh, first.ph, first.h_out, unused, i_last);
-            covering(c0, first.kw, first.sw, first.pw, first.w_out, j_first, unused);
-            covering(c1 - 1, first.kw, first.sw, first.pw, first.w_out, unused, j_last);
-            if (i_first > i_last || j_first > j_last) continue;
-            covering(i_first, second.kh, second.sh, second.ph, second.h_out, p_first, unused);
-            covering(i_last, second.kh, second.sh, second.ph, second.h_out, unused, p_last);
-            covering(j_first, second.kw, second.sw, second.pw, second.w_out, q_first, unused);
-            covering(j_last, second.kw, second.sw, second.pw, second.w_out, unused, q_last);
-            for (i64 p = p_first; p <= p_last; ++p) {
-                const float* src = z2x_last.data() + n * F + (p * second.w_out + q_first) * C2;
-                std::copy(src, src + (q_last - q_first + 1) * C2, local.data() + (p * second.w_out + q_first) * C2);
+            float* out[kGroup];
+            i64 r0[kGroup], r1[kGroup], c0[kGroup], c1[kGroup];
+            for (i64 g = 0; g < G; ++g) {
+                const i64 r = rr.start + g / cr.count, c = cr.start + g % cr.count;
+                r0[g] = row_lo[r], r1[g] = row_hi[r], c0[g] = col_lo[c], c1[g] = col_hi[c];
+                out[g] = out_rows + (n * R * Cc + r * Cc + c) * width;
+                const float* init = w3t != nullptr ? z3x + n * H : z2x + n * F;
+                std::copy(init, init + width, out[g]);
             }
-            for (i64 i = i_first; i <= i_last; ++i) {
-                const i64 u0 = std::max(r0, i * first.sh - first.ph), u1 = std::min(r1, i * first.sh - first.ph + first.kh);
+            if (rr.first > rr.last || cr.first > cr.last) continue;  // empty windows change nothing
+            i64 p_first, p_last, q_first, q_last, unused;
+            covering(rr.first, second.kh, second.sh, second.ph, second.h_out, p_first, unused);
+            covering(rr.last, second.kh, second.sh, second.ph, second.h_out, unused, p_last);
+            covering(cr.first, second.kw, second.sw, second.pw, second.w_out, q_first, unused);
+            covering(cr.last, second.kw, second.sw, second.pw, second.w_out, unused, q_last);
+            const i64 bw = q_last - q_first + 1;
+            const i64 box = (p_last - p_first + 1) * bw * C2;
+            for (i64 g = 0; g < G; ++g)
+                for (i64 p = p_first; p <= p_last; ++p) {
+                    const float* src = z2x_last.data() + n * F + (p * second.w_out + q_first) * C2;
+                    std::copy(src, src + bw * C2, local.data() + g * box + (p - p_first) * bw * C2);
+                }
+            float delta[kGroup];
+            for (i64 i = rr.first; i <= rr.last; ++i) {
                 i64 p0, p1;
                 covering(i, second.kh, second.sh, second.ph, second.h_out, p0, p1);
-                for (i64 j = j_first; j <= j_last; ++j) {
-                    const i64 v0 = std::max(c0, j * first.sw - first.pw), v1 = std::min(c1, j * first.sw - first.pw + first.kw);
+                for (i64 j = cr.first; j <= cr.last; ++j) {
                     i64 q0, q1;
                     covering(j, second.kw, second.sw, second.pw, second.w_out, q0, q1);
                     for (i64 ch = 0; ch < first.c_out; ++ch) {
-                        float change = 0.0f;
-                        for (i64 ci = 0; ci < first.c_in; ++ci) {
-                            const float* k = w1 + (ch * first.c_in + ci) * first.kh * first.kw;
-                            for (i64 u = u0; u < u1; ++u)
-                                for (i64 v = v0; v < v1; ++v) {
-                                    const i64 d = (ci * first.h_in + u) * first.w_in + v;
-                                    change += k[(u - i * first.sh + first.ph) * first.kw + v - j * first.sw + first.pw] * (bn[d] - xn[d]);
-                                }
-                        }
                         const float before = z1n[(ch * first.h_out + i) * first.w_out + j];
-                        const float delta = std::max(before + change, 0.0f) - std::max(before, 0.0f);
-                        if (delta == 0.0f) continue;
+                        bool any = false;
+                        for (i64 g = 0; g < G; ++g) {
+                            const i64 u0 = std::max(r0[g], i * first.sh - first.ph), u1 = std::min(r1[g], i * first.sh - first.ph + first.kh);
+                            const i64 v0 = std::max(c0[g], j * first.sw - first.pw), v1 = std::min(c1[g], j * first.sw - first.pw + first.kw);
+                            float change = 0.0f;
+                            for (i64 ci = 0; ci < first.c_in; ++ci) {
+                                const float* k = w1 + (ch * first.c_in + ci) * first.kh * first.kw;
+                                for (i64 u = u0; u < u1; ++u)
+                                    for (i64 v = v0; v < v1; ++v) {
+                                        const i64 d = (ci * first.h_in + u) * first.w_in + v;
+                                        change += k[(u - i * first.sh + first.ph) * first.kw + v - j * first.sw + first.pw] * (bn[d] - xn[d]);
+                                    }
+                            }
+                            delta[g] = std::max(before + change, 0.0f) - std::max(before, 0.0f);
+                            any = any || delta[g] != 0.0f;
+                        }
+                        if (!any) continue;
                         for (i64 p = p0; p <= p1; ++p) {
                             const i64 ki = i + second.ph - p * second.sh;
                             for (i64 q = q0; q <= q1; ++q) {
                                 const i64 kj = j + second.pw - q * second.sw;
                                 const float* col = w2t.data() + ((ch * second.kh + ki) * second.kw + kj) * C2;
-                                float* dst = local.data() + (p * second.w_out + q) * C2;
-                                for (i64 o = 0; o < C2; ++o) dst[o] += delta * col[o];
+                                const i64 at = ((p - p_first) * bw + (q - q_first)) * C2;
+                                for (i64 g = 0; g < G; ++g) {
+                                    if (delta[g] == 0.0f) continue;
+                                    float* dst = local.data() + g * box + at;
+                                    const float dg = delta[g];
+                                    for (i64 o = 0; o < C2; ++o) dst[o] += dg * col[o];
+                                }
                             }
                         }
                     }
@@ -350,8 +400,29 @@ void occlusion_forward(const float* x, const float* baseline, const i64* row_lo,
             }
             for (i64 p = p_first; p <= p_last; ++p)
                 for (i64 q = q_first; q <= q_last; ++q) {
-                    const float* src = local.data() + (p * second.w_out + q) * C2;
-                    for (i64 o = 0; o < C2; ++o) out[o * plane + p * second.w_out + q] = src[o];
+                    const i64 at = ((p - p_first) * bw + (q - q_first)) * C2;
+                    if (w3t == nullptr) {
+                        for (i64 g = 0; g < G; ++g)
+                            for (i64 o = 0; o < C2; ++o) out[g][o * plane + p * second.w_out + q] = local[g * box + at + o];
+                        continue;
+                    }
+                    // z3 moves by W3's columns of the z2 entries whose ReLU output changed
+                    const float* was = z2x_last.data() + n * F + (p * second.w_out + q) * C2;
+                    for (i64 o = 0; o < C2; ++o) {
+                        bool any = false;
+                        for (i64 g = 0; g < G; ++g) {
+                            delta[g] = std::max(local[g * box + at + o], 0.0f) - std::max(was[o], 0.0f);
+                            any = any || delta[g] != 0.0f;
+                        }
+                        if (!any) continue;
+                        const float* row = w3t + (o * plane + p * second.w_out + q) * H;
+                        for (i64 g = 0; g < G; ++g) {
+                            if (delta[g] == 0.0f) continue;
+                            float* dst = out[g];
+                            const float dg = delta[g];
+                            for (i64 k = 0; k < H; ++k) dst[k] += dg * row[k];
+                        }
+                    }
                 }
         }
     }
@@ -624,7 +695,7 @@ py::array py_occlusion_forward(const py::array& x, const py::array& baseline, co
                                const py::array& col_lo, const py::array& col_hi, const py::array& w1, const py::tuple& x_shape,
                                const py::tuple& z1_shape, const py::tuple& stride1, const py::tuple& padding1, const py::array& z1x,
                                const py::array& w2, const py::tuple& z2_shape, const py::tuple& stride2, const py::tuple& padding2,
-                               const py::array& z2x) {
+                               const py::array& z2x, const py::object& w3t, const py::object& z3x) {
     const char* fn = "relu_occlusion_forward";
     const ConvGeometry first = geometry(x_shape, z1_shape, w1, stride1, padding1, fn);
     const ConvGeometry second = geometry(z1_shape, z2_shape, w2, stride2, padding2, fn);
@@ -640,15 +711,28 @@ py::array py_occlusion_forward(const py::array& x, const py::array& baseline, co
     require_window_ranges(row_lo, row_hi, first.h_in, fn, "row");
     require_window_ranges(col_lo, col_hi, first.w_in, fn, "column");
     const i64 R = row_lo.shape(0), Cc = col_lo.shape(0);
-    py::array_t<float> z2({N, R * Cc, second.out_size()});
+    if (w3t.is_none() != z3x.is_none()) throw std::invalid_argument(std::string(fn) + ": pass both w3t and z3x, or neither");
+    py::array w3t_array, z3x_array;
+    i64 H = 0;
+    if (!w3t.is_none()) {
+        w3t_array = w3t.cast<py::array>();
+        z3x_array = z3x.cast<py::array>();
+        require_f32(w3t_array, fn, "w3t", 2);
+        require_f32(z3x_array, fn, "z3x", 2);
+        H = w3t_array.shape(1);
+        require_shape(w3t_array, {second.out_size(), H}, fn, "w3t");
+        require_shape(z3x_array, {N, H}, fn, "z3x");
+    }
+    py::array_t<float> z2({N, R * Cc, w3t.is_none() ? second.out_size() : H});
     {
         py::gil_scoped_release release;
         relu_path::occlusion_forward(static_cast<const float*>(x.data()), static_cast<const float*>(baseline.data()),
                                      static_cast<const i64*>(row_lo.data()), static_cast<const i64*>(row_hi.data()), R,
                                      static_cast<const i64*>(col_lo.data()), static_cast<const i64*>(col_hi.data()), Cc,
                                      static_cast<const float*>(w1.data()), first, static_cast<const float*>(z1x.data()),
-                                     static_cast<const float*>(w2.data()), second, static_cast<const float*>(z2x.data()), N,
-                                     z2.mutable_data());
+                                     static_cast<const float*>(w2.data()), second, static_cast<const float*>(z2x.data()),
+                                     w3t.is_none() ? nullptr : static_cast<const float*>(w3t_array.data()), H,
+                                     z3x.is_none() ? nullptr : static_cast<const float*>(z3x_array.data()), N, z2.mutable_data());
     }
     return z2;
 }
@@ -715,7 +799,9 @@ void register_relu_path(py::module_& m) {
     m.def("relu_occlusion_forward", &py_occlusion_forward, py::arg("x"), py::arg("baseline"), py::arg("row_lo"), py::arg("row_hi"),
           py::arg("col_lo"), py::arg("col_hi"), py::arg("w1"), py::arg("x_shape"), py::arg("z1_shape"), py::arg("stride1"),
           py::arg("padding1"), py::arg("z1x"), py::arg("w2"), py::arg("z2_shape"), py::arg("stride2"), py::arg("padding2"),
-          py::arg("z2x"), "Second-layer outputs (N, R * Cc, F) with each occlusion window of x replaced by the baseline.");
+          py::arg("z2x"), py::arg("w3t") = py::none(), py::arg("z3x") = py::none(),
+          "Second-layer outputs (N, R * Cc, F) with each occlusion window of x replaced by the baseline; with w3t (F, H) = the "
+          "next dense layer's transposed weight and z3x (N, H) its output at x, that layer's outputs (N, R * Cc, H) instead.");
     m.def("relu_perturbed_forward", &py_perturbed_forward, py::arg("base"), py::arg("substrate"), py::arg("order"), py::arg("lo"),
           py::arg("hi"), py::arg("w1"), py::arg("x_shape"), py::arg("z1_shape"), py::arg("stride1"), py::arg("padding1"),
           py::arg("z1_base"), py::arg("w2"), py::arg("z2_shape"), py::arg("stride2"), py::arg("padding2"), py::arg("z2_base"),

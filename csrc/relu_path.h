@@ -56,12 +56,14 @@ void dense_backward(const float* z2, const float* z3, const float* u, const floa
 // [row_lo[r], row_hi[r]) x columns [col_lo[c], col_hi[c]) of x (all channels) by the baseline's
 // pixels; only the first-layer units whose window overlaps it change, and z2 changes by the second
 // layer's columns of those units. first: geometry of the first layer (x -> z1, weight w1);
-// second: z1 -> z2 (weight w2). z1x: first layer's output at x (N, E); z2x: second
-// layer's output at x (N, F), bias included. Writes z2 (N, R * Cc, F) for every window position.
+// second: z1 -> z2 (weight w2). z1x: first layer's output at x (N, E); z2x: second layer's output
+// at x (N, F), bias included. Writes z2 (N, R * Cc, F) for every window position; or, given the
+// next dense layer z3 = W3 relu(z2) + b3 as w3t = W3^T (F, H) and z3x = its output at x (N, H),
+// writes z3 (N, R * Cc, H), moved by W3's columns of the z2 entries whose ReLU output changed.
 void occlusion_forward(const float* x, const float* baseline, const std::int64_t* row_lo, const std::int64_t* row_hi,
                        std::int64_t R, const std::int64_t* col_lo, const std::int64_t* col_hi, std::int64_t Cc, const float* w1,
                        const ConvGeometry& first, const float* z1x, const float* w2, const ConvGeometry& second,
-                       const float* z2x, std::int64_t N, float* z2);
+                       const float* z2x, const float* w3t, std::int64_t H, const float* z3x, std::int64_t N, float* out_rows);
 
 // Perturbation rows through the same opening layers: row (n, j) is base[n] with the pixels
 // order[n, lo[n, j]:hi[n, j]] (all channels) taken from substrate[n], as in perturb.h. A row that

@@ -249,6 +249,7 @@ def relu_path_occluded_scores(
     first, second = prefix.first, prefix.second
     w1 = np.ascontiguousarray(first.weight.detach().numpy(), np.float32)
     w2 = np.ascontiguousarray(second.weight.detach().numpy(), np.float32)
+    w3t = None if prefix.dense_head is None else np.ascontiguousarray(prefix.dense_head[0].weight.detach().numpy().T)
     n_all = len(x)
     scores = np.empty((n_all, positions), np.float32)
     group = max(1, rows_per_pass // positions)
@@ -259,13 +260,24 @@ def relu_path_occluded_scores(
         with torch.no_grad():
             z1 = first(torch.from_numpy(xs))
             z2 = second(torch.relu(z1))
+            dense = ()
+            if prefix.dense_head is not None:  # the kernel carries the occlusion on into the dense layer
+                hidden = prefix.dense_head[0]
+                z3 = nn.functional.linear(torch.relu(z2).reshape(n, -1), hidden.weight, hidden.bias)
+                dense = (w3t, np.ascontiguousarray(z3.numpy()))
             rows = _ext.relu_occlusion_forward(
                 xs.reshape(n, -1), np.ascontiguousarray(baseline[sl], np.float32).reshape(n, -1), row_lo, row_hi, col_lo, col_hi,
                 w1, prefix.input_shape, prefix.hidden_shape, tuple(first.stride), tuple(first.padding),
                 np.ascontiguousarray(z1.reshape(n, -1).numpy()), w2, prefix.output_shape, tuple(second.stride),
-                tuple(second.padding), np.ascontiguousarray(z2.reshape(n, -1).numpy()),
+                tuple(second.padding), np.ascontiguousarray(z2.reshape(n, -1).numpy()), *dense,
             )
-        scores[sl] = _scores(prefix, rows, weights[sl])
+        if dense:
+            with torch.no_grad():
+                output = prefix.dense_head[1]
+                logits = nn.functional.linear(torch.from_numpy(rows).relu_(), output.weight, output.bias)
+                scores[sl] = (logits * torch.from_numpy(np.asarray(weights[sl], np.float32))[:, None, :]).sum(-1).numpy()
+        else:
+            scores[sl] = _scores(prefix, rows, weights[sl])
     return scores.reshape(n_all, len(row_lo), len(col_lo))
 
 
