@@ -241,10 +241,13 @@ def export_command(model_path: Path, out_dir: Path, opset: int, batch: int | Non
 @click.option("--baseline", default=None, help="'ganmex' (default with --target), 'zero', 'uniform', 'blur' or a number.")
 @click.option("--steps", default=200, show_default=True, help="Integration steps for ig.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for PNGs and explanation.json.")
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "onnxruntime", "torch", "tensorrt", "torch-cuda"]),
+              help="auto: bundles on ONNX Runtime, checkpoints on torch; tensorrt / torch-cuda need an NVIDIA GPU.")
 @click.option("--force", is_flag=True, help="Write into --out even if it holds files.")
 @_clean_errors
 def explain_command(bundle_path: Path, inputs: tuple[Path, ...], target: str | None, source: str | None, method: str,
-                    baseline: str | None, steps: int, out_dir: Path, force: bool) -> None:
+                    baseline: str | None, steps: int, out_dir: Path, backend: str, force: bool) -> None:
     """Explain images with a bundle: attribution maps as PNG and JSON (runs without torch)."""
     import json
 
@@ -254,7 +257,7 @@ def explain_command(bundle_path: Path, inputs: tuple[Path, ...], target: str | N
     from xaisdk.runtime.images import load_image, save_attribution_png, save_image_png
 
     _refuse_overwrite(out_dir, force, "output folder")
-    explainer = Explainer.load(bundle_path)
+    explainer = Explainer.load(bundle_path, backend=backend)
     shape, value_range = explainer.backend.input_shape, explainer.backend.value_range
     images = [load_image(path, shape, value_range) for path in inputs]
     stems = [path.stem for path in inputs]
@@ -463,6 +466,40 @@ def _number_or_name(value: str) -> float | str:
         return float(value)
     except ValueError:
         return value
+
+
+@main.command()
+@click.option("--suites", default=",".join(("ig", "occlusion", "aopc", "mdts", "floor")), show_default=True,
+              help="Comma-separated: ig, occlusion, aopc, mdts, floor.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True,
+              help="Folder for <name>.json, <name>.md and <name>.png.")
+@click.option("--name", default=None, help="Results file name.  [default: hot_path_<cpu|gpu>_<date>]")
+@click.option("--n-images", default=16, show_default=True, help="Images for the latency percentiles.")
+@click.option("--repeats", default=3, show_default=True, help="Timed rounds over the images.")
+@click.option("--batch", default=64, show_default=True, help="Images per call for the IG throughput.")
+@click.option("--quick", is_flag=True, help="A smoke run: few images, one round, MDTS at 1/10 scale.")
+@click.option("--force", is_flag=True, help="Replace existing results of the same name.")
+@_clean_errors
+def bench(suites: str, out_dir: Path, name: str | None, n_images: int, repeats: int, batch: int, quick: bool,
+          force: bool) -> None:
+    """Time every available implementation of the hot paths against a peer, in one run."""
+    from xaisdk.bench import default_name, run_bench
+    from xaisdk.bench.report import markdown, write_results
+
+    chosen = tuple(s.strip() for s in suites.split(",") if s.strip())
+    if name is not None and (not name or "/" in name or name.startswith(".")):
+        raise InputError(f"--name: expected a plain file name, got {name!r}")
+    if name is not None and not force and (out_dir / f"{name}.json").exists():
+        raise InputError(f"{out_dir / (name + '.json')} exists; pass --force to replace it")
+    command = "xaisdk bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "xaisdk bench"
+    result = run_bench(chosen, quick=quick, n_images=n_images, repeats=repeats, batch=batch, command=command,
+                       progress=sys.stderr.isatty())
+    name = name or default_name(result)
+    if not force and (out_dir / f"{name}.json").exists():
+        raise InputError(f"{out_dir / (name + '.json')} exists; pass --force to replace it or --name another")
+    click.echo(markdown(result))
+    for path in write_results(result, out_dir, name):
+        click.echo(f"wrote {path}")
 
 
 if __name__ == "__main__":

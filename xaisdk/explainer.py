@@ -126,7 +126,10 @@ class Explainer:
         """An Explainer for an exported bundle folder (ONNX Runtime) or a ``.pt`` checkpoint (torch).
 
         ``backend``: ``"auto"`` (bundle folders on ONNX Runtime, checkpoints on torch),
-        ``"onnxruntime"`` or ``"torch"``. ``providers``, ``intra_op_threads`` and ``spin_wait`` (see
+        ``"onnxruntime"`` or ``"torch"``; on an NVIDIA GPU also ``"tensorrt"`` (a bundle's graphs as
+        TensorRT engines, cached in the bundle; ``pip install 'xaisdk[tensorrt]'``) or
+        ``"torch-cuda"`` (a checkpoint on the GPU, gradient steps replayed as a CUDA graph).
+        ``providers``, ``intra_op_threads`` and ``spin_wait`` (see
         :class:`~xaisdk.runtime.onnxruntime_backend.OnnxRuntimeBackend`) configure ONNX
         Runtime (default: TensorRT/CUDA when onnxruntime-gpu offers them, else CPU; all cores).
         Sessions are warmed up before this returns.
@@ -137,14 +140,18 @@ class Explainer:
             explainer.explain(image, target=6).attributions
         """
         path = Path(path)
-        if backend not in ("auto", "onnxruntime", "torch"):
-            raise InputError(f"backend: expected 'auto', 'onnxruntime' or 'torch', got {backend!r}")
+        if backend not in ("auto", "onnxruntime", "torch", "tensorrt", "torch-cuda"):
+            raise InputError(f"backend: expected 'auto', 'onnxruntime', 'torch', 'tensorrt' or 'torch-cuda', got {backend!r}")
         if not path.exists():
             raise InputError(f"{path}: no such bundle folder or checkpoint")
         if path.is_dir():
-            if backend == "torch":
+            if backend in ("torch", "torch-cuda"):
                 raise InputError(f"{path}: a bundle holds ONNX graphs, not torch weights; use backend='onnxruntime' "
                                  "or load the .pt checkpoint it was exported from")
+            if backend == "tensorrt":
+                from xaisdk.runtime.tensorrt_backend import TensorRTBackend
+
+                return cls(TensorRTBackend(path))
             from xaisdk.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
             runtime = OnnxRuntimeBackend(path, providers=providers, intra_op_threads=intra_op_threads, spin_wait=spin_wait)
@@ -154,10 +161,14 @@ class Explainer:
 
                 inpainter = OnnxInpainter(runtime.bundle, providers=providers)
             return cls(runtime, inpainter=inpainter)
-        if backend == "onnxruntime":
-            raise InputError(f"{path}: the onnxruntime backend runs bundles; make one with `xaisdk export --model {path}`")
+        if backend in ("onnxruntime", "tensorrt"):
+            raise InputError(f"{path}: the {backend} backend runs bundles; make one with `xaisdk export --model {path}`")
         from xaisdk.models.ganmex import load_model
 
+        if backend == "torch-cuda":
+            from xaisdk.runtime.torch_cuda_backend import TorchCudaBackend
+
+            return cls(TorchCudaBackend(load_model(path)))
         return cls(load_model(path))
 
     # ---- inputs -------------------------------------------------------------------------
