@@ -28,21 +28,12 @@ import torch
 import xaisdk
 from xaisdk import attribution
 from xaisdk.baselines import MDTS, TargetClassSample
+from xaisdk.bench.environment import cpu_name
 from xaisdk.data import load_digits
 from xaisdk.models import WeightedScore, class_weights, load_shipped_classifier
 from xaisdk.runtime import ig_loop, integrated_gradients_loop, integrated_gradients_reference
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def median_seconds(fn, repeats: int) -> float:

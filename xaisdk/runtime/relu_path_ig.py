@@ -218,6 +218,14 @@ def relu_path_integrated_gradients(
     return out
 
 
+def _opening_layers(prefix: ReluConvPrefix, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first layer's output z1 (N, E) and the second's z2 (N, F) of ``images``, float32 C-contiguous."""
+    with torch.no_grad():
+        z1 = prefix.first(torch.from_numpy(images))
+        z2 = prefix.second(torch.relu(z1))
+    return np.ascontiguousarray(z1.reshape(len(images), -1).numpy()), np.ascontiguousarray(z2.reshape(len(images), -1).numpy())
+
+
 def _window_ranges(cover: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(lo, hi) int64 of each row of a 0/1 window cover (positions, size); each window is one run of ones."""
     cover = np.asarray(cover) > 0
@@ -257,19 +265,17 @@ def relu_path_occluded_scores(
         sl = slice(start, min(start + group, n_all))
         n = sl.stop - sl.start
         xs = np.ascontiguousarray(x[sl], np.float32)
+        z1, z2 = _opening_layers(prefix, xs)
         with torch.no_grad():
-            z1 = first(torch.from_numpy(xs))
-            z2 = second(torch.relu(z1))
             dense = ()
             if prefix.dense_head is not None:  # the kernel carries the occlusion on into the dense layer
                 hidden = prefix.dense_head[0]
-                z3 = nn.functional.linear(torch.relu(z2).reshape(n, -1), hidden.weight, hidden.bias)
+                z3 = nn.functional.linear(torch.relu(torch.from_numpy(z2)), hidden.weight, hidden.bias)
                 dense = (w3t, np.ascontiguousarray(z3.numpy()))
             rows = _ext.relu_occlusion_forward(
                 xs.reshape(n, -1), np.ascontiguousarray(baseline[sl], np.float32).reshape(n, -1), row_lo, row_hi, col_lo, col_hi,
                 w1, prefix.input_shape, prefix.hidden_shape, tuple(first.stride), tuple(first.padding),
-                np.ascontiguousarray(z1.reshape(n, -1).numpy()), w2, prefix.output_shape, tuple(second.stride),
-                tuple(second.padding), np.ascontiguousarray(z2.reshape(n, -1).numpy()), *dense,
+                z1, w2, prefix.output_shape, tuple(second.stride), tuple(second.padding), z2, *dense,
             )
         if dense:
             with torch.no_grad():
@@ -322,14 +328,12 @@ def relu_path_perturbed_scores(
         sl = slice(start, min(start + group, n_all))
         n = sl.stop - sl.start
         b = np.ascontiguousarray(base[sl], np.float32)
-        with torch.no_grad():
-            z1 = first(torch.from_numpy(b))
-            z2 = second(torch.relu(z1))
+        z1, z2 = _opening_layers(prefix, b)
         rows = _ext.relu_perturbed_forward(
             b.reshape(n, -1), np.ascontiguousarray(substrate[sl], np.float32).reshape(n, -1), np.ascontiguousarray(order[sl]),
             np.ascontiguousarray(lo[sl]), np.ascontiguousarray(hi[sl]), w1, prefix.input_shape, prefix.hidden_shape,
-            tuple(first.stride), tuple(first.padding), np.ascontiguousarray(z1.reshape(n, -1).numpy()), w2, prefix.output_shape,
-            tuple(second.stride), tuple(second.padding), np.ascontiguousarray(z2.reshape(n, -1).numpy()),
+            tuple(first.stride), tuple(first.padding), z1, w2, prefix.output_shape, tuple(second.stride),
+            tuple(second.padding), z2,
         )
         scores[sl] = _scores(prefix, rows, weights[sl])
     return scores
