@@ -5,7 +5,9 @@
 #      already in xaisdk/, e.g. carried over from a build machine: they must match this Python);
 #   3. run the two GPU test files (kernels against the CPU kernels and numpy; the torch-cuda backend
 #      against TorchBackend and the IG driver) and print pytest's summary.
-# Usage, from anywhere: bash benchmarks/gpu_check.sh [--slow]   (--slow adds the torch.compile test)
+#   4. with --bench: `xaisdk bench --suites ig,floor` on this GPU (Captum on CUDA, torch-cuda with and
+#      without the CUDA graph, TensorRT where it imports), results into benchmarks/results/.
+# Usage, from anywhere: bash benchmarks/gpu_check.sh [--slow] [--bench]   (--slow adds the torch.compile test)
 # Environment: PYTHON (default: python3), BUILD_TEMP (default: /tmp/xaisdk_gpu_build).
 # Exit status: pytest's (0 = all passed), or 2 when the build or an import fails.
 set -uo pipefail
@@ -13,7 +15,11 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 BUILD_TEMP="${BUILD_TEMP:-/tmp/xaisdk_gpu_build}"
 MARKS="not slow"
-[[ "${1:-}" == "--slow" ]] && MARKS=""
+BENCH=0
+for arg in "$@"; do
+    [[ "$arg" == "--slow" ]] && MARKS=""
+    [[ "$arg" == "--bench" ]] && BENCH=1
+done
 
 echo "== machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "nvidia-smi: not available"
@@ -59,5 +65,11 @@ echo "== tests"
 "$PY" -m pytest tests/test_cuda_kernels.py tests/test_torch_cuda_backend.py -q -rs -p no:cacheprovider \
     -o addopts="" ${MARKS:+-m "$MARKS"}
 status=$?
+if [[ $BENCH == 1 ]]; then
+    echo "== bench"
+    # needs captum, onnxruntime, click, tqdm, matplotlib and onnx next to torch (e.g. wheels carried in .whl/)
+    PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m xaisdk.cli bench --suites ig,floor --out benchmarks/results --force \
+        || echo "bench failed (missing packages? see above)"
+fi
 echo "== done: pytest exit status $status"
 exit $status
