@@ -270,3 +270,10 @@ def test_concurrent_calls_match_serial(shipped, digits):
         futures = [(i, pool.submit(run, *jobs[i])) for _ in range(4) for i in range(len(jobs))]
         for i, future in futures:
             np.testing.assert_allclose(future.result(), serial[i], **TOL)
+
+
+def test_occlusion_refuses_a_stride_larger_than_its_window():
+    """Pixels between such windows would never be occluded and their value would be 0/0 (Captum refuses it too)."""
+    backend = drivers._LinearBackend(np.ones((2, 16)), input_shape=(1, 4, 4))
+    with pytest.raises(InputError, match="larger than the window"):
+        drivers.occlusion(backend, np.ones((1, 1, 4, 4), np.float32), np.array([[1.0, 0.0]], np.float32), 0.0, window=2, stride=3)

@@ -472,7 +472,7 @@ def test_load_errors(tmp_path, digits, digits_bundle):
     with pytest.raises(InputError, match="a bundle holds ONNX graphs, not torch weights"):
         Explainer.load(digits_bundle, backend="torch")
     with pytest.raises(InputError, match="backend: expected"):
-        Explainer.load(digits_bundle, backend="tensorrt")
+        Explainer.load(digits_bundle, backend="openvino")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(InputError, match="manifest"):

@@ -74,6 +74,8 @@ def occlusion_covers(
     (kh, kw), (sh, sw) = pair(window, "window"), pair(stride, "stride")
     if kh > height or kw > width:
         raise InputError(f"window {(kh, kw)} is larger than the image {(height, width)}")
+    if sh > kh or sw > kw:  # the pixels between windows would never be occluded and get no value (0/0)
+        raise InputError(f"stride {(sh, sw)} is larger than the window {(kh, kw)}: some pixels would never be occluded")
     return window_cover(height, kh, sh), window_cover(width, kw, sw)
 
 
