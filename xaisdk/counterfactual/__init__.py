@@ -1,0 +1,1 @@
+"""Counterfactual explainers: generators that show the change that moves a classifier's output."""
