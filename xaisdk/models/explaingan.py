@@ -5,11 +5,11 @@ Either way it is reduced to one decision logit ``d(x)`` (``l_1 - l_0`` for two l
 of an image is ``j = [d(x) > 0]``. A classifier with any other number of outputs is refused with an
 :class:`~xaisdk.errors.InputError` naming the count.
 
-Networks (DCGAN-like, as the paper's §5.2, at a third of the width so that they train on a CPU):
+Networks (DCGAN-like, as the paper's §5.2, at a quarter of DCGAN's width so that they train on a CPU):
 
 * two class encoders ``E_0``, ``E_1``: each its own two stride-2 convolutions (H -> H/4), then shared
   last layers giving a spatial code ``z`` (``code_channels`` x H/4 x W/4). A spatial code keeps the
-  stroke positions, so reconstructions are sharp after a few minutes of training;
+  stroke positions, so reconstructions are recognisable after a few hundred steps;
 * one decoder: a shared trunk (two stride-2 transposed convolutions back to H x W) and three heads:
   ``G_0(z)`` and ``G_1(z)`` (images of class 0 / 1, sigmoid scaled to the value range) and the mask
   ``G_m(z)`` in [0, 1] (sigmoid). For ``x`` of side ``j``, ``G_j`` is the reconstruction and
@@ -19,7 +19,10 @@ Networks (DCGAN-like, as the paper's §5.2, at a third of the width so that they
   spectral norm everywhere (hinge loss needs no gradient penalty; see :mod:`xaisdk.train.explaingan`).
 
 :class:`ExplainGANModel` bundles the classifier (it travels inside the checkpoint, like GANMEX's) with
-the encoders and decoder; the discriminators live only in the training state.
+the encoders and decoder; the discriminators live only in the training state. A one-logit classifier
+works in memory (training and torch inference, tested), but the classifier checkpoint format ties the
+number of outputs to the number of class names, so such an ExplainGAN cannot be saved and loaded back;
+save two-logit classifiers.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ class ExplainGANConfig:
     """Shapes and widths of the ExplainGAN networks.
 
     ``base_channels`` (16) and ``code_channels`` (64) were enough on 28x28 digits: the shipped model
-    has ~0.3M generator weights and trains in minutes on one core. ``value_range`` is the classifier's
+    has 0.12M encoder + decoder weights and trains in about 4 minutes on one core. ``value_range`` is the classifier's
     input range; generated images are ``lo + (hi - lo) * sigmoid(.)``.
 
     >>> ExplainGANConfig((1, 28, 28)).code_shape
