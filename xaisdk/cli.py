@@ -158,6 +158,143 @@ def train_ganmex_command(dataset: str, classifier_path: Path, out_path: Path, st
     click.echo(f"wrote {out_path} (samples in {samples})")
 
 
+@train.command("explaingan")
+@click.option("--digits", default=None, help="Two digits 'A,B': train the binary digits classifier for them first (e.g. 3,8).")
+@click.option("--classifier", "classifier_path", default=None, type=click.Path(path_type=Path),
+              help="A binary classifier checkpoint to explain instead of --digits (needs --dataset).")
+@click.option("--dataset", default=None, help="The binary classifier's dataset: an .npz with x and y, or a folder.")
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path),
+              help="ExplainGAN checkpoint to write (classifier + networks; rewritten atomically every --checkpoint-every steps).")
+@click.option("--steps", default=None, type=int, help="[default: 2500]")
+@click.option("--batch-size", default=None, type=int, help="Images per side per step.  [default: 16]")
+@click.option("--lambda-gan", default=None, type=float, help="[default: 1]")
+@click.option("--lambda-cls", default=None, type=float, help="Classifier loss on composites.  [default: 1]")
+@click.option("--lambda-rec", default=None, type=float, help="L2 reconstruction.  [default: 100]")
+@click.option("--lambda-const", default=None, type=float, help="Consistency outside the mask.  [default: 100]")
+@click.option("--lambda-count", default=None, type=float, help="Mask count prior.  [default: 10]")
+@click.option("--kappa", default=None, type=float, help="Mask area below which the count prior is free.  [default: 0.1]")
+@click.option("--lambda-smooth", default=None, type=float, help="Mask total variation.  [default: 2]")
+@click.option("--lambda-entropy", default=None, type=float, help="Mask entropy min(m, 1 - m).  [default: 2]")
+@click.option("--no-mask", is_flag=True, help="Ablation: the transformed image is the composite (no mask, no priors).")
+@click.option("--no-reconstruction", is_flag=True, help="Ablation: no reconstruction loss.")
+@click.option("--samples", "samples_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder for the PNG sample grids.  [default: <out>_samples]")
+@click.option("--sample-every", default=None, type=int, help="[default: 500]")
+@click.option("--checkpoint-every", default=None, type=int, help="[default: 500]")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run saved in --out (same classifier and settings).")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists (starting afresh).")
+@_clean_errors
+def train_explaingan_command(digits: str | None, classifier_path: Path | None, dataset: str | None, out_path: Path,
+                             steps: int | None, batch_size: int | None, lambda_gan: float | None, lambda_cls: float | None,
+                             lambda_rec: float | None, lambda_const: float | None, lambda_count: float | None,
+                             kappa: float | None, lambda_smooth: float | None, lambda_entropy: float | None, no_mask: bool,
+                             no_reconstruction: bool, samples_dir: Path | None, sample_every: int | None,
+                             checkpoint_every: int | None, seed: int, resume: bool, force: bool) -> None:
+    """Train ExplainGAN (transformed image + change mask) for a binary classifier."""
+    from xaisdk.train.explaingan import (
+        ExplainGANTrainingConfig,
+        binary_digits_split,
+        train_binary_digits_classifier,
+        train_explaingan,
+    )
+
+    if (digits is None) == (classifier_path is None):
+        raise InputError("give either --digits A,B or --classifier (with --dataset)")
+    _check_resume(out_path, resume, force)
+    if digits is not None:
+        try:
+            first, second = (int(d) for d in digits.split(","))
+        except ValueError:
+            raise InputError(f"--digits: expected two digits 'A,B', got {digits!r}") from None
+        split = binary_digits_split(first, second, seed=seed)
+        if resume:
+            from xaisdk.models.explaingan import load_explaingan
+
+            classifier = load_explaingan(out_path).classifier  # the run's own classifier, not a retrained one
+        else:
+            classifier = train_binary_digits_classifier(first, second, seed=seed, progress=sys.stderr.isatty())
+        data_spec = {"name": f"digits_{first}v{second}", "options": {"seed": seed}}
+    else:
+        if dataset is None:
+            raise InputError("--classifier needs --dataset (the data it was trained on)")
+        from xaisdk.data import load_dataset
+        from xaisdk.models import load_classifier
+
+        classifier = load_classifier(classifier_path)
+        split_seed = int(classifier.metadata.get("seed", 0))
+        split = load_dataset(dataset, seed=split_seed)
+        data_spec = {"name": dataset, "options": {"seed": split_seed}}
+    given = {"steps": steps, "batch_size": batch_size, "lambda_gan": lambda_gan, "lambda_cls": lambda_cls,
+             "lambda_rec": lambda_rec, "lambda_const": lambda_const, "lambda_count": lambda_count, "kappa": kappa,
+             "lambda_smooth": lambda_smooth, "lambda_entropy": lambda_entropy, "sample_every": sample_every,
+             "checkpoint_every": checkpoint_every}
+    config = ExplainGANTrainingConfig(seed=seed, no_mask=no_mask, no_reconstruction=no_reconstruction,
+                                      **{k: v for k, v in given.items() if v is not None})
+    samples = samples_dir if samples_dir is not None else out_path.with_name(out_path.stem + "_samples")
+    _, history = train_explaingan(split, classifier, config, out=out_path, samples_dir=samples, resume=resume,
+                                  data_spec=data_spec, progress=sys.stderr.isatty())
+    final = history["final"]
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(final.items()) if isinstance(v, float))
+    click.echo(f"trained {config.steps} steps; means over the last {min(config.log_every, config.steps)} steps: {shown}")
+    click.echo(f"wrote {out_path} (samples in {samples})")
+
+
+@train.command("exaggeration")
+@click.option("--dataset", required=True, help="The classifier's dataset: 'digits', 'shapes', an .npz or a folder.")
+@click.option("--classifier", "classifier_path", required=True, type=click.Path(path_type=Path),
+              help="Classifier checkpoint to explain (kept frozen; f = its probability of --target-class).")
+@click.option("--target-class", required=True, help="The class explained against the rest (index or name).")
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path),
+              help="Checkpoint to write (rewritten atomically every --checkpoint-every steps).")
+@click.option("--bins", "n_bins", default=None, type=int, help="Bins of f(x) in [0, 1] (the condition).  [default: 10]")
+@click.option("--steps", default=None, type=int, help="[default: 1500]")
+@click.option("--batch-size", default=None, type=int, help="[default: 32]")
+@click.option("--lambda-cgan", default=None, type=float, help="Hinge cGAN term.  [default: 1]")
+@click.option("--lambda-f", default=None, type=float, help="Compatibility KL(f(x) + delta || f(x_delta)).  [default: 100]")
+@click.option("--lambda-rec", default=None, type=float, help="Reconstruction and cycle L1.  [default: 100]")
+@click.option("--samples", "samples_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder for the PNG sample grids.  [default: <out>_samples]")
+@click.option("--sample-every", default=None, type=int, help="[default: 500]")
+@click.option("--checkpoint-every", default=None, type=int, help="[default: 500]")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run saved in --out (same classifier and settings).")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists (starting afresh).")
+@_clean_errors
+def train_exaggeration_command(dataset: str, classifier_path: Path, target_class: str, out_path: Path, n_bins: int | None,
+                               steps: int | None, batch_size: int | None, lambda_cgan: float | None, lambda_f: float | None,
+                               lambda_rec: float | None, samples_dir: Path | None, sample_every: int | None,
+                               checkpoint_every: int | None, seed: int, resume: bool, force: bool) -> None:
+    """Train a Progressive Exaggeration explainer: a series of images walking f(x) across the boundary."""
+    from xaisdk.data import load_dataset
+    from xaisdk.models import load_classifier
+    from xaisdk.train.exaggeration import ExaggerationTrainingConfig, train_exaggeration
+
+    _check_resume(out_path, resume, force)
+    classifier = load_classifier(classifier_path)
+    names = list(classifier.class_names)
+    if target_class in names:
+        index = names.index(target_class)
+    elif target_class.lstrip("-").isdigit() and 0 <= int(target_class) < classifier.num_classes:
+        index = int(target_class)
+    else:
+        raise InputError(f"--target-class: {target_class!r} is neither a class name ({', '.join(names)}) nor an index "
+                         f"below {classifier.num_classes}")
+    split_seed = int(classifier.metadata.get("seed", 0))
+    split = load_dataset(dataset, seed=split_seed)
+    given = {"n_bins": n_bins, "steps": steps, "batch_size": batch_size, "lambda_cgan": lambda_cgan, "lambda_f": lambda_f,
+             "lambda_rec": lambda_rec, "sample_every": sample_every, "checkpoint_every": checkpoint_every}
+    config = ExaggerationTrainingConfig(target_class=index, seed=seed, **{k: v for k, v in given.items() if v is not None})
+    samples = samples_dir if samples_dir is not None else out_path.with_name(out_path.stem + "_samples")
+    _, history = train_exaggeration(split, classifier, config, out=out_path, samples_dir=samples, resume=resume,
+                                    data_spec={"name": dataset, "options": {"seed": split_seed}},
+                                    progress=sys.stderr.isatty())
+    final = history["final"]
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(final.items()) if isinstance(v, float))
+    click.echo(f"trained {config.steps} steps; means over the last {min(config.log_every, config.steps)} steps: {shown}")
+    click.echo(f"wrote {out_path} (samples in {samples})")
+
+
 @train.command("inpainter")
 @click.option("--dataset", required=True, help="'digits', 'shapes', an .npz or a folder; trains on its train part.")
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path),
