@@ -348,15 +348,20 @@ def train_inpainter_command(dataset: str, out_path: Path, steps: int | None, bat
 @click.option("--force", is_flag=True, help="Replace an existing bundle in --out.")
 @click.option("--inpainter", "inpainter_path", type=click.Path(path_type=Path), default=None,
               help="Also export this inpainter checkpoint (xaisdk train inpainter) as inpainter.onnx.")
+@click.option("--explaingan", "explaingan_path", type=click.Path(path_type=Path), default=None,
+              help="Also export this ExplainGAN checkpoint (xaisdk train explaingan; it has its own binary classifier).")
+@click.option("--exaggeration", "exaggeration_path", type=click.Path(path_type=Path), default=None,
+              help="Also export this Progressive Exaggeration checkpoint (xaisdk train exaggeration) of the same classifier.")
 @_clean_errors
 def export_command(model_path: Path, out_dir: Path, opset: int, batch: int | None, force: bool,
-                   inpainter_path: Path | None) -> None:
+                   inpainter_path: Path | None, explaingan_path: Path | None, exaggeration_path: Path | None) -> None:
     """Export a model to an ONNX bundle: classifier, its input-gradient and DeepLIFT graphs, the GANMEX
-    generator, the inpainter (with --inpainter) and manifest.json, each verified against torch before the
-    bundle is written."""
+    generator, the inpainter / ExplainGAN / Exaggeration graphs when given, and manifest.json, each verified
+    against torch before the bundle is written."""
     from xaisdk.deploy.export import export_bundle
 
-    report = export_bundle(model_path, out_dir, opset=opset, batch=batch, force=force, inpainter=inpainter_path)
+    report = export_bundle(model_path, out_dir, opset=opset, batch=batch, force=force, inpainter=inpainter_path,
+                           explaingan=explaingan_path, exaggeration=exaggeration_path)
     for name, size in report.files.items():
         click.echo(f"  {name:<24} {size / 1e6:7.2f} MB")
     checks = ", ".join(f"{k} {v:.1e}" for k, v in report.checks.items())

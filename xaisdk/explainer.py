@@ -100,6 +100,13 @@ class Explainer:
             implementing :class:`~xaisdk.runtime.backend.Backend`.
         generator: a GANMEX model or generator for ``baseline="ganmex"`` when ``model`` has none.
         class_names: names of the classes (default: from the model, else "0", "1", ...).
+        explaingan: an ExplainGAN (:class:`~xaisdk.counterfactual.explaingan.ExplainGAN`,
+            :class:`~xaisdk.runtime.explaingan_onnx.OnnxExplainGAN` or a checkpoint path) for
+            ``counterfactual(kind="explaingan")``; it carries its own binary classifier.
+        exaggeration: a Progressive Exaggeration explainer
+            (:class:`~xaisdk.counterfactual.exaggeration.Exaggeration`,
+            :class:`~xaisdk.runtime.exaggeration_onnx.OnnxExaggeration` or a checkpoint path) for
+            ``counterfactual(kind="exaggeration")``.
 
     >>> import numpy as np, xaisdk
     >>> explainer = Explainer(xaisdk.load_shipped_ganmex())
@@ -110,7 +117,7 @@ class Explainer:
     """
 
     def __init__(self, model: Any, generator: Any = None, *, class_names: tuple[str, ...] | None = None,
-                 inpainter: Any = None, **backend_options: Any) -> None:
+                 inpainter: Any = None, explaingan: Any = None, exaggeration: Any = None, **backend_options: Any) -> None:
         if isinstance(model, Backend) and (generator is not None or backend_options):
             raise InputError("generator= and backend options apply to torch models, not to a ready backend")
         self.backend = model if isinstance(model, Backend) else as_backend(model, generator=generator, **backend_options)
@@ -119,6 +126,8 @@ class Explainer:
         if len(self.class_names) != self.backend.num_classes:
             raise InputError(f"class_names: {len(self.class_names)} names for {self.backend.num_classes} classes")
         self.inpainter = _as_inpainter(inpainter, self.backend)
+        self.explaingan = _as_counterfactual(explaingan, "explaingan", self.backend)
+        self.exaggeration = _as_counterfactual(exaggeration, "exaggeration", self.backend)
 
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str = "auto", *, providers: list[str] | None = None,
@@ -155,12 +164,21 @@ class Explainer:
             from xaisdk.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
             runtime = OnnxRuntimeBackend(path, providers=providers, intra_op_threads=intra_op_threads, spin_wait=spin_wait)
-            inpainter = None
-            if "inpainter" in runtime.bundle.graphs:
+            inpainter = explaingan = exaggeration = None
+            graphs = runtime.bundle.graphs
+            if "inpainter" in graphs:
                 from xaisdk.runtime.onnx_inpainter import OnnxInpainter
 
                 inpainter = OnnxInpainter(runtime.bundle, providers=providers)
-            return cls(runtime, inpainter=inpainter)
+            if "explaingan" in graphs:
+                from xaisdk.runtime.explaingan_onnx import OnnxExplainGAN
+
+                explaingan = OnnxExplainGAN(path / graphs["explaingan"].file, providers=providers)
+            if "exaggeration" in graphs:
+                from xaisdk.runtime.exaggeration_onnx import OnnxExaggeration
+
+                exaggeration = OnnxExaggeration(path / graphs["exaggeration"].file, runtime.logits, providers=providers)
+            return cls(runtime, inpainter=inpainter, explaingan=explaingan, exaggeration=exaggeration)
         if backend in ("onnxruntime", "tensorrt"):
             raise InputError(f"{path}: the {backend} backend runs bundles; make one with `xaisdk export --model {path}`")
         from xaisdk.models.ganmex import load_model
@@ -263,12 +281,41 @@ class Explainer:
                              "(or pass generator=), or choose another baseline")
         return self.backend.generate(x, target)
 
-    def counterfactual(self, x: Any, target: Any) -> np.ndarray:
-        """The GANMEX image of each input turned into class ``target``: the closest realistic image
-        of that class (same layout rules as :meth:`explain`; float32 in the model's value range)."""
-        batch, single = self._batch(x)
-        images = self.counterfactual_batch(batch, self._classes(target, len(batch), "target"))
-        return images[0] if single else images
+    def counterfactual(self, x: Any, target: Any = None, *, kind: str = "ganmex", target_class: Any = None,
+                       n_steps: int = 10) -> Any:
+        """A generated counterfactual of each input (same layout rules as :meth:`explain`).
+
+        ``kind="ganmex"`` (default): the GANMEX image of each input turned into class ``target``, the
+        closest realistic image of that class (float32 in the model's value range).
+        ``kind="explaingan"``: ExplainGAN's transformation to the other class of its binary classifier,
+        an :class:`~xaisdk.runtime.explaingan_onnx.ExplainGANResult` (``transformed``, ``mask``,
+        ``composite``, ``source``, ``flipped_prob``). ``kind="exaggeration"``: Progressive Exaggeration's
+        series of ``n_steps`` images walking the probability of ``target_class`` (the class the explainer
+        was trained for; optional) from f(x) across the boundary, an
+        :class:`~xaisdk.runtime.exaggeration_onnx.ExaggerationSeries` (``images`` (N, n_steps, C, H, W),
+        ``outputs`` = f of each image, ``targets``). The last two need the Explainer's ``explaingan`` /
+        ``exaggeration`` (a bundle exported with them has them).
+        """
+        if kind == "ganmex":
+            if target is None:
+                raise InputError("counterfactual: kind='ganmex' needs target (the class to turn each input into)")
+            batch, single = self._batch(x)
+            images = self.counterfactual_batch(batch, self._classes(target, len(batch), "target"))
+            return images[0] if single else images
+        if kind not in ("explaingan", "exaggeration"):
+            raise InputError(f"kind: expected 'ganmex', 'explaingan' or 'exaggeration', got {kind!r}")
+        engine = getattr(self, kind)
+        if engine is None:
+            raise InputError(f"counterfactual: no {kind} model: pass {kind}= to Explainer, or load a bundle exported "
+                             f"with `xaisdk export --{kind} ...`")
+        if target is not None:
+            raise InputError(f"counterfactual: kind={kind!r} takes no target (ExplainGAN goes to the other class; "
+                             "Progressive Exaggeration walks target_class's probability)")
+        batch, _ = self._batch(x)
+        if kind == "explaingan":
+            return engine.transform(batch)
+        classes = None if target_class is None else self._classes(target_class, 1, "target_class")[0]
+        return engine.series(batch, n_steps, None if classes is None else int(classes))
 
     def explain(self, x: Any, target: Any, source: Any = None, method: str = "ig", baseline: Any = "ganmex",
                 **method_options: Any) -> Explanation:
@@ -350,6 +397,28 @@ def _as_inpainter(inpainter: Any, backend: Backend) -> Any:
         return _as_inpainter(load_inpainter(inpainter), backend)
     raise InputError(f"inpainter: expected an Inpainter (LearnedInpainter, OnnxInpainter, OpenCVInpainter) or a "
                      f"checkpoint path, got {type(inpainter).__name__}")
+
+
+def _as_counterfactual(engine: Any, kind: str, backend: Backend) -> Any:
+    """``engine`` (None, a ready explainer, or a checkpoint path, loaded with torch) for ``counterfactual(kind=...)``."""
+    if engine is None:
+        return None
+    if isinstance(engine, (str, os.PathLike)):
+        if kind == "explaingan":
+            from xaisdk.counterfactual.explaingan import ExplainGAN
+
+            engine = ExplainGAN(engine)
+        else:
+            from xaisdk.counterfactual.exaggeration import Exaggeration
+
+            engine = Exaggeration.load(engine)
+    method = "transform" if kind == "explaingan" else "series"
+    if not callable(getattr(engine, method, None)):
+        raise InputError(f"{kind}: expected an explainer with .{method}() or a checkpoint path, got {type(engine).__name__}")
+    shape = getattr(engine, "input_shape", None)
+    if shape is not None and tuple(shape) != tuple(backend.input_shape):
+        raise InputError(f"{kind}: works on images {tuple(shape)}, the model takes {tuple(backend.input_shape)}")
+    return engine
 
 
 def _call(driver: Callable[..., np.ndarray], name: str, args: tuple, options: dict[str, Any]) -> np.ndarray:

@@ -42,6 +42,9 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "deeplift_grad": (("x", "baseline", "w"), ("multipliers", "score", "score_baseline")),
     "generator_ganmex": (("x", "target"), ("image",)),
     "inpainter": (("x", "mask"), ("image",)),  # optional: bundles without it (and older ones) stay valid
+    # optional counterfactual generators, served by xaisdk.runtime.explaingan_onnx / exaggeration_onnx
+    "explaingan": (("x",), ("transformed", "mask", "composite", "source", "flipped_prob")),
+    "exaggeration": (("x", "condition"), ("image",)),
 }
 REQUIRED_ROLES = ("classifier", "classifier_grad")
 

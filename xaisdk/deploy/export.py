@@ -64,6 +64,11 @@ COMPUTES = {
     "generator_ganmex": "GANMEX generator G(x, target): the image of class target closest to x",
     "inpainter": "learned inpainter: x with the pixels where mask == 1 replaced by plausible content "
                  "(x exactly where mask == 0)",
+    "explaingan": "ExplainGAN with its own binary classifier: source = its class of x, transformed = the image of the "
+                  "other class, mask in [0, 1], composite = x (1 - mask) + transformed mask, flipped_prob = its "
+                  "probability of the other class on the composite",
+    "exaggeration": "Progressive Exaggeration generator G(E(x), condition): the image whose probability of the target "
+                    "class lies in the bin one-hot encoded by condition",
 }
 
 
@@ -268,11 +273,16 @@ def _install(staging: Path, out: Path) -> None:
 def export_bundle(model: Classifier | GanmexModel | str | os.PathLike, out: str | os.PathLike, *,
                   opset: int = DEFAULT_OPSET, batch: int | None = None, force: bool = False,
                   verify_inputs: np.ndarray | None = None, seed: int = 0,
-                  inpainter: LearnedInpainter | str | os.PathLike | None = None) -> ExportReport:
+                  inpainter: LearnedInpainter | str | os.PathLike | None = None,
+                  explaingan: Any = None, exaggeration: Any = None) -> ExportReport:
     """Export ``model`` (a classifier or GANMEX checkpoint, path or loaded) to the bundle folder ``out``.
 
     ``inpainter`` (a checkpoint path or a loaded :class:`~xaisdk.models.inpainter.LearnedInpainter`)
     adds ``inpainter.onnx``; its input shape and value range must match the classifier's.
+    ``explaingan`` (an ExplainGAN checkpoint or model) adds ``explaingan.onnx``, which carries its own
+    binary classifier; ``exaggeration`` (a Progressive Exaggeration checkpoint or model) adds
+    ``exaggeration.onnx`` and must explain this very classifier (its f runs on ``classifier.onnx``).
+    Both are verified against torch (:mod:`xaisdk.deploy.explaingan_export`, ``exaggeration_export``).
     ``batch`` fixes the graphs' batch size (default: dynamic). ``verify_inputs`` adds images to the
     verification set (by default, test images of the model's dataset when it can be loaded, plus
     random ones). Raises :class:`UnsupportedOpError` (an :class:`xaisdk.InputError`) for a layer
@@ -291,6 +301,7 @@ def export_bundle(model: Classifier | GanmexModel | str | os.PathLike, out: str 
     _prepare_out(out, force)
     classifier, ganmex, source = _resolve(model)
     inpainter_model, inpainter_source = _resolve_inpainter(inpainter, classifier)
+    counterfactuals = _resolve_counterfactuals(explaingan, exaggeration, classifier)
     module = copy.deepcopy(classifier.model).cpu().eval()
     example = torch.zeros(batch or 2, *classifier.input_shape)
     forward = _to_onnx(module, (example,), ["x"], ["logits"], int(opset), batch, "classifier")
@@ -320,6 +331,7 @@ def export_bundle(model: Classifier | GanmexModel | str | os.PathLike, out: str 
             (staging / f"{role}.onnx").write_bytes(data)
             files[f"{role}.onnx"] = {"sha256": sha256_bytes(data), "bytes": len(data)}
         manifest = _manifest(classifier, ganmex, graphs, files, int(opset), batch, source, deeplift_unavailable)
+        counterfactual_checks = _add_counterfactuals(staging, manifest, counterfactuals, int(opset), seed)
         if inpainter_model is not None:
             manifest["inpainter"] = {"name": inpainter_model.name, "source": inpainter_source,
                                      "data": inpainter_model.data,
@@ -327,7 +339,7 @@ def export_bundle(model: Classifier | GanmexModel | str | os.PathLike, out: str 
         _write_manifest(staging, manifest)
         rng = np.random.default_rng(seed)
         x, real = _verification_inputs(classifier, ganmex.data if ganmex else {}, rng, verify_inputs)
-        checks = _verify(staging, module, generator, x, seed)
+        checks = {**_verify(staging, module, generator, x, seed), **counterfactual_checks}
         if inpainter_model is not None:
             checks["inpainter_rel_err"] = _verify_inpainter(staging / "inpainter.onnx", inpainter_model, x, seed)
         failed = {k: v for k, v in checks.items() if not v <= TOLERANCE}
@@ -386,6 +398,63 @@ def _manifest(classifier: Classifier, ganmex: GanmexModel | None, graphs: dict[s
     if deeplift_unavailable:
         manifest["deeplift_unavailable"] = deeplift_unavailable
     return manifest
+
+
+def _resolve_counterfactuals(explaingan: Any, exaggeration: Any, classifier: Classifier) -> dict[str, Any]:
+    """The loaded ExplainGAN / Exaggeration models to add to a bundle; InputError unless they fit ``classifier``."""
+    found: dict[str, Any] = {}
+    if explaingan is not None:
+        from xaisdk.models.explaingan import ExplainGANModel, load_explaingan
+
+        model = load_explaingan(explaingan) if isinstance(explaingan, (str, os.PathLike)) else explaingan
+        if not isinstance(model, ExplainGANModel):
+            raise InputError(f"explaingan: expected an ExplainGAN checkpoint or model, got {type(model).__name__}")
+        if tuple(model.classifier.input_shape) != tuple(classifier.input_shape):
+            raise InputError(f"explaingan: works on {tuple(model.classifier.input_shape)} images but the classifier takes "
+                             f"{tuple(classifier.input_shape)}")
+        found["explaingan"] = model
+    if exaggeration is not None:
+        from xaisdk.models.exaggeration import ExaggerationModel, load_exaggeration
+
+        model = load_exaggeration(exaggeration) if isinstance(exaggeration, (str, os.PathLike)) else exaggeration
+        if not isinstance(model, ExaggerationModel):
+            raise InputError(f"exaggeration: expected a Progressive Exaggeration checkpoint or model, got {type(model).__name__}")
+        mine, theirs = classifier.model.state_dict(), model.classifier.model.state_dict()
+        if mine.keys() != theirs.keys() or any(not torch.equal(mine[k], theirs[k]) for k in mine):
+            raise InputError("exaggeration: it explains another classifier than the one exported here; its f(x) would "
+                             "come from the wrong model (export the classifier it was trained for)")
+        found["exaggeration"] = model
+    return found
+
+
+def _add_counterfactuals(staging: Path, manifest: dict[str, Any], models: dict[str, Any], opset: int,
+                         seed: int) -> dict[str, float]:
+    """Write and verify each counterfactual graph into ``staging`` and describe it in ``manifest``;
+    returns the verification errors (max absolute difference to torch)."""
+    checks: dict[str, float] = {}
+    rows = manifest["input"]["batch"] or "N"
+    image = [rows, *manifest["input"]["shape"]]
+    for role, model in models.items():
+        if role == "explaingan":
+            from xaisdk.deploy.explaingan_export import export_explaingan_onnx
+
+            report = export_explaingan_onnx(model, staging, opset=opset, seed=seed)
+            ports = {"inputs": {"x": image},
+                  "outputs": {"transformed": image, "mask": [rows, 1, *image[2:]], "composite": image, "source": [rows],
+                              "flipped_prob": [rows]}}
+            about = {"class_names": list(model.classifier.class_names)}
+        else:
+            from xaisdk.deploy.exaggeration_export import export_exaggeration_onnx
+
+            report = export_exaggeration_onnx(model, staging, opset=opset, seed=seed)
+            ports = {"inputs": {"x": image, "condition": [rows, model.n_bins]}, "outputs": {"image": image}}
+            about = {"target_class": int(model.target_class), "n_bins": int(model.n_bins)}
+        data = (staging / f"{role}.onnx").read_bytes()
+        manifest["files"][f"{role}.onnx"] = {"sha256": sha256_bytes(data), "bytes": len(data)}
+        manifest["graphs"][role] = {"file": f"{role}.onnx", "computes": COMPUTES[role], **ports}
+        manifest["model"][role] = about
+        checks[f"{role}_abs_err"] = float(report["max_abs_error"])
+    return checks
 
 
 def _resolve_inpainter(inpainter: LearnedInpainter | str | os.PathLike | None,

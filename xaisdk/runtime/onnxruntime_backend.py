@@ -22,6 +22,11 @@ __all__ = ["PREFERRED_PROVIDERS", "OnnxRuntimeBackend", "pick_providers"]
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
+# Counterfactual graphs a bundle may carry; their own runtimes load them (xaisdk.runtime.explaingan_onnx,
+# exaggeration_onnx), this backend does not.
+SERVED_ELSEWHERE = ("explaingan", "exaggeration")
+
+
 def _onnxruntime():
     try:
         import onnxruntime
@@ -88,7 +93,8 @@ class OnnxRuntimeBackend:
         if intra_op_threads is not None:
             options.intra_op_num_threads = int(intra_op_threads)
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
-        self._sessions = {role: self._session(ort, spec, options) for role, spec in self.bundle.graphs.items()}
+        self._sessions = {role: self._session(ort, spec, options) for role, spec in self.bundle.graphs.items()
+                          if role not in SERVED_ELSEWHERE}
         self.supports_deeplift = "deeplift_grad" in self._sessions
         self.deeplift_unavailable = None if self.supports_deeplift else self.bundle.deeplift_unavailable
         self.has_generator = "generator_ganmex" in self._sessions
