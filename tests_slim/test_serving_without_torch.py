@@ -67,3 +67,17 @@ def test_cli_explain_without_torch(tmp_path):
     attributions = np.asarray(record["explanations"][0]["attributions"])
     assert attributions.shape == (1, 28, 28) and np.isfinite(attributions).all()
     assert (out / "digit0_attribution.png").is_file() and (out / "digit0_baseline.png").is_file()
+
+
+def test_counterfactuals_match_torch_without_torch(reference):
+    from xaisdk import Explainer
+
+    explainer = Explainer.load(WORK / "bundle")
+    x = reference["x"]
+    transformation = explainer.counterfactual(x, kind="explaingan")
+    assert np.abs(transformation.composite - reference["explaingan_composite"]).max() <= 1e-4
+    assert np.abs(transformation.mask - reference["explaingan_mask"]).max() <= 1e-4
+    series = explainer.counterfactual(x, kind="exaggeration", n_steps=6)
+    assert np.abs(series.images - reference["exaggeration_images"]).max() <= 1e-4
+    assert np.abs(series.outputs - reference["exaggeration_outputs"]).max() <= 1e-4
+    assert "torch" not in sys.modules
