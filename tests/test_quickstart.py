@@ -13,7 +13,7 @@ from PIL import Image
 from xaisdk.data import load_digits
 from xaisdk.errors import InputError
 from xaisdk.models import load_shipped_ganmex
-from xaisdk.quickstart import BASELINES, FIGURE_A, FIGURE_B, METHODS, _summary_text, run_quickstart
+from xaisdk.quickstart import BASELINES, FIGURE_A, FIGURE_B, FIGURE_C, METHODS, SERIES_STEPS, _summary_text, run_quickstart
 from xaisdk.viz import save_grouped_saliency_grid
 
 EXTRA_TARGET = 0
@@ -44,7 +44,7 @@ def _png(path) -> Image.Image:
 def test_writes_both_figures_as_pngs(run):
     result, summary = run
     misclassified = summary["why_not_true_class"]["misclassified"]
-    expected = [FIGURE_A, FIGURE_B] if misclassified else [FIGURE_A]
+    expected = [FIGURE_A, FIGURE_B, FIGURE_C] if misclassified else [FIGURE_A, FIGURE_C]
     assert [p.name for p in result.figures] == expected
     assert all(p.parent == result.out_dir and p.is_file() for p in result.figures)
 
@@ -171,9 +171,23 @@ def test_explanations_come_from_the_exported_bundle(run, test_logits):
     result, summary = run
     assert summary["bundle"]["backend"] == "onnxruntime"
     manifest = json.loads((result.out_dir / "bundle" / "manifest.json").read_text())
-    assert set(manifest["graphs"]) == {"classifier", "classifier_grad", "deeplift_grad", "generator_ganmex"}
+    assert set(manifest["graphs"]) == {"classifier", "classifier_grad", "deeplift_grad", "generator_ganmex", "explaingan",
+                                       "exaggeration"}
     # The bundle's scores at the input agree with torch's logits on the same test digits.
     for row in summary["one_vs_one"]["rows"]:
         logits = test_logits[row["image"]]
         want = logits[row["source"]] - logits[row["target"]]
         assert abs(row["score_delta"]["input"] - want) <= 1e-4 * max(1.0, abs(want))
+
+
+def test_counterfactuals_come_from_the_bundle_and_do_their_job(run):
+    result, summary = run
+    panel = summary["counterfactuals"]
+    assert panel["figure"] == FIGURE_C and (result.out_dir / "bundle" / "explaingan.onnx").is_file()
+    eg, ex = panel["explaingan"], panel["exaggeration"]
+    assert eg["source"] == "3" and eg["flipped_prob"] > 0.5 and 0 < eg["mask_area"] < 0.5  # a 3 made into an 8, locally
+    assert len(ex["f"]) == len(ex["desired"]) == SERIES_STEPS
+    assert np.corrcoef(ex["f"], ex["desired"])[0, 1] > 0.9  # the series walks p(8) as asked
+    figure = _png(result.out_dir / FIGURE_C)
+    assert figure.width > figure.height
+    assert "[counterfactuals]" in (result.out_dir / "summary.txt").read_text()

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -23,7 +24,9 @@ from xaisdk.deploy.export import export_bundle
 from xaisdk.errors import InputError
 from xaisdk.explainer import Explainer
 from xaisdk.models import load_shipped_ganmex, shipped_ganmex_path
-from xaisdk.viz import save_grouped_saliency_grid
+from xaisdk.models.exaggeration import shipped_exaggeration_path
+from xaisdk.models.explaingan import shipped_explaingan_path
+from xaisdk.viz import save_counterfactual_figure, save_grouped_saliency_grid
 
 BASELINES = ("zero", "mdts", "ganmex")
 METHODS = ("integrated_gradients", "deeplift", "occlusion", "deepshap")
@@ -43,6 +46,8 @@ IG_STEPS = 200
 MAX_MISCLASSIFIED = 4
 FIGURE_A = "figure2_one_vs_one.png"
 FIGURE_B = "figure2_why_not_true_class.png"
+FIGURE_C = "counterfactuals.png"
+SERIES_STEPS = 8
 BUNDLE = "bundle"
 COLOURS = "blue: evidence for the source class, red: for the target; each map on its own symmetric scale"
 
@@ -155,7 +160,8 @@ def run_quickstart(
         if int(t) not in extra:
             extra.append(int(t))
     # Every explanation below runs on the exported bundle (ONNX Runtime), as a service would.
-    export = export_bundle(gm, out / BUNDLE, force=True)
+    export = export_bundle(gm, out / BUNDLE, force=True, explaingan=shipped_explaingan_path(),
+                           exaggeration=shipped_exaggeration_path())
     explainer = Explainer.load(out / BUNDLE)
     split = load_digits()
     test = split.test
@@ -235,12 +241,34 @@ def run_quickstart(
         panel_b["rows"] = [_ordered(row) for row in panel_b["rows"]]
         why_not.update(figure=FIGURE_B, **panel_b)
     summary["why_not_true_class"] = why_not
+    summary["counterfactuals"] = _counterfactuals(explainer, test, out, result)
     bar.close()
 
     result.summary = summary
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "summary.txt").write_text(_summary_text(summary))
     return result
+
+
+def _counterfactuals(explainer: Explainer, test: Any, out: Path, result: QuickstartResult) -> dict:
+    """ExplainGAN (digits 3 vs 8) and Progressive Exaggeration (class 8 against the rest) on the first
+    test 3, from the bundle; the figure and what the summary reports of them."""
+    index = int(np.flatnonzero(test.y == 3)[0])
+    x = test.x[index:index + 1]
+    transformation = explainer.counterfactual(x, kind="explaingan")
+    series = explainer.counterfactual(x, kind="exaggeration", n_steps=SERIES_STEPS)
+    names = explainer.explaingan.class_names
+    target_class = explainer.class_names[explainer.exaggeration.target_class]
+    result.figures.append(save_counterfactual_figure(
+        out / FIGURE_C, x, transformation, series, names, target_class,
+        title=f"test digit #{index}: ExplainGAN turns it into the other class of its {names[0]}-vs-{names[1]} classifier; "
+              f"Progressive Exaggeration walks p({target_class}) across the boundary"))
+    return {"figure": FIGURE_C, "image": index,
+            "explaingan": {"classes": list(names), "source": names[int(transformation.source[0])],
+                           "flipped_prob": float(transformation.flipped_prob[0]),
+                           "mask_area": float(transformation.mask.mean())},
+            "exaggeration": {"target_class": target_class, "desired": np.round(series.targets[0], 3).tolist(),
+                             "f": np.round(series.outputs[0], 3).tolist()}}
 
 
 def _ordered(row: dict) -> dict:
@@ -311,4 +339,11 @@ def _summary_text(summary: dict) -> str:
                      "Baseline GANMEX G(x, true class)")
         lines += _panel_text(panel, ("ganmex",),
                              lambda r: f"#{r['image']}: predicted {r['source']}, true {r['target']}")
+    panel = summary["counterfactuals"]
+    eg, ex = panel["explaingan"], panel["exaggeration"]
+    lines.append("")
+    lines.append(f"[counterfactuals] {panel['figure']}: test digit #{panel['image']}. ExplainGAN ({eg['classes'][0]} vs "
+                 f"{eg['classes'][1]}): from {eg['source']}, composite p(other class) {eg['flipped_prob']:.3f}, mask area "
+                 f"{eg['mask_area']:.3f}. Progressive Exaggeration, f = p({ex['target_class']}): desired "
+                 f"{', '.join(f'{v:.2f}' for v in ex['desired'])}; got {', '.join(f'{v:.2f}' for v in ex['f'])}")
     return "\n".join(lines) + "\n"

@@ -171,3 +171,49 @@ def save_grouped_saliency_grid(
     fig.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=0.1, facecolor="white")
     plt.close(fig)
     return path
+
+
+def save_counterfactual_figure(path: str | Path, x: np.ndarray, transformation: object, series: object,
+                               explaingan_names: Sequence[str], target_class: str, title: str = "") -> Path:
+    """One ExplainGAN transformation per input (input, transformed, mask, composite) and one Progressive
+    Exaggeration series per input (each image titled with the classifier's f of it), as a PNG.
+
+    ``transformation``: an ``ExplainGANResult`` for ``x`` (N, C, H, W); ``series``: an
+    ``ExaggerationSeries`` for ``x``; ``explaingan_names``: the ExplainGAN classifier's two class names.
+
+    >>> import tempfile, os, types
+    >>> x = np.zeros((1, 1, 4, 4))
+    >>> t = types.SimpleNamespace(transformed=x, mask=x, composite=x, source=np.array([0]), flipped_prob=np.array([0.9]))
+    >>> s = types.SimpleNamespace(images=np.zeros((1, 3, 1, 4, 4)), outputs=np.array([[0.1, 0.5, 0.9]]))
+    >>> save_counterfactual_figure(os.path.join(tempfile.mkdtemp(), "cf.png"), x, t, s, ("3", "8"), "8").suffix
+    '.png'
+    """
+    images = np.asarray(x)
+    n, steps = len(images), int(np.asarray(series.outputs).shape[1])
+    columns = max(4, steps)
+    fig, axes = plt.subplots(2 * n, columns, figsize=(1.3 * columns, 1.45 * 2 * n + 0.6), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i in range(n):
+        source = int(transformation.source[i])
+        names = (explaingan_names[source], explaingan_names[1 - source])
+        panels = [(images[i], "input"), (transformation.transformed[i], f"transformed ({names[1]})"),
+                  (transformation.mask[i], "mask"),
+                  (transformation.composite[i], f"composite\np({names[1]}) = {float(transformation.flipped_prob[i]):.2f}")]
+        for ax, (value, label) in zip(axes[2 * i], panels):
+            ax.axis("on")
+            _draw_panel(ax, "image", np.asarray(value))
+            ax.set_title(label, fontsize=7)
+        axes[2 * i, 0].set_ylabel(f"ExplainGAN\n{names[0]} -> {names[1]}", fontsize=7)
+        for j, ax in enumerate(axes[2 * i + 1][:steps]):
+            ax.axis("on")
+            _draw_panel(ax, "image", np.asarray(series.images[i, j]))
+            ax.set_title(f"f = {float(series.outputs[i, j]):.2f}", fontsize=7)
+        axes[2 * i + 1, 0].set_ylabel(f"Exaggeration\nf = p({target_class})", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
