@@ -14,7 +14,7 @@ from xaisdk.counterfactual.exaggeration import Exaggeration
 from xaisdk.data import load_digits
 from xaisdk.deploy.exaggeration_export import export_exaggeration_onnx
 from xaisdk.errors import InputError
-from xaisdk.metrics.exaggeration_eval import compatibility, frechet_distance, latent_closeness
+from xaisdk.metrics.exaggeration_eval import compatibility, confounder_flips, frechet_distance, latent_closeness
 from xaisdk.models import load_shipped_classifier
 from xaisdk.models.exaggeration import (
     ConditionalBatchNorm2d,
@@ -256,3 +256,26 @@ def test_walk_and_bins_by_hand():
     targets, bins = walk(np.array([0.95, 0.2]), 3, 5)
     np.testing.assert_allclose(targets, [[0.95, 0.525, 0.1], [0.2, 0.55, 0.9]], atol=1e-6)
     assert bins.tolist() == [[4, 2, 0], [1, 2, 4]]
+
+
+def test_confounder_flips_by_hand(digits, shipped):
+    ex = Exaggeration(shipped)
+    x = digits.test.x[:16]
+    series = ex.series(x, 4)
+    threshold = float(np.median(np.concatenate([x.mean((1, 2, 3)), series.images[:, -1].mean((1, 2, 3))])))
+
+    class Bright(torch.nn.Module):  # "confounder present" = mean brightness above the threshold
+        def forward(self, batch: torch.Tensor) -> torch.Tensor:
+            m = batch.mean((1, 2, 3))
+            return torch.stack([torch.zeros_like(m), m - threshold], 1)
+
+    r = confounder_flips(ex, Bright(), x, 4)
+    before = x.mean((1, 2, 3)) > threshold
+    after = series.images[:, -1].mean((1, 2, 3)) > threshold
+    towards = series.start < 0.5
+    start = series.images[:, 0].mean((1, 2, 3)) > threshold
+    assert r["flip_rate"] == pytest.approx(float((before != after).mean()))
+    assert r["flip_rate_vs_start"] == pytest.approx(float((start != after).mean()))
+    assert r["present_towards"] == pytest.approx(float(after[towards].mean()))
+    assert r["present_away"] == pytest.approx(float(after[~towards].mean()))
+    assert (r["n_towards"], r["n_away"]) == (int(towards.sum()), int((~towards).sum()))

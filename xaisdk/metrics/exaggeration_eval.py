@@ -10,6 +10,8 @@
 * :func:`frechet_distance`: the Frechet distance between Gaussians fitted to the penultimate-layer features
   (the input of the last linear layer) of a classifier trained on the same data. On digits this is the
   "Frechet distance on xaisdk digits-classifier features"; it is *not* FID (no Inception network).
+* :func:`confounder_flips`: the bias test of the paper's Table 3 (how often the walk changes a confounder,
+  according to an oracle classifier of the confounder).
 * The saliency map of the two ends of the series is :meth:`ExaggerationSeries.saliency`; figures:
   :func:`save_compatibility_plot`, :func:`save_series_figure`.
 """
@@ -161,6 +163,40 @@ def frechet_distance(real: np.ndarray, generated: np.ndarray, module: torch.nn.M
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     value = float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * _trace_sqrt_product(cov_a, cov_b))
     return max(value, 0.0)
+
+
+@torch.no_grad()
+def confounder_flips(ex: Exaggeration, oracle: torch.nn.Module, x: np.ndarray, n_steps: int = 10) -> dict[str, float]:
+    """The paper's bias test (Table 3): does the walk to the far end change a confounder?
+
+    ``oracle`` is a classifier of the confounder (argmax 1 = present). For each input the far end of its
+    series (:meth:`Exaggeration.series`) is compared with the input. Returns ``flip_rate`` (fraction whose
+    confounder prediction changed between x and the far end), ``flip_rate_vs_start`` (the same between the
+    series' first image ``I(x, 0)`` and its far end: it leaves out a confounder the generator cannot draw at
+    all), and for walks *towards* the target class (``f(x) < 0.5``) and *away* from it, the fraction of
+    far-end images the oracle calls confounded (``present_towards``, ``present_away``) with the counts;
+    ``present_inputs`` and ``present_start`` are the fractions for the inputs and for ``I(x, 0)``.
+
+    >>> from xaisdk.data import load_digits
+    >>> ex = Exaggeration.shipped()
+    >>> r = confounder_flips(ex, ex.f_module, load_digits().test.x[:4], n_steps=2)
+    >>> 0.0 <= r["flip_rate"] <= 1.0
+    True
+    """
+    arr = ex._check(x, n_steps)
+    series = ex.series(arr, n_steps)
+    oracle.eval()
+
+    def present(images: np.ndarray) -> np.ndarray:
+        return oracle(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))).argmax(1).numpy() == 1
+
+    before, start, after = present(arr), present(series.images[:, 0]), present(series.images[:, -1])
+    towards = series.start < 0.5
+    return {"flip_rate": float((before != after).mean()), "flip_rate_vs_start": float((start != after).mean()),
+            "present_start": float(start.mean()),
+            "present_towards": float(after[towards].mean()) if towards.any() else float("nan"),
+            "present_away": float(after[~towards].mean()) if (~towards).any() else float("nan"),
+            "present_inputs": float(before.mean()), "n_towards": int(towards.sum()), "n_away": int((~towards).sum())}
 
 
 def save_compatibility_plot(path: str | os.PathLike, desired: np.ndarray, actual: np.ndarray, title: str = "") -> Path:
