@@ -66,7 +66,7 @@ class ExaggerationTrainingConfig:
       750 and 0.86 after 1800, 100 gave 0.93 after 750 steps.
     * ``lr_generator = 5e-4`` (``lr_discriminator = 4e-4``): 2e-4 learned too slowly for a 5-minute budget.
     * ``base_channels = 8`` (encoder 8-16-32, code 32x7x7) and ``disc_channels = 16``: sized so that the
-      training runs in about 5 minutes on one CPU core (16/32 took 0.5 s a step).
+      training runs in about 4 minutes on one CPU thread (16/32 were 2-3x slower a step).
     * Adam (0.5, 0.999), one D step per G step: the usual setting for hinge loss with spectral norm.
     """
 
