@@ -44,6 +44,18 @@ class Classifier:
         return len(self.class_names)
 
 
+def weights_hash(classifier: Classifier) -> float:
+    """A cheap fingerprint of a classifier's weights, recorded by the generator checkpoints trained against it
+    (GANMEX, ExplainGAN, Exaggeration) and checked on load and resume.
+
+    >>> isinstance(weights_hash(load_shipped_classifier("digits")), float)
+    True
+    """
+    with torch.no_grad():
+        return float(sum((p.double() * (i + 1)).sum() for i, p in enumerate(classifier.model.state_dict().values())
+                         if p.is_floating_point()))
+
+
 def save_classifier(path: str | os.PathLike, classifier: Classifier) -> Path:
     """Write ``classifier`` to ``path`` atomically (a temporary file renamed into place).
 

@@ -40,6 +40,7 @@ from xaisdk.models.checkpoint import (
     classifier_payload,
     load_shipped_classifier,
     read_torch_file,
+    weights_hash,
 )
 
 EXAGGERATION_KIND = "xaisdk.exaggeration"
@@ -334,17 +335,6 @@ def target_probability(classifier_module: nn.Module, x: torch.Tensor, target_cla
     True
     """
     return torch.softmax(classifier_module(x), dim=1)[:, target_class]
-
-
-def weights_hash(classifier: Classifier) -> float:
-    """A cheap fingerprint of a classifier's weights (recorded in checkpoints, checked on load and resume).
-
-    >>> isinstance(weights_hash(load_shipped_classifier("digits")), float)
-    True
-    """
-    with torch.no_grad():
-        return float(sum((p.double() * (i + 1)).sum() for i, p in enumerate(classifier.model.state_dict().values())
-                         if p.is_floating_point()))
 
 
 @dataclass

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from xaisdk.data import Dataset, Split
 from xaisdk.errors import InputError
-from xaisdk.models.checkpoint import Classifier
+from xaisdk.models.checkpoint import Classifier, weights_hash
 from xaisdk.models.exaggeration import (
     ExaggerationConfig,
     ExaggerationModel,
@@ -45,8 +45,8 @@ from xaisdk.models.exaggeration import (
     read_exaggeration_file,
     save_exaggeration,
     target_probability,
-    weights_hash,
 )
+from xaisdk.train._resume import restore_loop, resumable_state
 
 LOSS_TERMS = ("critic", "adversarial", "compatibility", "reconstruction", "cycle", "bin_accuracy")
 _EPS = 1e-6
@@ -373,27 +373,13 @@ def _restore(path: Path, classifier: Classifier, config: ExaggerationTrainingCon
              disc: OrdinalProjectionDiscriminator, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
              rng: torch.Generator, history: dict[str, Any]) -> tuple[int, float]:
     payload = read_exaggeration_file(path)
-    state = payload.get("training_state")
-    if not isinstance(state, dict):
-        raise InputError(f"{path}: has no training state to resume from (it was saved for inference only)")
-    saved = state.get("config", {})
-    changed = [key for key in _RUN_KEYS if key in saved and saved[key] != getattr(config, key)]
-    if changed:
-        details = ", ".join(f"{key}: {saved[key]!r} -> {getattr(config, key)!r}" for key in changed)
-        raise InputError(f"{path}: cannot resume with different hyper-parameters ({details})")
-    h = weights_hash(classifier)
-    if abs(float(state.get("classifier_hash", np.nan)) - h) > 1e-9 * max(1.0, abs(h)) or np.isnan(
-            float(state.get("classifier_hash", np.nan))):
-        raise InputError(f"{path}: was trained against a different classifier")
+    training_state = payload.get("training_state")
+    saved = training_state.get("config", {}) if isinstance(training_state, dict) else {}
+    state = resumable_state(payload, path, saved, config, _RUN_KEYS, classifier)
     restored = exaggeration_from_payload(payload, path)
-    try:
+
+    def networks() -> None:
         net.load_state_dict(restored.net.state_dict())
         disc.load_state_dict(state["disc"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        rng.set_state(state["rng"])
-    except (KeyError, RuntimeError, ValueError) as err:
-        raise InputError(f"{path}: training state does not fit this run ({type(err).__name__}: {err})") from None
-    for key, values in state.get("history", {}).items():
-        history[key] = list(values)
-    return int(state["step"]), float(state.get("seconds", 0.0))
+
+    return restore_loop(state, path, networks, opt_g, opt_d, rng, history)

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from xaisdk.data import Dataset, Split
 from xaisdk.errors import InputError
-from xaisdk.models.checkpoint import Classifier
+from xaisdk.models.checkpoint import Classifier, weights_hash
 from xaisdk.models.explaingan import (
     ExplainGANConfig,
     ExplainGANDecoder,
@@ -52,7 +52,7 @@ from xaisdk.models.explaingan import (
     read_explaingan_file,
     save_explaingan,
 )
-from xaisdk.train.ganmex import _weights_hash
+from xaisdk.train._resume import restore_loop, resumable_state
 
 LOSS_TERMS = ("discriminator", "gan", "classifier", "reconstruction", "consistency", "count", "smoothness", "entropy",
               "flip_rate", "mask_area")
@@ -315,7 +315,7 @@ def train_explaingan(
             return
         state = {"step": step, "seconds": elapsed, "discriminators": critics.state_dict(),
                  "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "rng": rng.get_state(),
-                 "history": history, "classifier_hash": _weights_hash(classifier)}
+                 "history": history, "classifier_hash": weights_hash(classifier)}
         save_explaingan(out_path, snapshot(step), training_state=state)
 
     def forward_side(x: torch.Tensor, j: int) -> dict[str, torch.Tensor]:
@@ -398,29 +398,15 @@ def _restore(path: Path, classifier: Classifier, config: ExplainGANTrainingConfi
              decoder: ExplainGANDecoder, critics: ExplainGANDiscriminators, opt_g: torch.optim.Optimizer,
              opt_d: torch.optim.Optimizer, rng: torch.Generator, history: dict[str, Any]) -> tuple[int, float]:
     payload = read_explaingan_file(path)
-    state = payload.get("training_state")
-    if not isinstance(state, dict):
-        raise InputError(f"{path}: has no training state to resume from (it was saved for inference only)")
-    saved = payload.get("training", {}).get("config", {})
-    changed = [key for key in _RUN_KEYS if key in saved and saved[key] != getattr(config, key)]
-    if changed:
-        details = ", ".join(f"{key}: {saved[key]!r} -> {getattr(config, key)!r}" for key in changed)
-        raise InputError(f"{path}: cannot resume with different hyper-parameters ({details})")
-    if not np.isclose(state.get("classifier_hash", np.nan), _weights_hash(classifier), rtol=1e-9, atol=0):
-        raise InputError(f"{path}: was trained against a different classifier")
+    state = resumable_state(payload, path, payload.get("training", {}).get("config", {}), config, _RUN_KEYS, classifier)
     restored = explaingan_from_payload(payload, path)
-    try:
+
+    def networks() -> None:
         encoders.load_state_dict(restored.encoders.state_dict())
         decoder.load_state_dict(restored.decoder.state_dict())
         critics.load_state_dict(state["discriminators"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        rng.set_state(state["rng"])
-    except (KeyError, RuntimeError, ValueError) as err:
-        raise InputError(f"{path}: training state does not fit this run ({type(err).__name__}: {err})") from None
-    for key, values in state.get("history", {}).items():
-        history[key] = list(values)
-    return int(state["step"]), float(state.get("seconds", 0.0))
+
+    return restore_loop(state, path, networks, opt_g, opt_d, rng, history)
 
 
 def binary_digits_split(first: int = 3, second: int = 8, *, seed: int = 0) -> Split:

@@ -30,9 +30,10 @@ from tqdm.auto import tqdm
 
 from xaisdk.data import Dataset, Split
 from xaisdk.errors import InputError
-from xaisdk.models.checkpoint import Classifier
+from xaisdk.models.checkpoint import Classifier, weights_hash
 from xaisdk.models.ganmex import GanmexModel, ganmex_from_payload, read_ganmex_file, save_ganmex
 from xaisdk.models.stargan import CriticConfig, GeneratorConfig, PatchCritic, StarGenerator
+from xaisdk.train._resume import restore_loop, resumable_state
 
 LOSS_TERMS = ("critic", "adversarial", "classification", "reconstruction", "similarity", "target_success")
 
@@ -236,7 +237,7 @@ def train_ganmex(
         state = {"step": step, "seconds": elapsed, "critic": {"config": critic_config.to_dict(),
                                                               "state_dict": critic.state_dict()},
                  "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "rng": rng.get_state(),
-                 "history": history, "classifier_hash": _weights_hash(classifier)}
+                 "history": history, "classifier_hash": weights_hash(classifier)}
         save_ganmex(out_path, snapshot(step), training_state=state)
 
     generator.train()
@@ -303,36 +304,16 @@ def train_ganmex(
     return model, result
 
 
-def _weights_hash(classifier: Classifier) -> float:
-    """A cheap fingerprint of the classifier's weights, to refuse resuming against another classifier."""
-    with torch.no_grad():
-        return float(sum((p.double() * (i + 1)).sum() for i, p in enumerate(classifier.model.state_dict().values())
-                         if p.is_floating_point()))
-
-
 def _restore(path: Path, classifier: Classifier, config: GanmexTrainingConfig, generator: StarGenerator,
              critic: PatchCritic, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, rng: torch.Generator,
              history: dict[str, Any]) -> tuple[int, float]:
     payload = read_ganmex_file(path)
-    state = payload.get("training_state")
-    if not isinstance(state, dict):
-        raise InputError(f"{path}: has no training state to resume from (it was saved for inference only)")
-    saved = payload.get("training", {}).get("config", {})
-    changed = [key for key in _ARCHITECTURE_KEYS if key in saved and saved[key] != getattr(config, key)]
-    if changed:
-        details = ", ".join(f"{key}: {saved[key]!r} -> {getattr(config, key)!r}" for key in changed)
-        raise InputError(f"{path}: cannot resume with different hyper-parameters ({details})")
-    if not np.isclose(state.get("classifier_hash", np.nan), _weights_hash(classifier), rtol=1e-9, atol=0):
-        raise InputError(f"{path}: was trained against a different classifier")
+    state = resumable_state(payload, path, payload.get("training", {}).get("config", {}), config, _ARCHITECTURE_KEYS,
+                            classifier)
     restored = ganmex_from_payload(payload, path)
-    try:
+
+    def networks() -> None:
         generator.load_state_dict(restored.generator.state_dict())
         critic.load_state_dict(state["critic"]["state_dict"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        rng.set_state(state["rng"])
-    except (KeyError, RuntimeError, ValueError) as err:
-        raise InputError(f"{path}: training state does not fit this run ({type(err).__name__}: {err})") from None
-    for key, values in state.get("history", {}).items():
-        history[key] = list(values)
-    return int(state["step"]), float(state.get("seconds", 0.0))
+
+    return restore_loop(state, path, networks, opt_g, opt_d, rng, history)

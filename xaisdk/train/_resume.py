@@ -1,0 +1,56 @@
+"""Resuming a generator's training from its checkpoint (GANMEX, ExplainGAN, Progressive Exaggeration):
+the checks that the run may continue, and the optimizer, RNG and history state every loop restores."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from xaisdk.errors import InputError
+from xaisdk.models.checkpoint import Classifier, weights_hash
+
+__all__ = ["resumable_state", "restore_loop"]
+
+
+def resumable_state(payload: Mapping[str, Any], path: Path, saved_config: Mapping[str, Any], config: Any,
+                    run_keys: Sequence[str], classifier: Classifier) -> dict[str, Any]:
+    """The checkpoint's training state, after checking the run may continue: it has one, the settings in
+    ``run_keys`` are those it was started with, and ``classifier`` is the one it trained against.
+
+    >>> from xaisdk.models import load_shipped_classifier
+    >>> clf = load_shipped_classifier("digits")
+    >>> state = {"classifier_hash": weights_hash(clf), "step": 3}
+    >>> config = type("Config", (), {"steps": 9, "seed": 0})()
+    >>> resumable_state({"training_state": state}, Path("run.pt"), {"steps": 5, "seed": 0}, config, ["seed"], clf)["step"]
+    3
+    """
+    state = payload.get("training_state")
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: has no training state to resume from (it was saved for inference only)")
+    changed = [key for key in run_keys if key in saved_config and saved_config[key] != getattr(config, key)]
+    if changed:
+        details = ", ".join(f"{key}: {saved_config[key]!r} -> {getattr(config, key)!r}" for key in changed)
+        raise InputError(f"{path}: cannot resume with different hyper-parameters ({details})")
+    if not np.isclose(state.get("classifier_hash", np.nan), weights_hash(classifier), rtol=1e-9, atol=0):
+        raise InputError(f"{path}: was trained against a different classifier")
+    return state
+
+
+def restore_loop(state: Mapping[str, Any], path: Path, restore_networks: Callable[[], None], opt_g: torch.optim.Optimizer,
+                 opt_d: torch.optim.Optimizer, rng: torch.Generator, history: dict[str, Any]) -> tuple[int, float]:
+    """Load the networks (``restore_networks``), both optimizers, the RNG and the history from ``state``;
+    returns (steps done, seconds spent). A state that does not fit this run is an InputError."""
+    try:
+        restore_networks()
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        rng.set_state(state["rng"])
+    except (KeyError, RuntimeError, ValueError) as err:
+        raise InputError(f"{path}: training state does not fit this run ({type(err).__name__}: {err})") from None
+    for key, values in state.get("history", {}).items():
+        history[key] = list(values)
+    return int(state["step"]), float(state.get("seconds", 0.0))
