@@ -32,15 +32,12 @@ def run_bench(suites: tuple[str, ...] = SUITES, *, quick: bool = False, n_images
     for name, value in (("n_images", n_images), ("repeats", repeats), ("batch", batch)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"{name}: expected a positive integer, got {value!r}")
-    import torch
-
     from xaisdk.bench.environment import describe_environment
     from xaisdk.bench.workload import Workload
 
     if quick:
         n_images, repeats, batch = min(n_images, 4), 1, min(batch, 8)
     work = Workload(n_images=max(n_images, batch))
-    torch.set_grad_enabled(True)
     result = {**describe_environment(command), "quick": quick, "suites": {}}
     done = result["suites"]
     if "ig" in suites or "floor" in suites:
