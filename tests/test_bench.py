@@ -127,3 +127,12 @@ def test_gpu_backends_say_what_they_need(tmp_path):
         Explainer.load(shipped_ganmex_path("digits"), backend="tensorrt")
     with pytest.raises(InputError, match="not torch weights"):
         Explainer.load(tmp_path / "bundle", backend="torch-cuda")
+
+
+def test_missing_peer_packages_are_named(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "captum" else real(name, *a))
+    with pytest.raises(InputError, match="captum, which is not installed"):
+        run_bench(("ig", "mdts"), quick=True, progress=False)

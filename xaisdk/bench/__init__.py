@@ -32,6 +32,14 @@ def run_bench(suites: tuple[str, ...] = SUITES, *, quick: bool = False, n_images
     for name, value in (("n_images", n_images), ("repeats", repeats), ("batch", batch)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"{name}: expected a positive integer, got {value!r}")
+    import importlib.util
+
+    for package, needed_by in (("torch", ("ig", "occlusion", "aopc", "floor")), ("captum", ("ig", "occlusion", "floor")),
+                               ("onnxruntime", ("ig", "occlusion", "aopc", "floor"))):
+        users = [s for s in suites if s in needed_by]
+        if users and importlib.util.find_spec(package) is None:
+            raise InputError(f"suites {', '.join(users)} compare against {package}, which is not installed: "
+                             f"pip install 'xaisdk[dev]' (or run --suites mdts)")
     from xaisdk.bench.environment import describe_environment
     from xaisdk.bench.workload import Workload
 
