@@ -72,6 +72,19 @@ def quickstart(out_dir: Path, n_images: int, targets: tuple[int, ...], seed: int
         click.echo(f"wrote {figure}")
 
 
+def _samples_dir(given: Path | None, out_path: Path) -> Path:
+    """Where a training command writes its sample grids: ``--samples``, else ``<out>_samples`` next to ``--out``."""
+    return given if given is not None else out_path.with_name(out_path.stem + "_samples")
+
+
+def _report_training(config: object, history: dict, out_path: Path, samples: Path) -> None:
+    """The last lines of a generator's training command: the final loss terms and where the files went."""
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(history["final"].items()) if isinstance(v, float))
+    steps, every = config.steps, config.log_every  # type: ignore[attr-defined]
+    click.echo(f"trained {steps} steps; means over the last {min(every, steps)} steps: {shown}")
+    click.echo(f"wrote {out_path} (samples in {samples})")
+
+
 @main.group()
 def train() -> None:
     """Train models (classifier, GANMEX baseline generator, inpainter)."""
@@ -147,7 +160,7 @@ def train_ganmex_command(dataset: str, classifier_path: Path, out_path: Path, st
              "checkpoint_every": checkpoint_every}
     config = GanmexTrainingConfig(seed=seed, standalone_classifier=standalone_classifier,
                                   **{k: v for k, v in given.items() if v is not None})
-    samples = samples_dir if samples_dir is not None else out_path.with_name(out_path.stem + "_samples")
+    samples = _samples_dir(samples_dir, out_path)
     model, history = train_ganmex(split, classifier, config, out=out_path, samples_dir=samples, resume=resume,
                                   data_spec={"name": dataset, "options": {"seed": split_seed}},
                                   progress=sys.stderr.isatty())
@@ -231,13 +244,10 @@ def train_explaingan_command(digits: str | None, classifier_path: Path | None, d
              "checkpoint_every": checkpoint_every}
     config = ExplainGANTrainingConfig(seed=seed, no_mask=no_mask, no_reconstruction=no_reconstruction,
                                       **{k: v for k, v in given.items() if v is not None})
-    samples = samples_dir if samples_dir is not None else out_path.with_name(out_path.stem + "_samples")
+    samples = _samples_dir(samples_dir, out_path)
     _, history = train_explaingan(split, classifier, config, out=out_path, samples_dir=samples, resume=resume,
                                   data_spec=data_spec, progress=sys.stderr.isatty())
-    final = history["final"]
-    shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(final.items()) if isinstance(v, float))
-    click.echo(f"trained {config.steps} steps; means over the last {min(config.log_every, config.steps)} steps: {shown}")
-    click.echo(f"wrote {out_path} (samples in {samples})")
+    _report_training(config, history, out_path, samples)
 
 
 @train.command("exaggeration")
@@ -285,14 +295,11 @@ def train_exaggeration_command(dataset: str, classifier_path: Path, target_class
     given = {"n_bins": n_bins, "steps": steps, "batch_size": batch_size, "lambda_cgan": lambda_cgan, "lambda_f": lambda_f,
              "lambda_rec": lambda_rec, "sample_every": sample_every, "checkpoint_every": checkpoint_every}
     config = ExaggerationTrainingConfig(target_class=index, seed=seed, **{k: v for k, v in given.items() if v is not None})
-    samples = samples_dir if samples_dir is not None else out_path.with_name(out_path.stem + "_samples")
+    samples = _samples_dir(samples_dir, out_path)
     _, history = train_exaggeration(split, classifier, config, out=out_path, samples_dir=samples, resume=resume,
                                     data_spec={"name": dataset, "options": {"seed": split_seed}},
                                     progress=sys.stderr.isatty())
-    final = history["final"]
-    shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(final.items()) if isinstance(v, float))
-    click.echo(f"trained {config.steps} steps; means over the last {min(config.log_every, config.steps)} steps: {shown}")
-    click.echo(f"wrote {out_path} (samples in {samples})")
+    _report_training(config, history, out_path, samples)
 
 
 @train.command("inpainter")
@@ -327,7 +334,7 @@ def train_inpainter_command(dataset: str, out_path: Path, steps: int | None, bat
     given = {"steps": steps, "batch_size": batch_size, "lr": learning_rate, "base_channels": base_channels,
              "adversarial_weight": adversarial_weight, "sample_every": sample_every, "checkpoint_every": checkpoint_every}
     config = InpainterTrainingConfig(seed=seed, **{k: v for k, v in given.items() if v is not None})
-    samples = samples_dir if samples_dir is not None else out_path.with_name(out_path.stem + "_samples")
+    samples = _samples_dir(samples_dir, out_path)
     model, history = train_inpainter(split, config, out=out_path, samples_dir=samples, resume=resume,
                                      data_spec={"name": dataset, "options": {}}, progress=sys.stderr.isatty())
     click.echo(f"trained {model.training['steps_done']} steps in {history['seconds']:.0f} s; last "
