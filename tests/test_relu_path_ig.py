@@ -232,7 +232,7 @@ def test_backend_fast_path_matches_the_chunked_loop_on_the_shipped_model(digits)
     model = load_shipped_ganmex("digits")
     x = digits.test.x[:5]
     fast, slow = TorchBackend(model), TorchBackend(model, fast_ig=False)
-    assert fast._relu_prefix is not None and slow._relu_prefix is None
+    assert fast.relu_path() is not None and slow.relu_path() is None
     source = fast.logits(x).argmax(1)
     target = (source + 3) % 10
     weights = np.eye(10, dtype=np.float32)[source] - np.eye(10, dtype=np.float32)[target]

@@ -22,7 +22,8 @@ from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import Classifier
 from xaisdk.models.ganmex import GanmexModel, generate_baselines
 from xaisdk.runtime.relu_path_ig import (
-    find_relu_conv_prefix,
+    ReluConvPrefix,
+    ReluPathGate,
     relu_path_integrated_gradients,
     relu_path_occluded_scores,
     relu_path_perturbed_scores,
@@ -40,8 +41,11 @@ class TorchBackend:
     ``value_range`` default to the checkpoint's metadata; a plain module needs ``input_shape`` and
     defaults to the range (0, 1). ``generator`` (a GANMEX model, a path to one, or a module
     ``G(x, target)``) supplies or replaces the generator. With ``fast_ig`` (default) models that open
-    with conv -> ReLU -> conv get Integrated Gradients from :mod:`xaisdk.runtime.relu_path_ig` (the
-    same sum, those layers not re-run per step). At most ``max_batch`` rows go through the
+    with conv -> ReLU -> conv get Integrated Gradients, Occlusion and perturbation rows from
+    :mod:`xaisdk.runtime.relu_path_ig` (the same sums, those layers not re-run per step), but only
+    while that split provably is the model's own function: it is re-checked at every call
+    (:class:`~xaisdk.runtime.relu_path_ig.ReluPathGate`), so a hook, a swapped layer or ``train()``
+    after construction sends the call to the plain loop. At most ``max_batch`` rows go through the
     model in one pass. Calls are thread-safe: DeepLIFT calls, which register hooks on the shared
     module (acting on their own thread's forward passes only), run one at a time; gradients,
     logits and generation run concurrently.
@@ -87,13 +91,17 @@ class TorchBackend:
         self._generator = _generator(generator, model, self.input_shape)
         self.has_generator = self._generator is not None
         self._deeplift_lock = threading.Lock()
-        self._relu_prefix = find_relu_conv_prefix(self.module, self.input_shape) if fast_ig else None
+        self._relu_gate = ReluPathGate(self.module, self.input_shape, self.value_range) if fast_ig else None
 
     def __repr__(self) -> str:
         return (
             f"TorchBackend({type(self.module).__name__}, input_shape={self.input_shape}, "
             f"num_classes={self.num_classes}, generator={self.has_generator})"
         )
+
+    def relu_path(self) -> ReluConvPrefix | None:
+        """The relu-path split the fast paths would use for the model as it is now, or None (plain loops)."""
+        return None if self._relu_gate is None else self._relu_gate.prefix()
 
     def _probe_num_classes(self) -> int:
         with torch.no_grad():
@@ -151,14 +159,15 @@ class TorchBackend:
         """IG ``(x - b) * sum_s quadrature[s] dScore/dx(b + alphas[s] (x - b))`` in one call, by
         :mod:`xaisdk.runtime.relu_path_ig` when the model opens with conv -> ReLU -> conv (and
         ``fast_ig`` is on); None otherwise, and the driver runs its chunked loop over :meth:`score_gradient`."""
-        if self._relu_prefix is None:
+        prefix = self.relu_path()
+        if prefix is None:
             return None
         xt, bt = self._batch(x), self._batch(baseline, "baseline")
         if bt.shape != xt.shape:
             raise InputError(f"baseline: expected the shape of x {tuple(xt.shape)}, got {tuple(bt.shape)}")
         wt = self._weights(weights, len(xt))
         with torch.no_grad():
-            return relu_path_integrated_gradients(self._relu_prefix, xt.numpy(), bt.numpy(), wt.numpy(), alphas, quadrature)
+            return relu_path_integrated_gradients(prefix, xt.numpy(), bt.numpy(), wt.numpy(), alphas, quadrature)
 
     def occluded_scores(
         self, x: np.ndarray, baseline: np.ndarray, weights: np.ndarray, row_cover: np.ndarray, col_cover: np.ndarray
@@ -166,11 +175,12 @@ class TorchBackend:
         """Scores (N, R, Cc) of ``x`` with each window ``row_cover[r] x col_cover[c]`` taken from ``baseline``,
         by :func:`~xaisdk.runtime.relu_path_ig.relu_path_occluded_scores` when the model opens with
         conv -> ReLU -> conv (and ``fast_ig`` is on); None otherwise (the driver then scores occluded images)."""
-        if self._relu_prefix is None:
+        prefix = self.relu_path()
+        if prefix is None:
             return None
         xt, bt = self._batch(x), self._batch(baseline, "baseline")
         wt = self._weights(weights, len(xt))
-        return relu_path_occluded_scores(self._relu_prefix, xt.numpy(), bt.numpy(), wt.numpy(), row_cover, col_cover)
+        return relu_path_occluded_scores(prefix, xt.numpy(), bt.numpy(), wt.numpy(), row_cover, col_cover)
 
     def perturbed_scores(self, base: np.ndarray, substrate: np.ndarray, order: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                          weights: np.ndarray) -> np.ndarray | None:
@@ -178,12 +188,13 @@ class TorchBackend:
         ("``base[n]`` with pixels ``order[n, lo:hi]`` from ``substrate[n]``"), by
         :func:`~xaisdk.runtime.relu_path_ig.relu_path_perturbed_scores` when the model opens with
         conv -> ReLU -> conv (and ``fast_ig`` is on); None otherwise."""
-        if self._relu_prefix is None:
+        prefix = self.relu_path()
+        if prefix is None:
             return None
         bt = self._batch(base, "base")
         sub = np.broadcast_to(np.asarray(substrate, np.float32), bt.shape)
         wt = self._weights(weights, len(bt)).numpy()
-        return relu_path_perturbed_scores(self._relu_prefix, bt.numpy(), sub, np.asarray(order, np.int64),
+        return relu_path_perturbed_scores(prefix, bt.numpy(), sub, np.asarray(order, np.int64),
                                           np.asarray(lo, np.int64), np.asarray(hi, np.int64), wt)
 
     def generate(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
