@@ -1,5 +1,30 @@
 """Deployment: ONNX export with input-gradient graphs (:mod:`xaisdk.deploy.export`, needs torch and
 onnx) and the bundle format (:mod:`xaisdk.deploy.bundle`, needs neither).
 
-Nothing is imported here, so loading a bundle in a serving image never pulls in torch.
+The names below are resolved on first use, so ``import xaisdk.deploy`` (and loading a bundle in a
+serving image) never pulls in torch; ``from xaisdk.deploy import export_bundle`` imports the
+exporter, and with it torch, only then.
+
+>>> from xaisdk.deploy import read_bundle, export_bundle
+>>> export_bundle.__module__, read_bundle.__module__
+('xaisdk.deploy.export', 'xaisdk.deploy.bundle')
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["Bundle", "export_bundle", "read_bundle"]
+
+_HOMES = {"export_bundle": "xaisdk.deploy.export", "read_bundle": "xaisdk.deploy.bundle", "Bundle": "xaisdk.deploy.bundle"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'xaisdk.deploy' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
