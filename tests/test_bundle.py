@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -82,13 +83,12 @@ def test_one_byte_changed_is_a_hash_mismatch(bundle, name):
 
 @pytest.mark.parametrize("keep", [0.5, 0.9, 0.0])
 def test_truncated_graph_with_updated_hash_is_refused_by_the_backend(bundle, keep):
-    """The hash matches, so read_bundle accepts the bytes; ONNX Runtime cannot load them."""
+    """The hash matches, so only the content tells: the reader's protobuf scan or ONNX Runtime refuses it."""
     path = bundle / "classifier_grad.onnx"
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
     rehash(bundle, "classifier_grad.onnx")
-    assert read_bundle(bundle).graphs["classifier_grad"].data == data[: int(len(data) * keep)]
-    with pytest.raises(InputError, match="ONNX Runtime cannot load this graph") as info:
+    with pytest.raises(InputError, match="not a valid ONNX file|ONNX Runtime cannot load this graph") as info:
         backend(bundle)
     assert "classifier_grad.onnx" in str(info.value)
 
@@ -119,6 +119,7 @@ def test_truncated_graph_never_crashes_the_process(bundle):
             (work / "classifier.onnx").write_bytes(data[:cut])
             manifest = json.loads((work / "manifest.json").read_text())
             manifest["files"]["classifier.onnx"]["sha256"] = hashlib.sha256(data[:cut]).hexdigest()
+            manifest["files"]["classifier.onnx"]["bytes"] = cut
             (work / "manifest.json").write_text(json.dumps(manifest))
             try:
                 OnnxRuntimeBackend(work, providers=["CPUExecutionProvider"])
@@ -135,7 +136,8 @@ def test_truncated_graph_never_crashes_the_process(bundle):
     assert "Traceback" not in run.stderr
     lines = [line for line in run.stderr.splitlines() if line.startswith("cut ")]
     assert len(lines) == len(cuts)
-    assert all("classifier.onnx: ONNX Runtime cannot load this graph" in line for line in lines), lines
+    assert all(re.search("classifier.onnx: (ONNX Runtime cannot load this graph|not a valid ONNX file)", line)
+               for line in lines), lines
     assert run.stdout.strip() == "torch-free"
 
 

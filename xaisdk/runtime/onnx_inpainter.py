@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from xaisdk.deploy.bundle import Bundle, read_bundle
+from xaisdk.deploy.bundle_integrity import read_onnx_file
 from xaisdk.errors import InputError
 from xaisdk.runtime.inpainting import check_images_and_masks, composite
-from xaisdk.runtime.onnxruntime_backend import _onnxruntime, pick_providers
+from xaisdk.runtime.onnxruntime_backend import _onnxruntime, load_session, pick_providers, run_session
 
 __all__ = ["OnnxInpainter"]
 
@@ -25,7 +26,7 @@ __all__ = ["OnnxInpainter"]
 def _graph_bytes(source: object) -> tuple[bytes, Path, Bundle | None]:
     """The inpainter graph's bytes, where they came from (for messages) and the bundle, if any."""
     if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
-        return Path(source).read_bytes(), Path(source), None
+        return read_onnx_file(source), Path(source), None
     if not isinstance(source, (Bundle, str, os.PathLike)):
         raise InputError(f"bundle_or_onnx_path: expected a bundle folder, a Bundle or an .onnx file, got "
                          f"{type(source).__name__}")
@@ -65,11 +66,8 @@ class OnnxInpainter:
         self.providers = pick_providers(providers)
         options = ort.SessionOptions()
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(data, sess_options=options, providers=self.providers)
-        except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise InputError(f"{where}: ONNX Runtime cannot load this graph ({first[:300]})") from None
+        self.session = load_session(data, where, providers=self.providers, options=options)
+        self.path = where
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = [o.name for o in self.session.get_outputs()]
         if set(inputs) != {"x", "mask"} or outputs != ["image"]:
@@ -93,6 +91,7 @@ class OnnxInpainter:
             shape, batch, (low, high) = bundle.input_shape, bundle.batch, bundle.value_range
             described = bundle.manifest.get("inpainter")
             name = described.get("name") if isinstance(described, dict) else None
+            name = name if isinstance(name, str) else None
         self.input_shape: tuple[int, int, int] = tuple(int(v) for v in shape)  # type: ignore[assignment]
         self.value_range: tuple[float, float] = (low, high)
         self.batch: int | None = batch
@@ -109,7 +108,7 @@ class OnnxInpainter:
             if self.batch is not None and used < self.rows:
                 chunk = {k: np.concatenate([v, np.zeros((self.rows - used, *v.shape[1:]), np.float32)])
                          for k, v in chunk.items()}
-            pieces.append(self.session.run(["image"], chunk)[0][:used])
+            pieces.append(run_session(self.session, ["image"], chunk, self.path)[0][:used])
         return np.concatenate(pieces)
 
     def inpaint(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:

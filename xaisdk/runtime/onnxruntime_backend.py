@@ -17,7 +17,7 @@ import numpy as np
 from xaisdk.deploy.bundle import Bundle, GraphSpec, read_bundle
 from xaisdk.errors import InputError
 
-__all__ = ["PREFERRED_PROVIDERS", "OnnxRuntimeBackend", "pick_providers"]
+__all__ = ["PREFERRED_PROVIDERS", "OnnxRuntimeBackend", "load_session", "pick_providers", "run_session"]
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -34,6 +34,44 @@ def _onnxruntime():
         raise InputError("the onnxruntime backend needs onnxruntime: pip install 'xaisdk[serve]' "
                          "(or 'xaisdk[serve-gpu]' for onnxruntime-gpu)") from None
     return onnxruntime
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+def _ort_errors(ort) -> tuple[type[BaseException], ...]:
+    """The exception types ONNX Runtime raises (Fail, InvalidProtobuf, InvalidArgument, ...)."""
+    state = ort.capi.onnxruntime_pybind11_state
+    found = tuple(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception))
+    return (*found, RuntimeError)
+
+
+def load_session(data: bytes, where: str | os.PathLike, *, providers: Sequence[str], options=None):
+    """An ONNX Runtime session of the graph bytes ``data`` (already read, hashed and scanned; never a path,
+    so what runs is what was checked). Any failure raises :class:`InputError` naming ``where``.
+
+    >>> load_session(b"not a graph", "bundle/classifier.onnx", providers=["CPUExecutionProvider"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    xaisdk.errors.InputError: bundle/classifier.onnx: ONNX Runtime cannot load this graph (...)
+    """
+    ort = _onnxruntime()
+    if not isinstance(data, bytes):
+        raise InputError(f"{where}: expected the graph's bytes, got {type(data).__name__}")
+    try:
+        return ort.InferenceSession(data, sess_options=options, providers=list(providers))
+    except Exception as err:  # onnxruntime raises its own exception types (and others) for unreadable graphs
+        raise InputError(f"{where}: ONNX Runtime cannot load this graph ({_first_line(err)})") from None
+
+
+def run_session(session, outputs: Sequence[str] | None, feeds: dict[str, np.ndarray], where: str | os.PathLike) -> list:
+    """``session.run(outputs, feeds)``; an ONNX Runtime failure raises :class:`InputError` naming ``where``."""
+    try:
+        return session.run(None if outputs is None else list(outputs), feeds)
+    except _ort_errors(_onnxruntime()) as err:
+        raise InputError(f"{where}: ONNX Runtime failed to run this graph ({_first_line(err)})") from None
 
 
 def pick_providers(requested: Sequence[str] | None = None) -> list[str]:
@@ -93,21 +131,18 @@ class OnnxRuntimeBackend:
         if intra_op_threads is not None:
             options.intra_op_num_threads = int(intra_op_threads)
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
-        self._sessions = {role: self._session(ort, spec, options) for role, spec in self.bundle.graphs.items()
+        self._sessions = {role: self._session(spec, options) for role, spec in self.bundle.graphs.items()
                           if role not in SERVED_ELSEWHERE}
+        self._where = {role: self.bundle.path / spec.file for role, spec in self.bundle.graphs.items()}
         self.supports_deeplift = "deeplift_grad" in self._sessions
         self.deeplift_unavailable = None if self.supports_deeplift else self.bundle.deeplift_unavailable
         self.has_generator = "generator_ganmex" in self._sessions
         if warmup:
             self._warmup()
 
-    def _session(self, ort, spec: GraphSpec, options):
+    def _session(self, spec: GraphSpec, options):
         where = self.bundle.path / spec.file
-        try:
-            session = ort.InferenceSession(spec.data, sess_options=options, providers=self.providers)
-        except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise InputError(f"{where}: ONNX Runtime cannot load this graph ({first[:300]})") from None
+        session = load_session(spec.data, where, providers=self.providers, options=options)
         names = tuple(i.name for i in session.get_inputs()), tuple(o.name for o in session.get_outputs())
         if set(names[0]) != set(spec.inputs) or set(names[1]) != set(spec.outputs):
             raise InputError(f"{where}: graph I/O {names} differs from the manifest {(spec.inputs, spec.outputs)}")
@@ -152,7 +187,7 @@ class OnnxRuntimeBackend:
             used = len(next(iter(chunk.values())))
             if self.bundle.batch is not None and used < self.rows:
                 chunk = {k: np.concatenate([v, np.zeros((self.rows - used, *v.shape[1:]), np.float32)]) for k, v in chunk.items()}
-            for piece, result in zip(pieces, session.run(list(outputs), chunk)):
+            for piece, result in zip(pieces, run_session(session, outputs, chunk, self._where[role])):
                 piece.append(result[:used])
         return [np.concatenate(p) if p else np.zeros((0,), np.float32) for p in pieces]
 

@@ -589,7 +589,7 @@ class TensorRTBackend(_DeviceBackend):
                 spec = bundle.graphs.get(role)
                 if spec is None:
                     continue
-                sha = bundle.manifest["files"][spec.file]["sha256"]  # checked against the bytes by read_bundle
+                sha = spec.sha256  # of spec.data, the bytes read_bundle verified and scanned
                 key = engine_cache_key(self.gpu_name, self.compute_capability, self.trt_version, sha, rows)
                 inputs = {n: shapes[n] for n in spec.inputs}
                 options = dict(fixed_batch=bundle.batch is not None, workspace_bytes=DEFAULT_WORKSPACE_BYTES)
