@@ -15,6 +15,7 @@ _LAZY = {
     "load_shipped_ganmex": "xaisdk.models",
     "Explainer": "xaisdk.explainer",
     "Explanation": "xaisdk.explainer",
+    "Limits": "xaisdk.limits",
 }
 
 

@@ -13,31 +13,46 @@ from collections.abc import Iterator
 import numpy as np
 
 from xaisdk.errors import InputError
+from xaisdk.limits import check_size, current_limits
 
 
 def chunks(total: int, size: int | None) -> Iterator[slice]:
     """Consecutive slices of ``range(total)`` with at most ``size`` items (all at once for None).
 
+    ``size`` must be a positive integer (see :func:`xaisdk.limits.check_size`), else
+    :class:`~xaisdk.InputError`; a caller's request is bounded by :func:`batch_rows` first.
+
     >>> [(s.start, s.stop) for s in chunks(5, 2)]
     [(0, 2), (2, 4), (4, 5)]
     """
-    if size is not None and int(size) < 1:
-        raise InputError(f"batch_size must be >= 1 or None, got {size}")
-    step = total if size is None else int(size)
+    step = total if size is None else check_size(size, "batch_size")
     for start in range(0, total, max(step, 1)):
         yield slice(start, min(start + step, total))
 
 
+def batch_rows(batch_size: int | None, default: int) -> int:
+    """Rows per forward/backward pass: ``batch_size`` checked against ``Limits.chunk_size`` (see
+    :func:`xaisdk.limits.check_size`), or ``default`` lowered to that limit when ``batch_size`` is None.
+
+    >>> batch_rows(None, 1024), batch_rows(64, 1024)
+    (1024, 64)
+    """
+    if batch_size is None:
+        return min(int(default), current_limits().chunk_size)
+    return check_size(batch_size, "batch_size", cap="chunk_size")
+
+
 def pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
-    """``value`` as ``(height, width)``: one positive int for both, or two of them.
+    """``value`` as ``(height, width)``: one positive int for both, or two of them (integers only:
+    ``2.0``, ``"2"`` or ``True`` are refused, not converted).
 
     >>> pair(3, "window"), pair((2, 4), "stride")
     ((3, 3), (2, 4))
     """
-    items = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(items) != 2 or any(int(v) != v or v < 1 for v in items):
+    items = tuple(value) if isinstance(value, (tuple, list, np.ndarray)) else (value, value)
+    if len(items) != 2:
         raise InputError(f"{name}: expected a positive int or (height, width), got {value!r}")
-    return int(items[0]), int(items[1])
+    return check_size(items[0], name), check_size(items[1], name)
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:

@@ -6,7 +6,10 @@ weights ``weights`` (N, K) from :func:`~xaisdk.runtime.backend.class_weights` (`
 attributes ``S_source - S_target``; ``e_source`` attributes ``S_source``) and baselines shaped like
 ``x`` (or anything that broadcasts to it). With the same arguments they return the numbers of the
 torch reference methods in :mod:`xaisdk.attribution` (same defaults, quadrature and random draws).
-At most ``chunk_size`` rows go to the backend per call. This module does not import torch.
+At most ``chunk_size`` rows go to the backend per call, so memory does not grow with ``n_steps`` or
+``n_samples``. Size-like options (``n_steps``, ``n_samples``, ``chunk_size``, ``window``, ``stride``,
+the number of DeepSHAP baselines) are integers bounded by the :class:`~xaisdk.limits.Limits` in force
+(:func:`xaisdk.limits.check_size`). This module does not import torch.
 
 >>> import numpy as np
 >>> from xaisdk.runtime.backend import class_weights
@@ -26,6 +29,7 @@ import numpy as np
 from xaisdk.attribution._shared import chunks, occlusion_covers, reference_indices
 from xaisdk.attribution.quadrature import path_rule
 from xaisdk.errors import InputError
+from xaisdk.limits import check_size
 from xaisdk.runtime import integrated_gradients_loop
 from xaisdk.runtime.backend import Backend
 from xaisdk.runtime.ig_reference import _as_float32
@@ -79,9 +83,8 @@ def _baseline(baseline: object, x: np.ndarray, name: str = "baseline") -> np.nda
 
 
 def _chunk_size(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InputError(f"chunk_size: expected a positive integer, got {value!r}")
-    return int(value)
+    """Rows per backend call: an integer in [1, ``Limits.chunk_size``] (see :func:`xaisdk.limits.check_size`)."""
+    return check_size(value, "chunk_size")
 
 
 def _resolve(backend: Backend, x: object, weights: object, baseline: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -248,8 +251,7 @@ def expected_gradients(
     refs = _images(backend, references, "references")
     labels = _labels(reference_labels, len(refs), "reference_labels")
     targets = _labels(target, len(xs), "target")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
-        raise InputError(f"n_samples must be >= 1, got {n_samples}")
+    n_samples = check_size(n_samples, "n_samples")
     rng = np.random.default_rng(seed)
     ref_index = reference_indices(labels, targets, len(xs), len(refs), n_samples, rng)
     alphas = rng.uniform(0.0, 1.0, size=(len(xs), n_samples)).astype(np.float32)
@@ -344,7 +346,7 @@ def deepshap(
     if refs.ndim != xs.ndim + 1 or refs.shape[0] != len(xs) or refs.shape[2:] != xs.shape[1:] or refs.shape[1] == 0:
         image = ", ".join(map(str, xs.shape[1:]))
         raise InputError(f"baselines: expected (M, {image}) or ({len(xs)}, M, {image}) with M >= 1, got {refs.shape}")
-    n_refs = refs.shape[1]
+    n_refs = check_size(refs.shape[1], "baselines (per input)", cap="n_baselines")
     flat_x = np.repeat(xs, n_refs, axis=0)
     flat_b = np.ascontiguousarray(refs.reshape(-1, *xs.shape[1:]))
     flat_w = np.repeat(w, n_refs, axis=0)

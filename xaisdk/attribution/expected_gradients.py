@@ -20,8 +20,9 @@ from xaisdk.attribution._inputs import (
     score_spec,
     to_numpy,
 )
-from xaisdk.attribution._shared import reference_indices
+from xaisdk.attribution._shared import batch_rows, reference_indices
 from xaisdk.errors import InputError
+from xaisdk.limits import check_size
 from xaisdk.models.checkpoint import Classifier
 
 
@@ -45,6 +46,8 @@ def expected_gradients(
     labels are known (``reference_labels`` or the dataset's ``.y``) and ``target`` is given, each
     input's references are drawn from its *target* class only: the one-vs-one variant of the GANMEX
     paper. Otherwise they are drawn from all references. Draws are reproducible by ``seed``.
+    ``n_samples`` and ``batch_size`` (rows per pass; None: up to 1,024) are integers bounded by the
+    :class:`~xaisdk.limits.Limits` in force; memory does not grow with ``n_samples``.
 
     >>> import torch
     >>> lin = torch.nn.Linear(2, 2)
@@ -60,8 +63,8 @@ def expected_gradients(
     labels = None if reference_labels is None else np.asarray(reference_labels)
     if labels is not None and labels.shape != (len(refs),):
         raise InputError(f"reference_labels: expected shape ({len(refs)},), got {labels.shape}")
-    if int(n_samples) < 1:
-        raise InputError(f"n_samples must be >= 1, got {n_samples}")
+    n_samples = check_size(n_samples, "n_samples")
+    rows = batch_rows(batch_size, AUTO_ROWS)
     module = as_module(model)
     xt = as_batch(x)
     if refs.shape[1:] != xt.shape[1:]:
@@ -73,7 +76,7 @@ def expected_gradients(
         alphas = torch.from_numpy(rng.uniform(0.0, 1.0, size=(len(xt), n_samples)).astype(np.float32))
         acc = torch.zeros_like(xt)
         view = (-1,) + (1,) * (xt.ndim - 1)
-        pieces = list(chunks(len(xt) * n_samples, AUTO_ROWS if batch_size is None else batch_size))
+        pieces = list(chunks(len(xt) * n_samples, rows))
         for sl in tqdm(pieces, desc="expected gradients", unit="chunk", disable=not progress or len(pieces) < 2):
             flat = torch.arange(sl.start, sl.stop)
             sample, k = flat // n_samples, flat % n_samples

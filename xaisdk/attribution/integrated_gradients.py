@@ -21,6 +21,7 @@ from xaisdk.attribution._inputs import (
     score_spec,
     to_numpy,
 )
+from xaisdk.attribution._shared import batch_rows
 from xaisdk.attribution.quadrature import path_rule
 from xaisdk.models.checkpoint import Classifier
 from xaisdk.models.ganmex import GanmexModel
@@ -42,7 +43,7 @@ def path_gradient_sum(
     weight_t = torch.as_tensor(weights, dtype=torch.float32)
     acc = torch.zeros_like(x)
     view = (-1,) + (1,) * (x.ndim - 1)
-    pieces = list(chunks(len(x) * n_steps, AUTO_ROWS if batch_size is None else batch_size))
+    pieces = list(chunks(len(x) * n_steps, batch_rows(batch_size, AUTO_ROWS)))
     for sl in tqdm(pieces, desc="integrated gradients", unit="chunk", disable=not progress or len(pieces) < 2):
         flat = torch.arange(sl.start, sl.stop)
         sample, step = flat // n_steps, flat % n_steps
@@ -73,8 +74,9 @@ def integrated_gradients(
     :func:`~xaisdk.attribution.quadrature.path_rule`). ``source`` defaults to the predicted class;
     ``target=None`` attributes ``S_source`` alone (one-vs-all). ``source``, ``target`` and ``baseline``
     may be given per sample. ``batch_size`` bounds the rows of one forward/backward pass (None: up to
-    1,024). With ``return_convergence_delta`` also returns, per sample,
-    ``sum(attr) - (S(x) - S(b))`` (the completeness error).
+    1,024), so memory does not grow with ``n_steps``; ``n_steps`` and ``batch_size`` are integers
+    bounded by the :class:`~xaisdk.limits.Limits` in force. With ``return_convergence_delta`` also
+    returns, per sample, ``sum(attr) - (S(x) - S(b))`` (the completeness error).
 
     >>> import torch
     >>> class Square(torch.nn.Module):
@@ -84,13 +86,14 @@ def integrated_gradients(
     >>> np.round(attr, 4).tolist(), abs(float(delta[0])) < 1e-4
     ([[1.0, 4.0]], True)
     """
+    alphas, weights = path_rule(rule, n_steps)
+    rows = batch_rows(batch_size, AUTO_ROWS)
     module = as_module(model)
     xt = as_batch(x)
-    alphas, weights = path_rule(rule, n_steps)
     with eval_mode(module):
         spec = score_spec(module, xt, source, target, output)
         base = baseline_batch(baseline, xt, spec, model, generator)
-        attr = (xt - base) * path_gradient_sum(module, xt, base, spec, alphas, weights, batch_size, progress)
+        attr = (xt - base) * path_gradient_sum(module, xt, base, spec, alphas, weights, rows, progress)
         if not return_convergence_delta:
             return to_numpy(attr)
         with torch.no_grad():

@@ -20,7 +20,7 @@ from xaisdk.attribution._inputs import (
     score_spec,
     to_numpy,
 )
-from xaisdk.attribution._shared import occlusion_covers, window_starts
+from xaisdk.attribution._shared import batch_rows, occlusion_covers, window_starts
 from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import Classifier
 from xaisdk.models.ganmex import GanmexModel
@@ -45,7 +45,9 @@ def occlusion(
     """Occlusion: each pixel gets the mean, over the windows covering it, of ``S(x) - S(x with the
     window replaced by the baseline)``; all channels are occluded together. ``window=1`` is the
     GANMEX paper's Occlusion-1. Equals Captum's ``Occlusion`` with sliding window (C, h, w) and
-    strides (C, sh, sw).
+    strides (C, sh, sw). ``window`` and ``stride`` are positive integers (one, or (height, width));
+    ``batch_size`` (rows per pass; None: up to 1,024) is bounded by the :class:`~xaisdk.limits.Limits`
+    in force.
 
     >>> import torch
     >>> lin = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2, bias=False))
@@ -53,6 +55,7 @@ def occlusion(
     >>> occlusion(lin, np.ones((1, 1, 2, 2), np.float32), source=0, target=1).ravel().tolist()
     [1.0, 2.0, 3.0, 4.0]
     """
+    rows = batch_rows(batch_size, AUTO_ROWS)
     module = as_module(model)
     xt = as_batch(x)
     if xt.ndim != 4:
@@ -65,7 +68,7 @@ def occlusion(
         base = baseline_batch(baseline, xt, spec, model, generator)
         reference = attributed_score(module, xt, spec)
         total = torch.zeros(len(xt), 1, height, width)
-        pieces = list(chunks(len(xt) * n_pos, AUTO_ROWS if batch_size is None else batch_size))
+        pieces = list(chunks(len(xt) * n_pos, rows))
         for sl in tqdm(pieces, desc="occlusion", unit="chunk", disable=not progress or len(pieces) < 2):
             flat = torch.arange(sl.start, sl.stop)
             sample, pos = flat // n_pos, flat % n_pos

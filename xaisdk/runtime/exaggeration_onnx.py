@@ -14,15 +14,21 @@ image 0 is ``I(x, 0)`` and the last image is the far end of the classifier's ran
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from xaisdk.errors import InputError
+from xaisdk.limits import check_size
+from xaisdk.runtime.explaingan_onnx import fixed_dims, graph_source
+from xaisdk.runtime.onnxruntime_backend import load_session, pick_providers, run_session
 
 __all__ = ["ExaggerationSeries", "OnnxExaggeration", "check_series_inputs", "softmax_column", "walk"]
+
+SERIES_ROWS = 64  # series images per generator / classifier call
 
 
 @dataclass
@@ -86,17 +92,36 @@ def softmax_column(logits: np.ndarray, column: int) -> np.ndarray:
     return (e[:, column] / e.sum(1)).astype(np.float32)
 
 
+MAX_BINS = 10_000
+"""Most output bins an Exaggeration graph may declare (the papers use 10)."""
+
+
+def _metadata_int(meta: dict[str, str], key: str, given: int | None, where: Path) -> int:
+    """``given``, else the graph's metadata ``key`` as an integer; InputError when absent or not an integer."""
+    if given is not None:
+        if isinstance(given, bool) or not isinstance(given, (int, np.integer)):
+            raise InputError(f"{key.split('.')[-1]}: expected an integer, got {given!r}")
+        return int(given)
+    if key not in meta:
+        raise InputError(f"{where}: graph metadata lacks {key!r}; pass target_class and n_bins")
+    try:
+        return int(meta[key])
+    except ValueError:
+        raise InputError(f"{where}: graph metadata {key} is {meta[key][:40]!r}, not an integer") from None
+
+
 def check_series_inputs(x: object, input_shape: Sequence[int], n_steps: object, n_bins: int,
                         target_class: object, trained_class: int) -> np.ndarray:
     """Validate a series request; returns ``x`` as float32 (N, C, H, W). Bad input raises InputError.
+
+    ``n_steps`` is an integer in [2, ``Limits.series_steps``] (:func:`xaisdk.limits.check_size`).
 
     >>> check_series_inputs(np.zeros((1, 1, 2, 2)), (1, 2, 2), 3, 10, None, 8).dtype
     dtype('float32')
     """
     if int(n_bins) < 2:
         raise InputError(f"n_bins must be >= 2, got {n_bins}")
-    if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or int(n_steps) < 2:
-        raise InputError(f"n_steps must be an integer >= 2, got {n_steps!r}")
+    check_size(n_steps, "n_steps", cap="series_steps", minimum=2)
     if target_class is not None and (isinstance(target_class, bool) or not isinstance(target_class, (int, np.integer))
                                      or int(target_class) != int(trained_class)):
         raise InputError(f"target_class {target_class!r}: this explainer was trained for class {trained_class} "
@@ -114,8 +139,10 @@ def check_series_inputs(x: object, input_shape: Sequence[int], n_steps: object, 
 
 
 class OnnxExaggeration:
-    """Exaggeration series from an ``exaggeration.onnx`` file and a logits function, on ONNX Runtime.
+    """Exaggeration series from an ``exaggeration`` graph and a logits function, on ONNX Runtime.
 
+    ``source``: a bundle (:class:`~xaisdk.deploy.bundle.Bundle` or folder) with an ``exaggeration`` graph,
+    whose verified bytes are run, or an ``exaggeration.onnx`` file (or a folder holding it) on its own.
     ``logits_fn(x) -> (N, K)`` gives the classifier's logits (e.g. a bundle's ``classifier.onnx`` session);
     ``target_class`` and ``n_bins`` default to the graph's metadata.
 
@@ -124,7 +151,6 @@ class OnnxExaggeration:
     >>> from xaisdk.models.exaggeration import load_shipped_exaggeration
     >>> info = export_exaggeration_onnx(load_shipped_exaggeration(), tempfile.mkdtemp())
     >>> from xaisdk.data import load_digits
-    >>> from xaisdk.runtime.onnxruntime_backend import _onnxruntime
     >>> import torch
     >>> clf = load_shipped_exaggeration().classifier.model
     >>> rt = OnnxExaggeration(info["path"], lambda b: clf(torch.from_numpy(b)).detach().numpy())
@@ -132,28 +158,34 @@ class OnnxExaggeration:
     (2, 5, 1, 28, 28)
     """
 
-    def __init__(self, onnx_path: str | os.PathLike, logits_fn: Callable[[np.ndarray], np.ndarray], *,
+    def __init__(self, source: Any, logits_fn: Callable[[np.ndarray], np.ndarray], *,
                  target_class: int | None = None, n_bins: int | None = None,
                  providers: Sequence[str] | None = None) -> None:
-        from xaisdk.runtime.onnxruntime_backend import _onnxruntime, pick_providers
-
-        if not os.path.isfile(onnx_path):
-            raise InputError(f"{onnx_path}: no such ONNX file")
         if not callable(logits_fn):
             raise InputError("logits_fn: expected a function (x) -> logits")
-        ort = _onnxruntime()
-        options = ort.SessionOptions()
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=pick_providers(providers))
+        data, path, bundle = graph_source(source, "exaggeration", "OnnxExaggeration")
+        self.session = load_session(data, path, providers=pick_providers(providers))
+        self.path = path
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = [o.name for o in self.session.get_outputs()]
+        if sorted(inputs) != ["condition", "x"] or outputs != ["image"]:
+            raise InputError(f"{path}: not an Exaggeration graph (inputs {sorted(inputs)}, outputs {outputs}; expected "
+                             "inputs x, condition and output image)")
         meta = self.session.get_modelmeta().custom_metadata_map
-        try:
-            self.target_class = int(meta["xaisdk.target_class"] if target_class is None else target_class)
-            self.n_bins = int(meta["xaisdk.n_bins"] if n_bins is None else n_bins)
-        except KeyError as err:
-            raise InputError(f"{onnx_path}: graph metadata lacks {err}; pass target_class and n_bins") from None
-        if self.n_bins < 2:
-            raise InputError(f"n_bins must be >= 2, got {self.n_bins}")
-        shape = self.session.get_inputs()[0].shape
-        self.input_shape = tuple(int(v) for v in shape[1:])
+        self.target_class = _metadata_int(meta, "xaisdk.target_class", target_class, path)
+        self.n_bins = _metadata_int(meta, "xaisdk.n_bins", n_bins, path)
+        if not 2 <= self.n_bins <= MAX_BINS:
+            raise InputError(f"n_bins must be in [2, {MAX_BINS}], got {self.n_bins}")
+        self.input_shape = fixed_dims(inputs["x"].shape, path, "x")
+        condition = list(inputs["condition"].shape)
+        if len(condition) != 2 or condition[1] not in (self.n_bins, None) and isinstance(condition[1], int):
+            raise InputError(f"{path}: input 'condition' is {condition} in the graph; expected [N, {self.n_bins}]")
+        if bundle is not None:
+            if self.input_shape != tuple(bundle.input_shape):
+                raise InputError(f"{path}: takes {self.input_shape} images but the bundle's images are {bundle.input_shape}")
+            if not 0 <= self.target_class < bundle.num_classes:
+                raise InputError(f"{path}: target class {self.target_class} is not one of the bundle's "
+                                 f"{bundle.num_classes} classes")
         self.logits_fn = logits_fn
 
     def f(self, x: np.ndarray) -> np.ndarray:
@@ -163,15 +195,21 @@ class OnnxExaggeration:
     def generate(self, x: np.ndarray, bins: np.ndarray) -> np.ndarray:
         """``G(E(x), bins)`` for one bin per input."""
         onehot = np.eye(self.n_bins, dtype=np.float32)[np.asarray(bins, dtype=np.int64)]
-        return self.session.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32), "condition": onehot})[0]
+        feeds = {"x": np.ascontiguousarray(x, dtype=np.float32), "condition": onehot}
+        return run_session(self.session, ["image"], feeds, self.path)[0]
 
     def series(self, x: np.ndarray, n_steps: int = 10, target_class: int | None = None) -> ExaggerationSeries:
         """The walk of :func:`walk` for each input, with ``f`` of every image (see the module docstring)."""
         arr = check_series_inputs(x, self.input_shape, n_steps, self.n_bins, target_class, self.target_class)
         start = self.f(arr)
-        targets, bins = walk(start, int(n_steps), self.n_bins)
-        n = len(arr)
-        rows = np.repeat(arr, n_steps, axis=0)
-        images = self.generate(rows, bins.reshape(-1))
-        outputs = self.f(images).reshape(n, n_steps)
-        return ExaggerationSeries(images.reshape(n, n_steps, *arr.shape[1:]), outputs, targets, bins, start)
+        n, steps = len(arr), int(n_steps)
+        targets, bins = walk(start, steps, self.n_bins)
+        flat_bins = bins.reshape(-1)
+        images = np.empty((n * steps, *arr.shape[1:]), np.float32)
+        outputs = np.empty(n * steps, np.float32)
+        # Bounded batches: ONNX Runtime's arena keeps the memory of the largest batch it has run.
+        for first in range(0, n * steps, SERIES_ROWS):
+            rows = slice(first, min(first + SERIES_ROWS, n * steps))
+            images[rows] = self.generate(arr[np.arange(rows.start, rows.stop) // steps], flat_bins[rows])
+            outputs[rows] = self.f(images[rows])
+        return ExaggerationSeries(images.reshape(n, steps, *arr.shape[1:]), outputs.reshape(n, steps), targets, bins, start)
