@@ -13,6 +13,7 @@ from xaisdk.data._checks import check_bool, check_fraction, check_int, check_nam
 from xaisdk.data._resize import resize_bilinear
 from xaisdk.data.dataset import Dataset, Split, split_dataset
 from xaisdk.errors import InputError
+from xaisdk.input_files import MAX_IMAGE_PIXELS, open_image, open_regular_file
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -66,7 +67,8 @@ def load_npz(path: str | os.PathLike, *, class_names: Sequence[str] | None = Non
 
 
 def load_image_folder(path: str | os.PathLike, *, size: int | tuple[int, int] | None = None,
-                      grayscale: bool | None = None, test_fraction: float = 0.2, seed: int = 0) -> Split:
+                      grayscale: bool | None = None, test_fraction: float = 0.2, seed: int = 0,
+                      max_pixels: int = MAX_IMAGE_PIXELS) -> Split:
     """Load root/<class_name>/<image files> and split it train/test.
 
     Classes are the non-hidden subfolders of `path`, sorted by name; each must hold at least one
@@ -78,6 +80,9 @@ def load_image_folder(path: str | os.PathLike, *, size: int | tuple[int, int] | 
     is single-channel (modes 1, L, LA, I, I;16, F) and RGB otherwise; True converts colour with
     L = 0.299 R + 0.587 G + 0.114 B; False repeats grey into 3 channels.
     The split is `stratified_split(y, test_fraction, seed)`; the dataset name is the folder name.
+    max_pixels: each file's height x width is read from its header before decoding, and files above it
+    are refused (default `xaisdk.input_files.MAX_IMAGE_PIXELS`, 2**26); files that are not regular files
+    (a FIFO, a device) are skipped like other non-image entries.
 
     >>> import tempfile
     >>> from PIL import Image
@@ -95,6 +100,7 @@ def load_image_folder(path: str | os.PathLike, *, size: int | tuple[int, int] | 
         grayscale = check_bool("grayscale", grayscale)
     test_fraction = check_fraction(test_fraction)
     seed = check_seed(seed)
+    max_pixels = check_int("max_pixels", max_pixels, minimum=1)
 
     class_dirs = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
                         key=lambda d: d.name)
@@ -110,7 +116,7 @@ def load_image_folder(path: str | os.PathLike, *, size: int | tuple[int, int] | 
         files += images
         labels += [label] * len(images)
 
-    pixels, grey = zip(*(_read_image(f) for f in files))
+    pixels, grey = zip(*(_read_image(f, max_pixels) for f in files))
     as_grey = all(grey) if grayscale is None else grayscale
     images = [_to_channels(p, as_grey) for p in pixels]
     if target is None:
@@ -141,10 +147,16 @@ def _existing(path: object, name: str, *, want_dir: bool) -> Path:
 
 
 def _read_npz(file: Path) -> dict[str, np.ndarray]:
-    if not zipfile.is_zipfile(file):
-        raise InputError(f"{file}: not an .npz archive (expected a zip file written by numpy.savez)")
+    with open_regular_file(file, "file") as handle:  # a FIFO or a device would block the reader
+        if not zipfile.is_zipfile(handle):
+            raise InputError(f"{file}: not an .npz archive (expected a zip file written by numpy.savez)")
+        handle.seek(0)
+        return _read_npz_archive(handle, file)
+
+
+def _read_npz_archive(handle: object, file: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(file, allow_pickle=False) as archive:
+        with np.load(handle, allow_pickle=False) as archive:
             missing = [key for key in ("x", "y") if key not in archive.files]
             if missing:
                 raise InputError(f"{file}: missing array {' and '.join(map(repr, missing))}; expected keys 'x' "
@@ -242,16 +254,18 @@ def _check_size(size: object) -> tuple[int, int] | None:
     return side, side
 
 
-def _read_image(file: Path) -> tuple[np.ndarray, bool]:
-    """Pixels as float32 (H, W) if the file is single-channel, else (H, W, 3); values in [0, 1]."""
-    from PIL import Image, ImageOps  # imported here so that `import xaisdk.data` stays fast
+def _read_image(file: Path, max_pixels: int) -> tuple[np.ndarray, bool]:
+    """Pixels as float32 (H, W) if the file is single-channel, else (H, W, 3); values in [0, 1].
 
-    try:
-        with Image.open(file) as opened:
+    The header's size is checked against ``max_pixels`` before any pixel is decoded."""
+    from PIL import ImageOps  # imported here so that `import xaisdk.data` stays fast
+
+    with open_image(file, "image file", max_pixels) as opened:
+        try:
             image = ImageOps.exif_transpose(opened)
             image.load()
-    except Exception as err:  # decoders raise many types (OSError, SyntaxError, struct.error, ...)
-        raise InputError(f"{file}: not a readable image ({type(err).__name__}: {err})") from None
+        except Exception as err:  # decoders raise many types (OSError, SyntaxError, struct.error, ...)
+            raise InputError(f"{file}: not a readable image ({type(err).__name__}: {err})") from None
     if image.mode not in _GREY_MODES:
         return np.asarray(image.convert("RGB"), np.float32) / np.float32(255.0), False
     if image.mode == "1":

@@ -7,7 +7,6 @@ pickled code is executed on load).
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -17,7 +16,16 @@ import torch
 from torch import nn
 
 from xaisdk.errors import InputError
-from xaisdk.models.classifiers import ARCHITECTURES, build_classifier
+from xaisdk.input_files import open_regular_file
+from xaisdk.models.classifiers import ARCHITECTURES, build_classifier, check_classifier_config, classifier_skeleton
+from xaisdk.models.config_checks import (
+    build_with_weights,
+    in_file,
+    require_class_names,
+    require_dict,
+    require_input_shape,
+    require_value_range,
+)
 
 CHECKPOINT_KIND = "xaisdk.classifier"
 FORMAT_VERSION = 1
@@ -88,33 +96,41 @@ def classifier_payload(classifier: Classifier) -> dict[str, Any]:
 def atomic_torch_save(payload: dict[str, Any], path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, then rename it over ``path``.
 
-    A crash mid-write leaves the previous file intact, never a truncated one.
+    A crash mid-write leaves the previous file intact, never a truncated one, and the temporary file
+    a killed save leaves behind is removed by the next save to ``path``
+    (:mod:`xaisdk.runtime.atomic_files`). A full disk or an unwritable folder raises
+    :class:`~xaisdk.errors.OutputError`.
+
+    >>> import tempfile
+    >>> out = atomic_torch_save({"step": 3}, os.path.join(tempfile.mkdtemp(), "run.pt"))
+    >>> torch.load(out, weights_only=True)
+    {'step': 3}
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    from xaisdk.runtime.atomic_files import atomic_file
+
+    with atomic_file(path) as handle:
+        torch.save(payload, handle)  # a handle, so that a write error arrives as OSError, not RuntimeError
+    return Path(path)
+
+
+def load_torch_payload(path: str | os.PathLike) -> object:
+    """What ``torch.load(path, weights_only=True)`` returns, for a regular file only (a FIFO or a device
+    is refused at once instead of blocking); missing and unreadable files raise :class:`InputError`.
+
+    >>> sorted(load_torch_payload(shipped_classifier_path("digits")))[:3]
+    ['arch', 'class_names', 'config']
+    """
+    with open_regular_file(path, "checkpoint file") as handle:
+        try:
+            return torch.load(handle, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises many types for a file that is not its format
+            raise InputError(f"{Path(path)}: not a readable torch checkpoint ({type(err).__name__})") from None
 
 
 def read_torch_file(path: str | os.PathLike, kind: str, what: str) -> dict[str, Any]:
     """Load ``path`` with ``weights_only=True`` and check it is an xaisdk file of ``kind``."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such checkpoint file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a file that is not its format
-        raise InputError(f"{path}: not a readable torch checkpoint ({type(err).__name__})") from None
+    payload = load_torch_payload(path)
     if not isinstance(payload, dict) or payload.get("kind") != kind:
         found = payload.get("kind") if isinstance(payload, dict) else None
         hint = f" (it is a {found!r} file)" if isinstance(found, str) else ""
@@ -146,43 +162,51 @@ def load_classifier(path: str | os.PathLike) -> Classifier:
 
 
 def classifier_from_payload(payload: dict[str, Any], path: str | os.PathLike) -> Classifier:
-    """Rebuild a :class:`Classifier` from :func:`classifier_payload`'s dict; ``path`` names it in errors."""
+    """Rebuild a :class:`Classifier` from :func:`classifier_payload`'s dict; ``path`` names it in errors.
+
+    Every field is checked before anything is built (:mod:`xaisdk.models.config_checks`): the config
+    against its architecture's types and bounds, the network's size on the meta device, its number of
+    outputs against the class names, then the weights (same keys and shapes, no NaN or inf).
+    """
     path = Path(path)
     if not isinstance(payload, dict) or payload.get("kind") != CHECKPOINT_KIND:
         raise InputError(f"{path}: does not hold an xaisdk classifier")
     version = _require(payload, "format_version", int, path)
+    if isinstance(version, bool):
+        raise InputError(f"{path}: checkpoint field 'format_version' has type bool")
     if version > FORMAT_VERSION:
         raise InputError(f"{path}: checkpoint format {version} is newer than this xaisdk reads ({FORMAT_VERSION})")
     arch = _require(payload, "arch", str, path)
     if arch not in ARCHITECTURES:
         raise InputError(f"{path}: unknown architecture {arch!r}")
-    config = _require(payload, "config", dict, path)
-    class_names = tuple(str(c) for c in _require(payload, "class_names", (list, tuple), path))
-    input_shape = tuple(int(v) for v in _require(payload, "input_shape", (list, tuple), path))
-    if len(input_shape) != 3:
-        raise InputError(f"{path}: input_shape must be (C, H, W), got {input_shape}")
-    value_range = tuple(float(v) for v in payload.get("value_range", (0.0, 1.0)))
-    state = _require(payload, "state_dict", dict, path)
-    model = build_classifier(arch, **config)
+    where = "classifier checkpoint"
+    with in_file(path):
+        config = check_classifier_config(arch, _require(payload, "config", dict, path))
+        class_names = require_class_names(where, _require(payload, "class_names", (list, tuple), path))
+        input_shape = require_input_shape(where, _require(payload, "input_shape", (list, tuple), path))
+        value_range = require_value_range(where, payload.get("value_range", (0.0, 1.0)))
+        metadata = require_dict(where, "metadata", payload.get("metadata", {}))
+        state = _require(payload, "state_dict", dict, path)
+        skeleton = classifier_skeleton(arch, config)
+        num_outputs = _count_outputs(skeleton, input_shape, arch)
+        if num_outputs != len(class_names):
+            raise InputError(f"model has {num_outputs} outputs but {len(class_names)} class names")
+        model = build_with_weights(lambda: build_classifier(arch, **config), state, "classifier", skeleton)
+    return Classifier(model=model, arch=arch, config=config, class_names=class_names, input_shape=input_shape,
+                      value_range=value_range, metadata=metadata)
+
+
+def _count_outputs(skeleton: nn.Module, input_shape: tuple[int, int, int], arch: str) -> int:
+    """The number of logits ``skeleton`` (on the meta device) gives for one ``input_shape`` image."""
     try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise InputError(f"{path}: weights do not fit architecture {arch!r}: {first}") from None
-    model.eval()
-    with torch.no_grad():
-        num_outputs = model(torch.zeros(1, *input_shape)).shape[1]
-    if num_outputs != len(class_names):
-        raise InputError(f"{path}: model has {num_outputs} outputs but {len(class_names)} class names")
-    return Classifier(
-        model=model,
-        arch=arch,
-        config=config,
-        class_names=class_names,
-        input_shape=input_shape,  # type: ignore[arg-type]
-        value_range=value_range,  # type: ignore[arg-type]
-        metadata=dict(payload.get("metadata", {})),
-    )
+        with torch.no_grad():
+            out = skeleton(torch.zeros(1, *input_shape, device="meta"))
+    except (RuntimeError, ValueError) as err:
+        raise InputError(f"architecture {arch!r} with this config does not take {input_shape} inputs "
+                         f"({str(err).strip().splitlines()[0]})") from None
+    if out.ndim != 2:
+        raise InputError(f"architecture {arch!r} gives outputs of shape {tuple(out.shape)}, not (N, classes)")
+    return int(out.shape[1])
 
 
 def shipped_classifier_path(name: str = "digits") -> Path:

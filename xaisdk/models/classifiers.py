@@ -6,10 +6,17 @@ hook it, and every module instance runs once per forward pass.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
+from xaisdk.data._checks import check_real, describe
 from xaisdk.errors import InputError
+from xaisdk.input_files import MAX_CLASSES, MAX_HIDDEN, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, MAX_IN_CHANNELS
+from xaisdk.models.config_checks import meta_build, require_int, require_width
 
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -99,15 +106,80 @@ class CifarCNN(nn.Module):
 ARCHITECTURES: dict[str, type[nn.Module]] = {"mnist_cnn": MnistCNN, "cifar_cnn": CifarCNN}
 
 
+# The longest ``widths`` of CifarCNN: each unit halves the image, 8 units need a multiple of 256 pixels.
+MAX_CIFAR_UNITS = 8
+
+
+def _widths(where: str, name: str, value: object, low: int, high: int) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not low <= len(value) <= high:
+        raise InputError(f"{where}: {name}: expected {low}{'' if low == high else f' to {high}'} channel counts, "
+                         f"got {describe(value)}")
+    return tuple(require_width(where, f"{name}[{i}]", v) for i, v in enumerate(value))
+
+
+def _image_size(where: str, name: str, value: object) -> int:
+    side = require_int(where, name, value, 1, MAX_IMAGE_SIDE)
+    if side * side > MAX_IMAGE_PIXELS:
+        raise InputError(f"{where}: {name}={side} gives {side * side} pixels, above the limit of {MAX_IMAGE_PIXELS}")
+    return side
+
+
+# Type and bounds of every config field of the architectures above (documented in xaisdk.input_files).
+_FIELDS: dict[str, Callable[[str, str, object], Any]] = {
+    "in_channels": lambda where, name, v: require_int(where, name, v, 1, MAX_IN_CHANNELS),
+    "image_size": _image_size,
+    "num_classes": lambda where, name, v: require_int(where, name, v, 1, MAX_CLASSES),
+    "hidden": lambda where, name, v: require_int(where, name, v, 1, MAX_HIDDEN),
+    "channels": lambda where, name, v: _widths(where, name, v, 2, 2),
+    "widths": lambda where, name, v: _widths(where, name, v, 1, MAX_CIFAR_UNITS),
+    "dropout": lambda where, name, v: check_real(f"{where}: {name}", v, low=0.0, high=1.0, open_high=True),
+}
+
+
+def check_classifier_config(arch: str, config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` checked field by field for ``arch`` (types and the bounds of :mod:`xaisdk.input_files`),
+    before anything is built; unknown fields are refused.
+
+    >>> check_classifier_config("mnist_cnn", {"image_size": 28, "hidden": 128})
+    {'image_size': 28, 'hidden': 128}
+    >>> check_classifier_config("mnist_cnn", {"hidden": 10**7})
+    Traceback (most recent call last):
+    ...
+    xaisdk.errors.InputError: config for architecture 'mnist_cnn': hidden: expected an integer <= 65536, got 10000000
+    """
+    if arch not in ARCHITECTURES:
+        raise InputError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    if not isinstance(config, dict):
+        raise InputError(f"config for architecture {arch!r}: expected a dict, got {describe(config)}")
+    accepted = list(inspect.signature(ARCHITECTURES[arch]).parameters)
+    unknown = sorted(str(k) for k in config if k not in accepted)
+    if unknown:
+        raise InputError(f"bad config for architecture {arch!r}: unknown field {', '.join(unknown)}; "
+                         f"accepted: {', '.join(accepted)}")
+    where = f"config for architecture {arch!r}"
+    return {name: _FIELDS[name](where, name, value) for name, value in config.items()}
+
+
+def classifier_skeleton(arch: str, config: dict[str, Any]) -> nn.Module:
+    """The classifier ``arch`` with ``config`` built on the meta device (no memory), after
+    :func:`check_classifier_config` and the parameter limit: its shapes, without its weights.
+
+    >>> sum(p.numel() for p in classifier_skeleton("mnist_cnn", {"num_classes": 10}).parameters())
+    880618
+    """
+    checked = check_classifier_config(arch, config)
+    return meta_build(lambda: ARCHITECTURES[arch](**checked), f"classifier {arch!r}")
+
+
 def build_classifier(arch: str, **config) -> nn.Module:
     """Instantiate a classifier by architecture name and keyword config.
+
+    The config is checked first (:func:`check_classifier_config`) and the network's size counted on the
+    meta device, so a config that would need more than ``MAX_PARAMETERS`` weights is refused before
+    any memory is allocated.
 
     >>> build_classifier("mnist_cnn", in_channels=1, image_size=28, num_classes=10).__class__.__name__
     'MnistCNN'
     """
-    if arch not in ARCHITECTURES:
-        raise InputError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
-    try:
-        return ARCHITECTURES[arch](**config)
-    except TypeError as err:
-        raise InputError(f"bad config for architecture {arch!r}: {err}") from None
+    classifier_skeleton(arch, config)
+    return ARCHITECTURES[arch](**check_classifier_config(arch, config))

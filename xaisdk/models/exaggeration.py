@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from xaisdk.errors import InputError
+from xaisdk.input_files import MAX_BLOCKS
 from xaisdk.models.checkpoint import (
     Classifier,
     atomic_torch_save,
@@ -42,10 +43,22 @@ from xaisdk.models.checkpoint import (
     read_torch_file,
     weights_hash,
 )
+from xaisdk.models.config_checks import (
+    build_with_weights,
+    config_from_dict,
+    in_file,
+    require_dict,
+    require_image_shape,
+    require_int,
+    require_value_range,
+    require_width,
+)
 
 EXAGGERATION_KIND = "xaisdk.exaggeration"
 EXAGGERATION_FORMAT_VERSION = 1
 SHIPPED_EXAGGERATION = {"digits": "digits_exaggeration_8.pt"}
+# Output bins of the explainer: the paper uses 10; each bin is an embedding row and a critic projection.
+MAX_BINS = 1000
 
 
 @dataclass(frozen=True)
@@ -80,24 +93,25 @@ class ExaggerationConfig:
         while n_down < 2 and min(height, width) // 2 ** (n_down + 1) >= 3:
             n_down += 1
         data = {"in_channels": channels, "height": height, "width": width, "n_down": n_down} | overrides
-        if "value_range" in data:
-            data["value_range"] = tuple(float(v) for v in data["value_range"])
-        config = cls(**data)
-        config.validate()
-        return config
+        return cls.from_dict(data)
 
     def validate(self) -> None:
-        for name in ("in_channels", "height", "width", "base_channels", "disc_channels"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"exaggeration config: {name} must be >= 1, got {getattr(self, name)}")
-        if int(self.n_bins) < 2:
-            raise InputError(f"exaggeration config: n_bins must be >= 2, got {self.n_bins}")
-        if self.n_down < 0 or min(self.height, self.width) // 2 ** self.n_down < 1:
-            raise InputError(f"exaggeration config: {self.n_down} down-sampling stages do not fit "
-                             f"{self.height}x{self.width} images")
-        low, high = self.value_range
-        if not low < high:
-            raise InputError(f"exaggeration config: value_range must be (low, high) with low < high, got {self.value_range}")
+        """Check every field's type and bounds (:mod:`xaisdk.models.config_checks`); runs before any network is built.
+
+        >>> ExaggerationConfig(1, 28, 28, base_channels=10**5).validate()
+        Traceback (most recent call last):
+        ...
+        xaisdk.errors.InputError: exaggeration config: base_channels: expected an integer <= 8192, got 100000
+        """
+        where = "exaggeration config"
+        require_image_shape(where, self.in_channels, self.height, self.width)
+        require_int(where, "n_bins", self.n_bins, 2, MAX_BINS)
+        n_down = require_int(where, "n_down", self.n_down, 0, MAX_BLOCKS)
+        require_width(where, "base_channels", self.base_channels, n_down)
+        require_width(where, "disc_channels", self.disc_channels, max(n_down - 1, 0))
+        if min(self.height, self.width) // 2**n_down < 1:
+            raise InputError(f"{where}: {n_down} down-sampling stages do not fit {self.height}x{self.width} images")
+        require_value_range(where, self.value_range)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -106,14 +120,12 @@ class ExaggerationConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExaggerationConfig:
-        try:
-            data = dict(data)
-            data["value_range"] = tuple(float(v) for v in data.get("value_range", (0.0, 1.0)))
-            config = cls(**data)
-        except TypeError as err:
-            raise InputError(f"exaggeration config: {err}") from None
-        config.validate()
-        return config
+        """The config :meth:`to_dict` wrote, validated (value_range back to a tuple of floats).
+
+        >>> ExaggerationConfig.from_dict({"in_channels": 1, "height": 8, "width": 8, "n_down": 1}).value_range
+        (0.0, 1.0)
+        """
+        return config_from_dict(cls, data, "exaggeration config")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -416,29 +428,42 @@ def read_exaggeration_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def exaggeration_from_payload(payload: dict[str, Any], path: str | os.PathLike) -> ExaggerationModel:
-    entry = payload["classifier"]
-    if "shipped" in entry:
-        classifier = load_shipped_classifier(str(entry["shipped"]))
-        h = weights_hash(classifier)
-        if abs(h - float(entry.get("hash", float("nan")))) > 1e-9 * max(1.0, abs(h)):
-            raise InputError(f"{path}: was trained for a shipped {entry['shipped']!r} classifier whose weights differ "
-                             "from the one installed")
-    elif isinstance(entry.get("payload"), dict):
-        classifier = classifier_from_payload(entry["payload"], path)
-    else:
-        raise InputError(f"{path}: classifier entry needs 'shipped' or 'payload'")
+    """Rebuild an :class:`ExaggerationModel` from :func:`exaggeration_payload`'s dict; ``path`` names it in errors.
+
+    The classifier entry, the explainer config and the scalar fields are checked before the explainer is
+    built, and its weights before they are loaded (:mod:`xaisdk.models.config_checks`).
+    """
+    classifier = _classifier_from_entry(payload["classifier"], path)
     net_entry = payload["net"]
     if not isinstance(net_entry.get("config"), dict) or not isinstance(net_entry.get("state_dict"), dict):
         raise InputError(f"{path}: explainer entry needs 'config' and 'state_dict'")
-    net = ExaggerationNet(ExaggerationConfig.from_dict(net_entry["config"]))
-    try:
-        net.load_state_dict(net_entry["state_dict"])
-    except RuntimeError as err:
-        raise InputError(f"{path}: explainer weights do not fit its config: {str(err).strip().splitlines()[0]}") from None
-    if int(payload.get("n_bins", net.config.n_bins)) != net.config.n_bins:
-        raise InputError(f"{path}: n_bins {payload.get('n_bins')} differs from the network's {net.config.n_bins}")
-    return ExaggerationModel(classifier, net, int(payload.get("target_class", -1)), dict(payload.get("data", {})),
-                             dict(payload.get("training", {})))
+    where = "exaggeration checkpoint"
+    with in_file(path):
+        config = ExaggerationConfig.from_dict(net_entry["config"])
+        n_bins = require_int(where, "n_bins", payload.get("n_bins", config.n_bins), 2, MAX_BINS)
+        if n_bins != config.n_bins:
+            raise InputError(f"n_bins {n_bins} differs from the network's {config.n_bins}")
+        target_class = require_int(where, "target_class", payload.get("target_class"), 0, classifier.num_classes - 1)
+        data = require_dict(where, "data", payload.get("data", {}))
+        training = require_dict(where, "training", payload.get("training", {}))
+        net = build_with_weights(lambda: ExaggerationNet(config), net_entry["state_dict"], "explainer")
+    return ExaggerationModel(classifier, net, target_class, data, training)
+
+
+def _classifier_from_entry(entry: dict[str, Any], path: str | os.PathLike) -> Classifier:
+    """The classifier an exaggeration checkpoint names: the shipped one (its weights hash checked) or its payload."""
+    if "shipped" in entry:
+        if not isinstance(entry["shipped"], str) or not isinstance(entry.get("hash"), float):
+            raise InputError(f"{path}: classifier entry: 'shipped' must be a name and 'hash' a float")
+        classifier = load_shipped_classifier(entry["shipped"])
+        h = weights_hash(classifier)
+        if abs(h - entry["hash"]) > 1e-9 * max(1.0, abs(h)):
+            raise InputError(f"{path}: was trained for a shipped {entry['shipped']!r} classifier whose weights differ "
+                             "from the one installed")
+        return classifier
+    if isinstance(entry.get("payload"), dict):
+        return classifier_from_payload(entry["payload"], path)
+    raise InputError(f"{path}: classifier entry needs 'shipped' or 'payload'")
 
 
 def load_exaggeration(path: str | os.PathLike) -> ExaggerationModel:

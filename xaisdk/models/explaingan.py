@@ -45,6 +45,15 @@ from xaisdk.models.checkpoint import (
     classifier_payload,
     read_torch_file,
 )
+from xaisdk.models.config_checks import (
+    build_with_weights,
+    in_file,
+    require_bool,
+    require_dict,
+    require_input_shape,
+    require_value_range,
+    require_width,
+)
 
 EXPLAINGAN_KIND = "xaisdk.explaingan"
 EXPLAINGAN_FORMAT_VERSION = 1
@@ -70,18 +79,16 @@ class ExplainGANConfig:
     value_range: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self) -> None:
-        self.input_shape = tuple(int(v) for v in self.input_shape)  # type: ignore[assignment]
-        self.value_range = tuple(float(v) for v in self.value_range)  # type: ignore[assignment]
-        if len(self.input_shape) != 3:
-            raise InputError(f"input_shape: expected (C, H, W), got {self.input_shape}")
+        """Check every field's type and bounds (:mod:`xaisdk.models.config_checks`) before any network is built."""
+        where = "ExplainGAN config"
+        self.input_shape = require_input_shape(where, self.input_shape)
+        self.value_range = require_value_range(where, self.value_range)
         _, h, w = self.input_shape
         if h % 4 or w % 4 or h < 8 or w < 8:
             raise InputError(f"input_shape: ExplainGAN needs H and W divisible by 4 and >= 8, got {h}x{w}")
-        for name in ("base_channels", "code_channels", "critic_channels"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.value_range[0] < self.value_range[1]:
-            raise InputError(f"value_range: expected lo < hi, got {self.value_range}")
+        require_width(where, "base_channels", self.base_channels, 1)  # the encoders' second layer has 2x
+        require_width(where, "code_channels", self.code_channels)
+        require_width(where, "critic_channels", self.critic_channels, 2)  # the critics' last layers have 4x
 
     @property
     def code_shape(self) -> tuple[int, int, int]:
@@ -94,6 +101,15 @@ class ExplainGANConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExplainGANConfig:
+        """The config :meth:`to_dict` wrote (unknown keys ignored), validated.
+
+        >>> ExplainGANConfig.from_dict({"input_shape": [1, 28, 28], "value_range": [0, 1]}).value_range
+        (0.0, 1.0)
+        """
+        if not isinstance(data, dict):
+            raise InputError(f"ExplainGAN config: expected a dict, got {type(data).__name__}")
+        if "input_shape" not in data:
+            raise InputError("ExplainGAN config: missing 'input_shape'")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -317,17 +333,21 @@ def read_explaingan_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def explaingan_from_payload(payload: dict[str, Any], path: str | os.PathLike) -> ExplainGANModel:
+    """Rebuild an :class:`ExplainGANModel` from :func:`explaingan_payload`'s dict; ``path`` names it in errors.
+
+    The classifier and the config are checked before any network is built, and the encoder and decoder
+    weights before they are loaded (:mod:`xaisdk.models.config_checks`).
+    """
     classifier = classifier_from_payload(payload["classifier"], path)
-    config = ExplainGANConfig.from_dict(payload["config"])
-    encoders, decoder = ExplainGANEncoders(config), ExplainGANDecoder(config)
-    try:
-        encoders.load_state_dict(payload["encoders"])
-        decoder.load_state_dict(payload["decoder"])
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise InputError(f"{path}: ExplainGAN weights do not fit its config: {first}") from None
-    return ExplainGANModel(classifier, config, encoders, decoder, bool(payload.get("use_mask", True)),
-                           dict(payload.get("data", {})), dict(payload.get("training", {})))
+    where = "ExplainGAN checkpoint"
+    with in_file(path):
+        config = ExplainGANConfig.from_dict(payload["config"])
+        use_mask = require_bool(where, "use_mask", payload.get("use_mask", True))
+        data = require_dict(where, "data", payload.get("data", {}))
+        training = require_dict(where, "training", payload.get("training", {}))
+        encoders = build_with_weights(lambda: ExplainGANEncoders(config), payload["encoders"], "ExplainGAN encoder")
+        decoder = build_with_weights(lambda: ExplainGANDecoder(config), payload["decoder"], "ExplainGAN decoder")
+    return ExplainGANModel(classifier, config, encoders, decoder, use_mask, data, training)
 
 
 def load_explaingan(path: str | os.PathLike) -> ExplainGANModel:

@@ -18,13 +18,15 @@ import torch
 
 from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import (
+    CHECKPOINT_KIND,
     Classifier,
     atomic_torch_save,
     classifier_from_payload,
     classifier_payload,
-    load_classifier,
+    load_torch_payload,
     read_torch_file,
 )
+from xaisdk.models.config_checks import build_with_weights, in_file, require_dict
 from xaisdk.models.stargan import GeneratorConfig, StarGenerator
 
 GANMEX_KIND = "xaisdk.ganmex"
@@ -126,9 +128,12 @@ def save_ganmex(path: str | os.PathLike, model: GanmexModel, training_state: dic
 
 def read_ganmex_file(path: str | os.PathLike) -> dict[str, Any]:
     """The raw payload of a GANMEX checkpoint, format-checked (used by ``--resume``)."""
-    payload = read_torch_file(path, GANMEX_KIND, "GANMEX")
+    return _checked_ganmex_payload(read_torch_file(path, GANMEX_KIND, "GANMEX"), path)
+
+
+def _checked_ganmex_payload(payload: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
     version = payload.get("format_version")
-    if not isinstance(version, int):
+    if not isinstance(version, int) or isinstance(version, bool):
         raise InputError(f"{path}: GANMEX checkpoint without a format version")
     if version > GANMEX_FORMAT_VERSION:
         raise InputError(f"{path}: GANMEX format {version} is newer than this xaisdk reads ({GANMEX_FORMAT_VERSION})")
@@ -139,19 +144,22 @@ def read_ganmex_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def ganmex_from_payload(payload: dict[str, Any], path: str | os.PathLike) -> GanmexModel:
+    """Rebuild a :class:`GanmexModel` from :func:`ganmex_payload`'s dict; ``path`` names it in errors.
+
+    The classifier and the generator config are checked before either network is built, and the
+    generator's weights before they are loaded (:mod:`xaisdk.models.config_checks`).
+    """
     classifier = classifier_from_payload(payload["classifier"], path)
     gen = payload["generator"]
     if not isinstance(gen.get("config"), dict) or not isinstance(gen.get("state_dict"), dict):
         raise InputError(f"{path}: GANMEX generator entry needs 'config' and 'state_dict'")
-    config = GeneratorConfig.from_dict(gen["config"])
-    check_compatible(classifier, config, where=str(path))
-    generator = StarGenerator(config)
-    try:
-        generator.load_state_dict(gen["state_dict"])
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise InputError(f"{path}: generator weights do not fit its config: {first}") from None
-    return GanmexModel(classifier, generator, dict(payload.get("data", {})), dict(payload.get("training", {})))
+    with in_file(path):
+        config = GeneratorConfig.from_dict(gen["config"])
+        check_compatible(classifier, config, where=str(path))
+        generator = build_with_weights(lambda: StarGenerator(config), gen["state_dict"], "generator")
+        data = require_dict("GANMEX checkpoint", "data", payload.get("data", {}))
+        training = require_dict("GANMEX checkpoint", "training", payload.get("training", {}))
+    return GanmexModel(classifier, generator, data, training)
 
 
 def load_ganmex(path: str | os.PathLike) -> GanmexModel:
@@ -173,13 +181,14 @@ def load_model(path: str | os.PathLike) -> Classifier | GanmexModel:
     >>> load_model(shipped_ganmex_path("digits")).__class__.__name__
     'GanmexModel'
     """
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # missing or unreadable: load_classifier below reports it cleanly
-        payload = None
-    if isinstance(payload, dict) and payload.get("kind") == GANMEX_KIND:
-        return load_ganmex(path)
-    return load_classifier(path)  # reports a missing file, another format or another kind
+    payload = load_torch_payload(path)  # missing, unreadable, a FIFO or a device: InputError
+    kind = payload.get("kind") if isinstance(payload, dict) else None
+    if kind == GANMEX_KIND:
+        return ganmex_from_payload(_checked_ganmex_payload(payload, path), path)  # type: ignore[arg-type]
+    if kind == CHECKPOINT_KIND:
+        return classifier_from_payload(payload, path)  # type: ignore[arg-type]
+    hint = f" (it is a {kind!r} file)" if isinstance(kind, str) else ""
+    raise InputError(f"{Path(path)}: not an xaisdk classifier or GANMEX checkpoint{hint}")
 
 
 def shipped_ganmex_path(name: str = "digits") -> Path:

@@ -29,7 +29,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from xaisdk.errors import InputError
+from xaisdk.input_files import MAX_BLOCKS, MAX_IMAGE_SIDE
 from xaisdk.models.checkpoint import atomic_torch_save, read_torch_file
+from xaisdk.models.config_checks import (
+    build_with_weights,
+    config_from_dict,
+    in_file,
+    require_dict,
+    require_image_shape,
+    require_int,
+    require_value_range,
+    require_width,
+)
 from xaisdk.runtime.ig_reference import _as_float32
 from xaisdk.runtime.inpainting import check_images_and_masks, composite
 
@@ -87,18 +98,22 @@ class InpainterConfig:
         return cls.from_dict(config)
 
     def validate(self) -> None:
-        for name in ("in_channels", "height", "width", "base_channels"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"inpainter config: {name} must be an integer >= 1, got {value!r}")
-        if isinstance(self.n_down, bool) or not isinstance(self.n_down, int) or self.n_down < 0 or \
-                -(-min(self.height, self.width) // 2 ** self.n_down) < 1:
-            raise InputError(f"inpainter config: n_down must be an integer >= 0, got {self.n_down!r}")
-        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in self.dilations):
-            raise InputError(f"inpainter config: dilations must be integers >= 1, got {self.dilations!r}")
-        low, high = self.value_range
-        if not (np.isfinite(low) and np.isfinite(high) and low < high):
-            raise InputError(f"inpainter config: value_range must be (low, high) with low < high, got {self.value_range}")
+        """Check every field's type and bounds (:mod:`xaisdk.models.config_checks`); runs before any network is built.
+
+        >>> InpainterConfig(1, 28, 28, dilations=(2, 10**6)).validate()
+        Traceback (most recent call last):
+        ...
+        xaisdk.errors.InputError: inpainter config: dilations[1]: expected an integer <= 8192, got 1000000
+        """
+        where = "inpainter config"
+        require_image_shape(where, self.in_channels, self.height, self.width)
+        n_down = require_int(where, "n_down", self.n_down, 0, MAX_BLOCKS)
+        require_width(where, "base_channels", self.base_channels, n_down)
+        if not isinstance(self.dilations, tuple) or len(self.dilations) > MAX_BLOCKS:
+            raise InputError(f"{where}: dilations: expected a list of at most {MAX_BLOCKS} integers, got {self.dilations!r}")
+        for i, d in enumerate(self.dilations):
+            require_int(where, f"dilations[{i}]", d, 1, MAX_IMAGE_SIDE)
+        require_value_range(where, self.value_range)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -113,15 +128,9 @@ class InpainterConfig:
         >>> InpainterConfig.from_dict({"in_channels": 3, "height": 32, "width": 32}).dilations
         (2, 4)
         """
-        try:
-            data = dict(data)
-            data["value_range"] = tuple(float(v) for v in data.get("value_range", (0.0, 1.0)))
-            data["dilations"] = tuple(data.get("dilations", cls.dilations))
-            config = cls(**data)
-        except (TypeError, ValueError) as err:
-            raise InputError(f"inpainter config: {err}") from None
-        config.validate()
-        return config
+        if isinstance(data, dict) and isinstance(data.get("dilations"), list):  # saved as a list
+            data = {**data, "dilations": tuple(data["dilations"])}
+        return config_from_dict(cls, data, "inpainter config")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -356,13 +365,17 @@ def read_inpainter_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def inpainter_from_payload(payload: dict[str, Any], path: str | os.PathLike) -> LearnedInpainter:
-    network = GatedUNet(InpainterConfig.from_dict(payload["config"]))
-    try:
-        network.load_state_dict(payload["state_dict"])
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise InputError(f"{path}: inpainter weights do not fit its config: {first}") from None
-    return LearnedInpainter(network, dict(payload.get("data", {})), dict(payload.get("training", {})))
+    """Rebuild a :class:`LearnedInpainter` from :func:`inpainter_payload`'s dict; ``path`` names it in errors.
+
+    The config is checked before the network is built, and the weights before they are loaded
+    (:mod:`xaisdk.models.config_checks`).
+    """
+    with in_file(path):
+        config = InpainterConfig.from_dict(payload["config"])
+        data = require_dict("inpainter checkpoint", "data", payload.get("data", {}))
+        training = require_dict("inpainter checkpoint", "training", payload.get("training", {}))
+        network = build_with_weights(lambda: GatedUNet(config), payload["state_dict"], "inpainter")
+    return LearnedInpainter(network, data, training)
 
 
 def load_inpainter(path: str | os.PathLike) -> LearnedInpainter:

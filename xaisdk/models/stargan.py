@@ -32,6 +32,15 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from xaisdk.errors import InputError
+from xaisdk.input_files import MAX_BLOCKS, MAX_CLASSES
+from xaisdk.models.config_checks import (
+    config_from_dict,
+    require_bool,
+    require_image_shape,
+    require_int,
+    require_value_range,
+    require_width,
+)
 
 
 @dataclass(frozen=True)
@@ -68,24 +77,27 @@ class GeneratorConfig:
         config = {"in_channels": channels, "num_classes": int(num_classes), "height": height, "width": width,
                   "n_down": n_down}
         config.update(overrides)
-        if "value_range" in config:
-            config["value_range"] = tuple(float(v) for v in config["value_range"])
-        result = cls(**config)
-        result.validate()
-        return result
+        return cls.from_dict(config)
 
     def validate(self) -> None:
-        for name in ("in_channels", "height", "width", "base_channels", "n_res"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"generator config: {name} must be >= 1, got {getattr(self, name)}")
-        if self.num_classes < 2:
-            raise InputError(f"generator config: needs at least 2 classes, got {self.num_classes}")
-        if self.n_down < 0 or min(self.height, self.width) // 2**self.n_down < 1:
-            raise InputError(f"generator config: {self.n_down} down-sampling stages do not fit "
-                             f"{self.height}x{self.width} images")
-        low, high = self.value_range
-        if not low < high:
-            raise InputError(f"generator config: value_range must be (low, high) with low < high, got {self.value_range}")
+        """Check every field's type and bounds (:mod:`xaisdk.models.config_checks`); runs before any network is built.
+
+        >>> GeneratorConfig(1, 10, 28, 28, n_res=10**6).validate()
+        Traceback (most recent call last):
+        ...
+        xaisdk.errors.InputError: generator config: n_res: expected an integer <= 64, got 1000000
+        """
+        where = "generator config"
+        require_image_shape(where, self.in_channels, self.height, self.width)
+        if require_int(where, "num_classes", self.num_classes, 1, MAX_CLASSES) < 2:
+            raise InputError(f"{where}: needs at least 2 classes, got {self.num_classes}")
+        n_down = require_int(where, "n_down", self.n_down, 0, MAX_BLOCKS)
+        require_width(where, "base_channels", self.base_channels, n_down)
+        require_int(where, "n_res", self.n_res, 1, MAX_BLOCKS)
+        require_bool(where, "input_skip", self.input_skip)
+        if min(self.height, self.width) // 2**n_down < 1:
+            raise InputError(f"{where}: {n_down} down-sampling stages do not fit {self.height}x{self.width} images")
+        require_value_range(where, self.value_range)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -94,14 +106,12 @@ class GeneratorConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> GeneratorConfig:
-        try:
-            data = dict(data)
-            data["value_range"] = tuple(float(v) for v in data.get("value_range", (0.0, 1.0)))
-            config = cls(**data)
-        except TypeError as err:
-            raise InputError(f"generator config: {err}") from None
-        config.validate()
-        return config
+        """The config :meth:`to_dict` wrote, validated (value_range back to a tuple of floats).
+
+        >>> GeneratorConfig.from_dict({"in_channels": 1, "num_classes": 2, "height": 8, "width": 8}).value_range
+        (0.0, 1.0)
+        """
+        return config_from_dict(cls, data, "generator config")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

@@ -15,15 +15,16 @@ from __future__ import annotations
 import math
 import operator
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-from xaisdk.errors import InputError
+from xaisdk.errors import InputError, OutputError
+from xaisdk.input_files import open_image
+from xaisdk.runtime.atomic_files import remove_stale_temps, temp_path
 
 __all__ = [
     "as_model_batch",
@@ -241,8 +242,10 @@ def load_image(
     (alpha is dropped); other channel counts are refused. The EXIF orientation is applied, as image viewers
     do. 8-bit pixels are mapped onto ``value_range`` like uint8 in :func:`as_model_batch`; 16-bit
     grayscale ones as ``low + (high - low) * v / 65535``. Images whose size is not the model's (H, W) are
-    refused, never resized; 32-bit integer or float images (no fixed pixel range) are refused too. A
-    missing or unreadable file raises :class:`xaisdk.InputError` naming the path.
+    refused, never resized, and the size is read from the file's header before any pixel is decoded (so a
+    huge image costs nothing); 32-bit integer or float images (no fixed pixel range) are refused too. A
+    missing or unreadable file, a path that is not a regular file (a FIFO, a device, a directory) and an
+    image above ``xaisdk.input_files.MAX_IMAGE_PIXELS`` raise :class:`xaisdk.InputError` naming the path.
 
     >>> import os, tempfile, numpy as np
     >>> with tempfile.TemporaryDirectory() as tmp:
@@ -255,24 +258,16 @@ def load_image(
     low, high = _check_value_range(value_range)
     if c not in (1, 3):
         raise InputError(f"load_image: image files give 1 (grayscale) or 3 (RGB) channels, but the model takes {c}")
-    try:
-        with Image.open(path) as opened:
+    with open_image(path, "file") as opened:  # regular files only; the header's size is checked before decoding
+        if opened.size not in ((w, h), (h, w)):  # (h, w): an EXIF rotation by 90 degrees may still make it fit
+            _refuse_size(path, opened.size, (w, h))
+        try:
             opened.load()
             img = ImageOps.exif_transpose(opened)
-    except FileNotFoundError:
-        raise InputError(f"{os.fspath(path)}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{os.fspath(path)}: is a directory, not an image file") from None
-    except UnidentifiedImageError:
-        raise InputError(f"{os.fspath(path)}: not an image file pillow can read") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # corrupt, truncated, unreadable
-        raise InputError(f"{os.fspath(path)}: cannot read image: {err}") from None
-
+        except (OSError, ValueError, SyntaxError, EOFError) as err:  # corrupt or truncated pixel data
+            raise InputError(f"{os.fspath(path)}: cannot read image: {err}") from None
     if img.size != (w, h):
-        raise InputError(
-            f"{os.fspath(path)}: image is {img.width} wide x {img.height} high but the model takes {w} wide x {h} high; "
-            "resize or crop it first (images are not resized automatically)"
-        )
+        _refuse_size(path, img.size, (w, h))
 
     if img.mode.startswith("I;16"):  # 16-bit grayscale: convert("L") would clip, not scale
         levels = np.asarray(img).astype(np.float64) / 65535.0
@@ -289,14 +284,22 @@ def load_image(
     return np.ascontiguousarray(_uint8_lut(low, high)[chw])
 
 
+def _refuse_size(path: PathLike, size: tuple[int, int], wanted: tuple[int, int]) -> None:
+    raise InputError(
+        f"{os.fspath(path)}: image is {size[0]} wide x {size[1]} high but the model takes {wanted[0]} wide x {wanted[1]} "
+        "high; resize or crop it first (images are not resized automatically)"
+    )
+
+
 def _write_png_atomic(img: Image.Image, path: PathLike) -> None:
     """Write ``img`` as PNG to a temporary file beside ``path``, then rename it into place."""
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise InputError(f"{target}: cannot create directory {target.parent}: {err}") from None
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+        raise OutputError(f"{target}: cannot create directory {target.parent}: {err}", err.errno) from None
+    remove_stale_temps(target)  # of writers killed mid-write; same temporary names as atomic_files.temp_path
+    tmp = temp_path(target)
     try:
         # os.open with 0o666 so the final file gets the usual umask permissions (mkstemp would give 0600).
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
@@ -306,7 +309,7 @@ def _write_png_atomic(img: Image.Image, path: PathLike) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except OSError as err:
-        raise InputError(f"{target}: cannot write PNG: {err}") from None
+        raise OutputError(f"{target}: cannot write PNG: {err}", err.errno) from None
     finally:
         if tmp.exists():
             tmp.unlink()
