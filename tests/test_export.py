@@ -200,7 +200,9 @@ def test_ganmex_bundle_files_and_manifest(exports):
     assert set(numbers) == {"logits_rel_err", "score_rel_err", "grad_rel_err", "grad_fd_rel_err", "deeplift_rel_err",
                             "generator_rel_err"}
     assert all(0 <= v <= TOL for v in numbers.values()), numbers
-    assert report.checks == numbers
+    assert {k: v for k, v in report.checks.items() if k.endswith("_rel_err")} == numbers
+    # DeepLIFT is compared with a float64 reference, within the larger of TOL and 4x torch float32's own error
+    assert verification["deeplift_tolerance"] == max(TOL, 4 * verification["deeplift_float32_floor"])
 
 
 def test_onnxruntime_backend_equals_torch_on_ganmex_bundle(exports, ganmex, images):

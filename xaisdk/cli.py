@@ -5,19 +5,24 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import click
 
 # Set before torch loads OpenMP: spinning waiters make training 10-30x slower when another process holds a core.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Pillow warns about images above its own pixel limit before xaisdk refuses them (xaisdk.input_files has a
+# lower one): the refusal is the one line the command prints.
+warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit", module="PIL")
 
 from xaisdk import __version__  # noqa: E402
 from xaisdk.errors import InputError  # noqa: E402
 
 
 def _clean_errors(func):
-    """Turn xaisdk.InputError (bad input) into a one-line CLI error with exit status 1."""
+    """Turn xaisdk.InputError (bad input) and OSError (disk full, no permission, read-only file system)
+    into a one-line CLI error with exit status 1."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -25,6 +30,9 @@ def _clean_errors(func):
             return func(*args, **kwargs)
         except InputError as err:
             raise click.ClickException(str(err)) from None
+        except OSError as err:
+            where = f"{os.fsdecode(err.filename)}: " if err.filename is not None else ""
+            raise click.ClickException(f"{where}{err.strerror or err}") from None
 
     return wrapper
 
@@ -375,6 +383,10 @@ def export_command(model_path: Path, out_dir: Path, opset: int, batch: int | Non
     click.echo(f"verified against torch ({checks})")
     if report.deeplift_unavailable:
         click.echo(f"no DeepLIFT graph: {report.deeplift_unavailable}")
+    for note in report.recovered:
+        click.echo(note)
+    if report.kept:
+        click.echo(f"kept what was not part of the old bundle: {', '.join(report.kept)}")
     click.echo(f"wrote {out_dir} ({report.total_bytes / 1e6:.1f} MB) in {report.seconds:.1f} s")
 
 

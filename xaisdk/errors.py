@@ -12,3 +12,17 @@ class InputError(ValueError):
     ...     print(err)
     x: expected 4 dimensions (N, C, H, W), got 2
     """
+
+
+class OutputError(InputError):
+    """A file or folder could not be written: no space left, no permission, a read-only file system,
+    a file where a folder is expected. ``errno`` is that of the operating system's error (or None).
+
+    >>> err = OutputError("cannot write /full/model.pt: No space left on device", errno=28)
+    >>> isinstance(err, InputError), err.errno
+    (True, 28)
+    """
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno

@@ -11,7 +11,8 @@ the TensorRT version, the GPU, the optimization profile, the build settings, the
 plan's own sha256. A plan is loaded only when its sidecar matches every field of the wanted
 :class:`EngineKey` and the plan file still has the recorded sha256, so an engine built for another
 GPU, TensorRT version or graph (or a plan cut short by a crash) is never loaded; it is rebuilt.
-Plans and sidecars are written atomically (temporary file, then ``os.replace``).
+Plans and sidecars are written atomically (:mod:`xaisdk.runtime.atomic_files`: a temporary file, then
+``os.replace``; temporary files of a writer that was killed are removed by the next write).
 
 Engines are built in FP32 with TF32 turned off, and without FP16/INT8: the attributions must match
 the ONNX Runtime numbers of the same bundle (the tests require 1e-4 relative), and reduced precision
@@ -32,14 +33,14 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xaisdk.errors import InputError
+from xaisdk.errors import InputError, OutputError
+from xaisdk.runtime.atomic_files import atomic_write_bytes
 
 __all__ = [
     "DEFAULT_WORKSPACE_BYTES",
@@ -167,21 +168,6 @@ def sidecar_path(plan_path: str | os.PathLike) -> Path:
     return Path(plan_path).with_suffix(".json")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _profile_json(profile: ProfileShapes) -> dict[str, dict[str, list[int]]]:
     return {name: {"min": [int(d) for d in lo], "opt": [int(d) for d in opt], "max": [int(d) for d in hi]}
             for name, (lo, opt, hi) in profile.items()}
@@ -220,9 +206,9 @@ def write_engine(path: str | os.PathLike, plan: bytes, key: EngineKey, graph_rol
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "xaisdk_version": __version__,
     }
-    _atomic_write(plan_file, data)
+    atomic_write_bytes(plan_file, data)
     side = sidecar_path(plan_file)
-    _atomic_write(side, (json.dumps(sidecar, indent=2) + "\n").encode("utf-8"))
+    atomic_write_bytes(side, (json.dumps(sidecar, indent=2) + "\n").encode("utf-8"))
     return side
 
 
@@ -346,7 +332,7 @@ def engine_for(bundle_dir: str | os.PathLike, graph_role: str, graph: bytes, row
     plan = build_engine(graph, profile, workspace_bytes)
     try:
         write_engine(path, plan, key, graph_role, profile, workspace_bytes)
-    except OSError as err:
+    except OutputError as err:
         warnings.warn(f"could not cache the TensorRT engine at {path} ({err}); it will be built again next time",
                       RuntimeWarning, stacklevel=2)
     return plan, path, True

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from xaisdk.errors import InputError
 from xaisdk.models.exaggeration import ExaggerationModel
+from xaisdk.runtime.atomic_files import atomic_write_bytes
 
 EXAGGERATION_ONNX = "exaggeration.onnx"
 PARITY_TOLERANCE = 1e-4
@@ -49,7 +50,6 @@ def export_exaggeration_onnx(model: ExaggerationModel, out_dir: str | os.PathLik
     if int(check_samples) < 1:
         raise InputError(f"check_samples must be >= 1, got {check_samples}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     net = model.net.eval()
     n_bins = model.n_bins
     shape = tuple(model.classifier.input_shape)
@@ -67,9 +67,7 @@ def export_exaggeration_onnx(model: ExaggerationModel, out_dir: str | os.PathLik
         entry.key, entry.value = key, value
     onnx.checker.check_model(graph, full_check=True)
     path = out / EXAGGERATION_ONNX
-    tmp = path.with_suffix(".onnx.tmp")
-    tmp.write_bytes(graph.SerializeToString())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, graph.SerializeToString())
 
     rng = np.random.default_rng(seed)
     low, high = model.net.config.value_range

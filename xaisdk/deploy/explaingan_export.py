@@ -22,6 +22,7 @@ from torch import nn
 
 from xaisdk.errors import InputError
 from xaisdk.models.explaingan import ExplainGANInference, ExplainGANModel, load_explaingan
+from xaisdk.runtime.atomic_files import atomic_write_bytes
 
 __all__ = ["export_explaingan_onnx", "EXPLAINGAN_OUTPUTS"]
 
@@ -102,13 +103,9 @@ def export_explaingan_onnx(model: ExplainGANModel | str | os.PathLike, out_dir: 
     problems = disallowed_nodes(proto)
     if problems:
         raise UnsupportedOpError("explaingan: the graph uses ops outside TensorRT's ONNX op set: " + "; ".join(problems[:5]))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "explaingan.onnx"
+    path = Path(out_dir) / "explaingan.onnx"
     data = proto.SerializeToString()
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
 
     x = _verification_images(model, check_count, seed)
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])

@@ -12,6 +12,7 @@ import torch
 
 from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import Classifier, weights_hash
+from xaisdk.runtime.atomic_files import remove_stale_temps
 
 __all__ = ["resumable_state", "restore_loop"]
 
@@ -20,6 +21,8 @@ def resumable_state(payload: Mapping[str, Any], path: Path, saved_config: Mappin
                     run_keys: Sequence[str], classifier: Classifier) -> dict[str, Any]:
     """The checkpoint's training state, after checking the run may continue: it has one, the settings in
     ``run_keys`` are those it was started with, and ``classifier`` is the one it trained against.
+    Temporary files that a killed save of ``path`` left next to it are removed (the resumed run
+    writes ``path`` again).
 
     >>> from xaisdk.models import load_shipped_classifier
     >>> clf = load_shipped_classifier("digits")
@@ -37,6 +40,7 @@ def resumable_state(payload: Mapping[str, Any], path: Path, saved_config: Mappin
         raise InputError(f"{path}: cannot resume with different hyper-parameters ({details})")
     if not np.isclose(state.get("classifier_hash", np.nan), weights_hash(classifier), rtol=1e-9, atol=0):
         raise InputError(f"{path}: was trained against a different classifier")
+    remove_stale_temps(path)
     return state
 
 
