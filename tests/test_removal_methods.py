@@ -465,10 +465,12 @@ def test_perturbed_images_go_through_the_backend_in_chunks(region_backend):
     counting.calls.clear()
     inpainter.calls.clear()
     meaningful_perturbation(counting, x, w, filler="inpaint", inpainter=inpainter, steps=3)  # 4 jitter copies
-    assert counting.calls == [8, 8] * 3 and inpainter.calls == [2] * 3  # one-vs-all: logits, then gradients
+    # the inputs' log-odds once; then per step one-vs-all: logits, then gradients; the inpainter fills the
+    # hard masks and (no mask_vjp) their complements
+    assert counting.calls == [2] + [8, 8] * 3 and inpainter.calls == [2, 2] * 3
     counting.calls.clear()
     meaningful_perturbation(counting, x, class_weights([0, 0], [1, 1], 3), steps=2, chunk_size=3)
-    assert counting.calls == [3, 3, 2] * 2  # one-vs-one: one gradient call per chunk
+    assert counting.calls == [2] + [3, 3, 2] * 2  # one-vs-one: one gradient call per chunk
 
 
 def test_progress_bars(region_backend, capsys):

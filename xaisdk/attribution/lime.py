@@ -29,6 +29,7 @@ import warnings
 import numpy as np
 
 from xaisdk.attribution.drivers import _chunk_size, _images, _weights
+from xaisdk.attribution.empty_maps import check_maps
 from xaisdk.attribution.removal import Remover, Score, check_number, check_positive_int, removal_scores
 from xaisdk.errors import InputError
 from xaisdk.runtime.backend import Backend
@@ -108,21 +109,26 @@ def _segments(segments: object, n: int, size: tuple[int, int]) -> np.ndarray:
     return np.stack([np.unique(s, return_inverse=True)[1].reshape(size) for s in labels])
 
 
-def _fit(on: np.ndarray, y: np.ndarray, sample_weight: np.ndarray, alpha: float) -> np.ndarray:
+def _fit(on: np.ndarray, y: np.ndarray, sample_weight: np.ndarray, alpha: float, image: int = 0) -> np.ndarray:
     """Coefficients of the weighted sparse linear fit of ``y`` on ``on`` (with an intercept):
-    ``Lasso(alpha * weighted std of y)``, or weighted least squares for ``alpha=0``."""
+    ``Lasso(alpha * weighted std of y)``, or weighted least squares for ``alpha=0``. The fit runs on
+    ``y`` divided by that spread (the same coefficients, scaled back), so scores that differ by
+    1e-20 are fitted as well as probabilities. Scores that are all equal raise
+    :class:`~xaisdk.InputError` (``image`` names the input): no superpixel changes them."""
     from sklearn.linear_model import Lasso, LinearRegression
 
     mean = np.average(y, weights=sample_weight)
     spread = float(np.sqrt(np.average((y - mean) ** 2, weights=sample_weight)))
-    if spread == 0:
-        return np.zeros(on.shape[1])  # every sample scored the same: no superpixel matters
-    model = LinearRegression() if alpha == 0 else Lasso(alpha=alpha * spread, max_iter=10000)
+    if spread == 0 or not np.isfinite(spread):
+        what = "the same score" if spread == 0 else "non-finite scores"
+        raise InputError(f"lime: every perturbed sample of image {image} has {what}: removing its superpixels does not "
+                         "change the model's output (the filler equals the image, or the model does not depend on it)")
+    model = LinearRegression() if alpha == 0 else Lasso(alpha=alpha, max_iter=10000)
     with warnings.catch_warnings():
         # a Lasso stopped at max_iter still gives usable coefficients (LIME's own fit has no such check)
         warnings.simplefilter("ignore", category=UserWarning)
-        model.fit(on, y, sample_weight=sample_weight)
-    return np.asarray(model.coef_, np.float64)
+        model.fit(on, (y - mean) / spread, sample_weight=sample_weight)
+    return np.asarray(model.coef_, np.float64) * spread
 
 
 def lime(
@@ -166,6 +172,12 @@ def lime(
     coefficients; 0.03 keeps ~40% of them (correlation 0.92), 0.1 under 10% and leaves some maps
     all zero.
 
+    The scores are fitted as differences to the input's (:meth:`~xaisdk.attribution.removal.Score.drop`,
+    from the log-odds): a confident classifier's probability rounds to 1 in float64 once its log-odds
+    pass ~37 (one-vs-one against an unlike class, common on the digits), which made every sample score
+    the same and the map all zero. A map that is still all zero, or an image whose samples all score
+    the same, raises :class:`~xaisdk.InputError` (see :mod:`xaisdk.attribution.empty_maps`).
+
     >>> from xaisdk.attribution.drivers import _LinearBackend
     >>> from xaisdk.runtime.backend import class_weights
     >>> backend = _LinearBackend(np.stack([np.eye(1, 16, 5)[0], np.zeros(16)]), input_shape=(1, 4, 4))
@@ -199,11 +211,13 @@ def lime(
         kept = np.take_along_axis(on[sample, index], flat_labels[sample], axis=1)
         return (1 - kept).astype(np.float32).reshape(len(sample), 1, height, width)
 
-    scores = removal_scores(backend, remover, score, n_samples, make_masks, chunk_size=size, progress=progress,
-                            desc="lime")
+    raw = removal_scores(backend, remover, score, n_samples, make_masks, chunk_size=size, progress=progress,
+                         desc="lime", raw=True)
+    gains = -score.drop(raw[:, :1], raw)  # s(sample) - s(input): exact where probabilities round to 1
     maps = np.empty((n, 1, height, width), np.float32)
     for i, count in enumerate(counts):
         z = on[i, :, :count].astype(np.float64)
-        coef = _fit(z, scores[i], lime_kernel(z, kernel_width), alpha)
+        coef = _fit(z, gains[i], lime_kernel(z, kernel_width), alpha, image=i)
         maps[i, 0] = coef[labels[i]]
-    return maps
+    return check_maps(maps, "lime", why=f"the Lasso set every superpixel's coefficient to 0 (alpha={alpha:g}; lower "
+                      "it) or they are below float32's range (use output='logits')")

@@ -45,6 +45,7 @@ __all__ = [
     "check_number",
     "check_positive_int",
     "input_scores",
+    "log_odds_and_gradient",
     "progress_bar",
     "removal_scores",
     "score_and_gradient",
@@ -164,6 +165,70 @@ class Score:
             out[alone] = np.exp(za[np.arange(len(za)), self.source[rows][alone]] - log_sum)
         return out
 
+    def log_odds(self, logits: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``t = log(s / (1 - s))`` (float64 (len(rows),)) of probability scores, computed from the logits
+        so that it stays exact where ``s`` rounds to 0 or 1: ``S_source - S_target`` one-vs-one,
+        ``z_source - logsumexp_(k != source) z_k`` one-vs-all.
+
+        >>> score = Score(np.array([[1.0, 0.0, 0.0]], np.float32), "probability")
+        >>> float(score(np.array([[60.0, 0.0, 0.0]], np.float32), np.array([0]))[0])   # saturated
+        1.0
+        >>> round(float(score.log_odds(np.array([[60.0, 0.0, 0.0]], np.float32), np.array([0]))[0]), 4)  # 60 - log 2
+        59.3069
+        """
+        self._need_probability("log_odds")
+        z = np.asarray(logits, np.float64)
+        out = (z * self.weights[rows]).sum(1)
+        alone = self.target[rows] < 0
+        if alone.any():
+            out[alone] = z[alone, self.source[rows][alone]] - _logsumexp_others(z[alone], self.source[rows][alone])
+        return out
+
+    def log_odds_gradient(self, logits: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``dt/dlogits`` (len(rows), K) float32 of :meth:`log_odds`: the weight row one-vs-one,
+        ``e_source - q`` one-vs-all (``q`` the softmax over the other classes, 0 at the source).
+
+        >>> score = Score(np.array([[1.0, 0.0, 0.0]], np.float32), "probability")
+        >>> score.log_odds_gradient(np.zeros((1, 3), np.float32), np.array([0])).tolist()
+        [[1.0, -0.5, -0.5]]
+        """
+        self._need_probability("log_odds_gradient")
+        out = self.weights[rows].astype(np.float64)
+        alone = self.target[rows] < 0
+        if alone.any():
+            z = np.asarray(logits, np.float64)[alone]
+            source = self.source[rows][alone]
+            others = z.copy()
+            others[np.arange(len(z)), source] = -np.inf
+            q = np.exp(others - others.max(1, keepdims=True))
+            out[alone] = self.weights[rows][alone] - q / q.sum(1, keepdims=True)
+        return out.astype(np.float32)
+
+    def raw(self, logits: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """What :meth:`drop` takes (float64): :meth:`log_odds` for probabilities, ``s`` for logits."""
+        return self.log_odds(logits, rows) if self.kind == "probability" else self(logits, rows)
+
+    def drop(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """``s(before) - s(after)`` of :meth:`raw` values, float64 with full relative precision.
+
+        Probabilities of a confident classifier round to 1 in float64 once the log-odds pass ~37 (a
+        one-vs-one margin of 50 is common between a digit and an unlike class), so subtracting ``s``
+        values would return exact zeros; the difference of two sigmoids is computed from the
+        log-odds instead.
+
+        >>> score = Score(np.array([[1.0, -1.0]], np.float32), "probability")
+        >>> print(f"{score.drop(np.array([50.0]), np.array([49.0]))[0]:.4g}")   # e^-49 - e^-50, not 0
+        3.314e-22
+        """
+        a, b = np.broadcast_arrays(np.asarray(before, np.float64), np.asarray(after, np.float64))
+        if self.kind == "logits":
+            return a - b
+        return _sigmoid_difference(a, b)
+
+    def _need_probability(self, what: str) -> None:
+        if self.kind != "probability":
+            raise InputError(f"output: {what} is defined for output='probability', not {self.kind!r}")
+
     def logit_gradient(self, logits: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """``ds/dlogits`` (len(rows), K) float32: weight rows whose weighted-logit gradient is the gradient of ``s``.
 
@@ -189,6 +254,51 @@ class Score:
 
 def _sigmoid(t: np.ndarray) -> np.ndarray:
     return np.exp(-np.logaddexp(0.0, -t))
+
+
+def _logsumexp_others(z: np.ndarray, skip: np.ndarray) -> np.ndarray:
+    """``logsumexp`` of each row of ``z`` (float64 (B, K)) without its column ``skip[b]``."""
+    others = z.copy()
+    others[np.arange(len(z)), skip] = -np.inf
+    top = others.max(1)
+    return np.log(np.exp(others - top[:, None]).sum(1)) + top
+
+
+def _log_cosh(u: np.ndarray) -> np.ndarray:
+    u = np.abs(u)
+    return u + np.log1p(np.exp(-2 * u)) - np.log(2.0)
+
+
+def _sigmoid_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``sigmoid(a) - sigmoid(b)`` with full relative precision for any finite log-odds:
+    ``sinh((a - b) / 2) / (2 cosh(a / 2) cosh(b / 2))``, evaluated in logs."""
+    half = np.abs(a - b) / 2
+    with np.errstate(divide="ignore"):  # a == b: log(0) = -inf, exp(-inf) = 0
+        log_sinh = half + np.log(-np.expm1(-2 * half)) - np.log(2.0)
+    return np.sign(a - b) * np.exp(log_sinh - np.log(2.0) - _log_cosh(a / 2) - _log_cosh(b / 2))
+
+
+def log_odds_and_gradient(backend: Backend, images: np.ndarray, rows: np.ndarray,
+                          score: Score) -> tuple[np.ndarray, np.ndarray]:
+    """:meth:`Score.log_odds` of each image (float64 (B,)) and its gradient w.r.t. the image (float32).
+
+    One ``backend.score_gradient`` call (the weighted logit score is the log-odds one-vs-one), plus
+    one ``backend.logits`` call first for one-vs-all rows. Unlike the probability, its gradient does
+    not vanish on a confident classifier.
+
+    >>> from xaisdk.attribution.drivers import _LinearBackend
+    >>> backend = _LinearBackend(np.array([[1.0, 0.0], [0.0, 1.0]]))
+    >>> t, g = log_odds_and_gradient(backend, np.array([[[[30.0, 0.0]]]], np.float32), np.array([0]),
+    ...                              Score(np.array([[1.0, -1.0]], np.float32), "probability"))
+    >>> t.tolist(), g.ravel().tolist()
+    ([30.0], [1.0, -1.0])
+    """
+    if (score.target[rows] < 0).any():
+        logits = np.asarray(backend.logits(images), np.float32)
+        _, grads = backend.score_gradient(images, score.log_odds_gradient(logits, rows))
+        return score.log_odds(logits, rows), np.asarray(grads, np.float32)
+    weighted, grads = backend.score_gradient(images, score.weights[rows])
+    return np.asarray(weighted, np.float64), np.asarray(grads, np.float32)
 
 
 def score_and_gradient(backend: Backend, images: np.ndarray, rows: np.ndarray, score: Score) -> tuple[np.ndarray, np.ndarray]:
@@ -263,11 +373,12 @@ MaskFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def removal_scores(backend: Backend, remover: Remover, score: Score, per_input: int, make_masks: MaskFn, *,
-                   chunk_size: int, progress: bool = False, desc: str = "removal") -> np.ndarray:
+                   chunk_size: int, progress: bool = False, desc: str = "removal", raw: bool = False) -> np.ndarray:
     """``s`` of every perturbed image, float64 (N, per_input): perturbation ``j`` of input ``n`` removes
     ``make_masks([n], [j])``. The N * per_input images go through the backend ``chunk_size`` at a
     time (one ``logits`` call and, for ``"inpaint"``, one ``inpaint`` call per chunk); masks and
-    images exist one chunk at a time.
+    images exist one chunk at a time. ``raw`` returns :meth:`Score.raw` values instead (for
+    :meth:`Score.drop`, which keeps the differences of saturated probabilities).
 
     >>> from xaisdk.attribution.drivers import _LinearBackend
     >>> backend = _LinearBackend(np.array([[1.0, 2.0], [0.0, 0.0]]))
@@ -282,12 +393,12 @@ def removal_scores(backend: Backend, remover: Remover, score: Score, per_input: 
     for sl in progress_bar(list(chunks(n * per_input, chunk_size)), desc, progress):
         sample, index = np.divmod(np.arange(sl.start, sl.stop), per_input)
         perturbed = remover(sample, make_masks(sample, index))
-        out[sl] = score(np.asarray(backend.logits(perturbed), np.float32), sample)
+        out[sl] = (score.raw if raw else score)(np.asarray(backend.logits(perturbed), np.float32), sample)
     return out.reshape(n, per_input)
 
 
-def input_scores(backend: Backend, x: np.ndarray, score: Score, chunk_size: int) -> np.ndarray:
-    """``s(x[n])`` of the unperturbed inputs, float64 (N,).
+def input_scores(backend: Backend, x: np.ndarray, score: Score, chunk_size: int, raw: bool = False) -> np.ndarray:
+    """``s(x[n])`` of the unperturbed inputs, float64 (N,) (:meth:`Score.raw` values when ``raw``).
 
     >>> from xaisdk.attribution.drivers import _LinearBackend
     >>> input_scores(_LinearBackend(np.array([[1.0, 2.0]])), np.ones((1, 1, 1, 2), np.float32),
@@ -296,5 +407,5 @@ def input_scores(backend: Backend, x: np.ndarray, score: Score, chunk_size: int)
     """
     out = np.empty(len(x))
     for sl in chunks(len(x), chunk_size):
-        out[sl] = score(np.asarray(backend.logits(x[sl]), np.float32), np.arange(sl.start, sl.stop))
+        out[sl] = (score.raw if raw else score)(np.asarray(backend.logits(x[sl]), np.float32), np.arange(sl.start, sl.stop))
     return out

@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from xaisdk.attribution.drivers import _chunk_size, _images, _weights
+from xaisdk.attribution.empty_maps import check_maps
 from xaisdk.attribution.removal import Remover, Score, check_positive_int, input_scores, removal_scores
 from xaisdk.errors import InputError
 from xaisdk.runtime.backend import Backend
@@ -112,6 +113,12 @@ def sliding_patch(
     through the backend ``chunk_size`` at a time (inpainting too); ``progress`` shows a bar over the
     chunks. ``return_grid`` also returns the raw position grid ``(N, Gh, Gw)`` (float32).
 
+    A confident classifier's probability rounds to 1 in float64 once its log-odds pass ~37 (between a
+    digit and an unlike class, one-vs-one margins of 40-60 are common), so the drops are computed from
+    the log-odds (:meth:`~xaisdk.attribution.removal.Score.drop`): exact, if tiny (1e-20), instead of
+    zeros. A map that is still all zero (no patch changes the score) raises
+    :class:`~xaisdk.InputError` (see :mod:`xaisdk.attribution.empty_maps`).
+
     Defaults are the paper's, scaled to 28-32 pixel images: its 29-pixel patch on 224 pixels is
     3.6 px at 28 px (4.1 px at 32); ``patch=5`` is the next odd size (so a patch has a centre pixel)
     and covers the 2-3 px strokes of the digits whole. The paper's stride 3 (1.3% of the side) is
@@ -146,9 +153,12 @@ def sliding_patch(
         in_cols = (col_pixels >= left[:, None]) & (col_pixels < left[:, None] + pw)
         return (in_rows[:, :, None] & in_cols[:, None, :]).astype(np.float32)[:, None]
 
-    reference = input_scores(backend, xs, score, size)
+    reference = input_scores(backend, xs, score, size, raw=True)
     removed = removal_scores(backend, remover, score, len(rows) * len(cols), make_masks, chunk_size=size,
-                             progress=progress, desc="sliding patch")
-    grid = (reference[:, None] - removed).reshape(n, len(rows), len(cols))
-    maps = centred_upsample(grid, (ph, pw), (sh, sw), (height, width))[:, None]
+                             progress=progress, desc="sliding patch", raw=True)
+    grid = score.drop(reference[:, None], removed).reshape(n, len(rows), len(cols))
+    check_maps(grid, "sliding_patch", why="no patch position changes the score (the filler equals the image there, or "
+               "the model does not depend on these pixels)")
+    maps = check_maps(centred_upsample(grid, (ph, pw), (sh, sw), (height, width))[:, None], "sliding_patch",
+                      why="the score drops are below float32's range (about 1e-38); use output='logits'")
     return (maps, grid.astype(np.float32)) if return_grid else maps
