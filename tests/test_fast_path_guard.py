@@ -327,3 +327,43 @@ def test_long_paths_and_many_windows_go_through_in_bounded_pieces():
     whole = relu_path_occluded_scores(prefix, x, b, weights, rows, cols, rows_per_pass=4096)
     bands = relu_path_occluded_scores(prefix, x, b, weights, rows, cols, rows_per_pass=20)  # one window row per call
     np.testing.assert_allclose(bands, whole, atol=1e-6 * np.abs(whole).max())
+
+
+def test_tracing_a_model_never_breaks_forward_passes_on_other_threads():
+    """torch.fx replaces nn.Module.__call__ process-wide while it traces (DeepLIFT's analysis does, at
+    construction): the torch backends' forward passes on other threads wait for it instead of failing."""
+    import threading
+    import time
+
+    class SlowToTrace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Flatten(), nn.Linear(144, CLASSES))
+
+        def forward(self, x):
+            time.sleep(0.5)  # runs while fx traces: the window in which other threads' calls would fail
+            return self.body(x)
+
+    serving = TorchBackend(_cnn(), input_shape=SHAPE)
+    x, b, weights = _inputs()
+    expected = serving.logits(x)
+    errors, done = [], threading.Event()
+
+    def serve():
+        while not done.is_set():
+            try:
+                np.testing.assert_allclose(serving.logits(x), expected, rtol=1e-6)
+                serving.score_gradient(x, weights)
+            except Exception as err:  # noqa: BLE001 - any failure on this thread is the defect under test
+                errors.append(repr(err))
+
+    worker = threading.Thread(target=serve)
+    worker.start()
+    try:
+        time.sleep(0.05)
+        traced = TorchBackend(SlowToTrace().eval(), input_shape=SHAPE)
+    finally:
+        done.set()
+        worker.join()
+    assert traced.supports_deeplift
+    assert errors == []

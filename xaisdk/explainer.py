@@ -25,10 +25,12 @@ from typing import Any
 import numpy as np
 
 from xaisdk.attribution import drivers
+from xaisdk.attribution.empty_maps import check_explanation
 from xaisdk.attribution.lime import lime
 from xaisdk.attribution.meaningful_perturbation import meaningful_perturbation
 from xaisdk.attribution.sliding_patch import sliding_patch
 from xaisdk.errors import InputError
+from xaisdk.limits import DEFAULT_LIMITS, Limits, check_size
 from xaisdk.runtime.backend import Backend, as_backend, class_weights
 from xaisdk.runtime.images import as_model_batch
 
@@ -51,6 +53,8 @@ ALIASES = {"integrated_gradients": "ig", "eg": "expected_gradients", "saliency":
            "mp": "meaningful_perturbation"}
 REMOVAL = ("sliding_patch", "lime", "meaningful_perturbation")  # methods that remove pixels with a filler
 COMPLETE = ("ig", "deeplift", "deepshap")  # methods whose attributions sum to S(x) - S(baseline)
+# Method options bounded by a Limits field of the same name (checked before any work is done).
+SIZE_OPTIONS = ("n_steps", "n_samples", "steps", "n_jitter", "n_segments", "chunk_size")
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,9 @@ class Explainer:
             (:class:`~xaisdk.counterfactual.exaggeration.Exaggeration`,
             :class:`~xaisdk.runtime.exaggeration_onnx.OnnxExaggeration` or a checkpoint path) for
             ``counterfactual(kind="exaggeration")``.
+        limits: caps on the size-like options of one call (``n_steps``, ``n_samples``, ``chunk_size``,
+            ...; see :class:`~xaisdk.limits.Limits` for the defaults); a request above them raises
+            :class:`~xaisdk.InputError`. Memory does not grow with ``n_steps`` / ``n_samples``.
 
     >>> import numpy as np, xaisdk
     >>> explainer = Explainer(xaisdk.load_shipped_ganmex())
@@ -117,7 +124,11 @@ class Explainer:
     """
 
     def __init__(self, model: Any, generator: Any = None, *, class_names: tuple[str, ...] | None = None,
-                 inpainter: Any = None, explaingan: Any = None, exaggeration: Any = None, **backend_options: Any) -> None:
+                 inpainter: Any = None, explaingan: Any = None, exaggeration: Any = None, limits: Limits | None = None,
+                 **backend_options: Any) -> None:
+        if limits is not None and not isinstance(limits, Limits):
+            raise InputError(f"limits: expected xaisdk.limits.Limits, got {type(limits).__name__}")
+        self.limits = DEFAULT_LIMITS if limits is None else limits
         if isinstance(model, Backend) and (generator is not None or backend_options):
             raise InputError("generator= and backend options apply to torch models, not to a ready backend")
         self.backend = model if isinstance(model, Backend) else as_backend(model, generator=generator, **backend_options)
@@ -131,7 +142,7 @@ class Explainer:
 
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str = "auto", *, providers: list[str] | None = None,
-             intra_op_threads: int | None = None, spin_wait: bool = False) -> Explainer:
+             intra_op_threads: int | None = None, spin_wait: bool = False, limits: Limits | None = None) -> Explainer:
         """An Explainer for an exported bundle folder (ONNX Runtime) or a ``.pt`` checkpoint (torch).
 
         ``backend``: ``"auto"`` (bundle folders on ONNX Runtime, checkpoints on torch),
@@ -141,7 +152,7 @@ class Explainer:
         ``providers``, ``intra_op_threads`` and ``spin_wait`` (see
         :class:`~xaisdk.runtime.onnxruntime_backend.OnnxRuntimeBackend`) configure ONNX
         Runtime (default: TensorRT/CUDA when onnxruntime-gpu offers them, else CPU; all cores).
-        Sessions are warmed up before this returns.
+        Sessions are warmed up before this returns. ``limits`` as in :class:`Explainer`.
 
         Example (needs an exported bundle)::
 
@@ -160,7 +171,7 @@ class Explainer:
             if backend == "tensorrt":
                 from xaisdk.runtime.tensorrt_backend import TensorRTBackend
 
-                return cls(TensorRTBackend(path))
+                return cls(TensorRTBackend(path), limits=limits)
             from xaisdk.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
             runtime = OnnxRuntimeBackend(path, providers=providers, intra_op_threads=intra_op_threads, spin_wait=spin_wait)
@@ -173,12 +184,12 @@ class Explainer:
             if "explaingan" in graphs:
                 from xaisdk.runtime.explaingan_onnx import OnnxExplainGAN
 
-                explaingan = OnnxExplainGAN(path / graphs["explaingan"].file, providers=providers)
+                explaingan = OnnxExplainGAN(runtime.bundle, providers=providers)  # the verified bytes, not the path
             if "exaggeration" in graphs:
                 from xaisdk.runtime.exaggeration_onnx import OnnxExaggeration
 
-                exaggeration = OnnxExaggeration(path / graphs["exaggeration"].file, runtime.logits, providers=providers)
-            return cls(runtime, inpainter=inpainter, explaingan=explaingan, exaggeration=exaggeration)
+                exaggeration = OnnxExaggeration(runtime.bundle, runtime.logits, providers=providers)
+            return cls(runtime, inpainter=inpainter, explaingan=explaingan, exaggeration=exaggeration, limits=limits)
         if backend in ("onnxruntime", "tensorrt"):
             raise InputError(f"{path}: the {backend} backend runs bundles; make one with `xaisdk export --model {path}`")
         from xaisdk.models.ganmex import load_model
@@ -186,8 +197,8 @@ class Explainer:
         if backend == "torch-cuda":
             from xaisdk.runtime.torch_cuda_backend import TorchCudaBackend
 
-            return cls(TorchCudaBackend(load_model(path)))
-        return cls(load_model(path))
+            return cls(TorchCudaBackend(load_model(path)), limits=limits)
+        return cls(load_model(path), limits=limits)
 
     # ---- inputs -------------------------------------------------------------------------
     def _batch(self, x: Any, name: str = "x") -> tuple[np.ndarray, bool]:
@@ -239,10 +250,9 @@ class Explainer:
         if callable(baseline):
             baseline = baseline(x, target)
         if isinstance(baseline, (int, float, np.integer, np.floating)) and not isinstance(baseline, (bool, np.bool_)):
-            value = np.full_like(x, float(baseline))
-            if not np.isfinite(value).all():
-                raise InputError("baseline: must be finite")
-            return value
+            if not np.isfinite(float(baseline)):
+                raise InputError(f"baseline: must be finite, got {baseline!r}")
+            baseline = np.full(x.shape, float(baseline), np.float64)  # a number: a float image, range-checked as one
         batch, single = self._batch(baseline, "baseline")
         if single or len(batch) == 1:
             batch = np.repeat(batch, len(x), axis=0)
@@ -262,6 +272,20 @@ class Explainer:
             shared, _ = self._batch(array, "baseline")  # (M, C, H, W) shared by every input
             return np.broadcast_to(shared, (len(x), *shared.shape)).copy()
         return self._baseline(baseline, x, target)[:, None]
+
+    def _check_sizes(self, driver: Callable[..., Any], options: dict[str, Any]) -> None:
+        """Refuse a size-like option above the limits before any work; lower a default chunk_size above them.
+
+        The drivers check their options again; this also covers options whose own checks know no cap.
+        """
+        params = inspect.signature(driver).parameters
+        with self.limits.applied():
+            for option in SIZE_OPTIONS:  # options the method does not take are refused by _call, with the list
+                if option in options and option in params and not (options[option] is None and params[option].default is None):
+                    check_size(options[option], option)
+        default = params["chunk_size"].default if "chunk_size" in params else None
+        if "chunk_size" not in options and isinstance(default, int) and default > self.limits.chunk_size:
+            options["chunk_size"] = self.limits.chunk_size  # rows per call do not change the result
 
     # ---- public API ---------------------------------------------------------------------
     def logits(self, x: Any) -> np.ndarray:
@@ -294,7 +318,8 @@ class Explainer:
         was trained for; optional) from f(x) across the boundary, an
         :class:`~xaisdk.runtime.exaggeration_onnx.ExaggerationSeries` (``images`` (N, n_steps, C, H, W),
         ``outputs`` = f of each image, ``targets``). The last two need the Explainer's ``explaingan`` /
-        ``exaggeration`` (a bundle exported with them has them).
+        ``exaggeration`` (a bundle exported with them has them). ``n_steps`` is an integer in
+        [2, ``limits.series_steps``] (see :class:`~xaisdk.limits.Limits`).
         """
         if kind == "ganmex":
             if target is None:
@@ -311,11 +336,15 @@ class Explainer:
         if target is not None:
             raise InputError(f"counterfactual: kind={kind!r} takes no target (ExplainGAN goes to the other class; "
                              "Progressive Exaggeration walks target_class's probability)")
+        if kind == "exaggeration":
+            with self.limits.applied():
+                check_size(n_steps, "n_steps", cap="series_steps", minimum=2)
         batch, _ = self._batch(x)
         if kind == "explaingan":
             return engine.transform(batch)
         classes = None if target_class is None else self._classes(target_class, 1, "target_class")[0]
-        return engine.series(batch, n_steps, None if classes is None else int(classes))
+        with self.limits.applied():
+            return engine.series(batch, n_steps, None if classes is None else int(classes))
 
     def explain(self, x: Any, target: Any, source: Any = None, method: str = "ig", baseline: Any = "ganmex",
                 **method_options: Any) -> Explanation:
@@ -330,12 +359,15 @@ class Explainer:
         ``filler=`` (``"gray"``, ``"zero"``, ``"blur"``, ``"noise"``, or ``"inpaint"``: the Explainer's
         inpainter, e.g. the bundle's) and return one map per pixel (N, 1, H, W). ``baseline``: ``"ganmex"`` (default),
         ``"zero"``, ``"uniform"``, ``"blur"``, a number, an image or one per input, or a callable
-        ``(x, target) -> images``.
+        ``(x, target) -> images``. Size-like options (``n_steps``, ``n_samples``, ``steps``, ``chunk_size``,
+        ...) are integers bounded by the Explainer's ``limits`` (:class:`~xaisdk.limits.Limits`).
+        A number given as ``baseline`` must lie in the model's value range, as float pixels must.
         """
         name = ALIASES.get(method, method)
         if name not in METHODS:
             raise InputError(f"method: unknown {method!r}; expected one of {', '.join(METHODS)}")
         driver, baseline_use = METHODS[name]
+        self._check_sizes(driver, method_options)
         batch, single = self._batch(x)
         n = len(batch)
         logits = self.backend.logits(batch)
@@ -370,7 +402,9 @@ class Explainer:
         else:
             base = self._baseline(baseline, batch, tgt)
             args += (base,)
-        attributions = _call(driver, name, args, method_options)
+        with self.limits.applied():
+            attributions = _call(driver, name, args, method_options)
+        check_explanation(attributions, name, batch, base)  # an all-zero or NaN map is an error, not an explanation
         baseline_score = delta = None
         if base is not None:
             flat = base.reshape(-1, *batch.shape[1:])

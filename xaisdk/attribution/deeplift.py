@@ -4,15 +4,15 @@ The rescale rule replaces the local derivative of every element-wise nonlinearit
 ``(f(x) - f(x0)) / (x - x0)`` (the ordinary derivative where ``|x - x0| < eps``). Between them the
 network must be affine (convolutions, linear layers, batch norm in eval mode, average pooling,
 flatten, dropout in eval mode), and then the attributions sum exactly to ``S(x) - S(x0)``.
-Nonlinearities are found as ``nn.Module`` instances; a model that calls ``F.relu`` directly is
-not rescaled there, which the convergence delta reveals.
+The forward is traced with torch.fx (:mod:`xaisdk.attribution.deeplift_trace`), so functional
+nonlinearities (``torch.clamp``, ``F.relu``, ``x.sigmoid()``) are rescaled like modules, and models
+the rule does not cover (products of two input-dependent tensors as in squeeze-excitation or
+attention, max pooling, softmax, normalization across features, forwards torch.fx cannot trace) are
+refused with the sentence the ONNX builder uses (:mod:`xaisdk.attribution.deeplift_rules`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -31,101 +31,40 @@ from xaisdk.attribution._inputs import (
     eval_mode,
     score_spec,
     to_numpy,
-    weighted_score,
 )
+from xaisdk.attribution.deeplift_trace import deeplift_plan, rescaled_forward
 from xaisdk.baselines.generated import generator_for, is_generator_name
 from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import Classifier
 from xaisdk.models.ganmex import GanmexModel
 
-ELEMENTWISE = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish,
-    nn.LogSigmoid, nn.Tanhshrink,
-)  # fmt: skip
-UNSUPPORTED = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-    nn.AdaptiveMaxPool3d, nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.LayerNorm, nn.GroupNorm,
-    nn.LocalResponseNorm, nn.MultiheadAttention, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
-)  # fmt: skip
 EPS = 1e-10
 
 
-class _RescaleHooks:
-    """Forward hooks that give each element-wise nonlinearity the rescale-rule gradient.
+def unsupported_error(reason: str) -> InputError:
+    """The error raised for DeepLIFT on a model it does not cover, for the ``reason`` of :func:`deeplift_refusal`."""
+    return InputError(f"deeplift: {reason}")
 
-    The batch holds the inputs in its first half and their baselines in its second; each hook
-    returns ``out.detach() + (inp - inp.detach()) * m`` so the value is unchanged and the gradient
-    w.r.t. ``inp`` is the multiplier ``m`` (the same for both halves). The hooks act only on forward
-    passes of the thread that activated them, so other threads may run the module meanwhile.
+
+def deeplift_refusal(module: nn.Module) -> str | None:
+    """Why DeepLIFT's rescale rule does not cover ``module``'s forward, or None when it does.
+
+    The forward is traced with torch.fx and every op checked against the op kinds shared with the
+    ONNX builder (:mod:`xaisdk.attribution.deeplift_rules`): products of two input-dependent tensors
+    (squeeze-excitation, attention), max pooling, softmax and normalization across features are
+    refused, as is a forward that cannot be traced. The analysis is cached per module until its
+    structure, modes, hooks or parameters change.
+
+    >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    >>> deeplift_refusal(net) is None
+    True
+    >>> class Gated(nn.Module):
+    ...     def forward(self, x):
+    ...         return x * torch.sigmoid(x)
+    >>> deeplift_refusal(Gated()).split(" (")[0]
+    "DeepLIFT's rescale rule does not cover products of two input-dependent tensors"
     """
-
-    def __init__(self, module: nn.Module, eps: float = EPS) -> None:
-        self.module = module
-        self.eps = eps
-        self._busy = False
-        self._thread: int | None = None
-
-    def _local_derivative(self, mod: nn.Module, inp: torch.Tensor) -> torch.Tensor:
-        self._busy = True  # the module is called again below: its own hook must pass through
-        try:
-            with torch.enable_grad():
-                probe = inp.detach().requires_grad_(True)
-                (grad,) = torch.autograd.grad(mod(probe).sum(), probe)
-        finally:
-            self._busy = False
-        return grad
-
-    def _hook(self, mod: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor | None:
-        if self._busy or threading.get_ident() != self._thread:
-            return None
-        inp = inputs[0]
-        half = inp.shape[0] // 2
-        d_in = inp[:half] - inp[half:]
-        d_out = out[:half] - out[half:]
-        near = d_in.abs() < self.eps
-        ratio = d_out / torch.where(near, torch.ones_like(d_in), d_in)
-        multiplier = ratio
-        if near.any():
-            multiplier = torch.where(near, self._local_derivative(mod, inp[:half]), ratio)
-        multiplier = multiplier.detach()
-        multiplier = torch.cat([multiplier, multiplier])
-        return out.detach() + (inp - inp.detach()) * multiplier
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        handles, inplace = [], []
-        layer = unsupported_layer(self.module)
-        if layer is not None:
-            raise unsupported_error(layer)
-        self._thread = threading.get_ident()
-        try:
-            for sub in self.module.modules():
-                if isinstance(sub, ELEMENTWISE):
-                    if getattr(sub, "inplace", False):
-                        sub.inplace = False  # an in-place op would overwrite the input the hook compares
-                        inplace.append(sub)
-                    handles.append(sub.register_forward_hook(self._hook))
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-            for sub in inplace:
-                sub.inplace = True
-            self._thread = None
-
-
-def unsupported_layer(module: nn.Module) -> nn.Module | None:
-    """The first submodule of ``module`` that the rescale rule does not cover (see ``UNSUPPORTED``), or None."""
-    return next((sub for sub in module.modules() if isinstance(sub, UNSUPPORTED)), None)
-
-
-def unsupported_error(layer: nn.Module) -> InputError:
-    """The error raised for DeepLIFT on a model containing ``layer``."""
-    return InputError(
-        f"deeplift: the model contains {type(layer).__name__}, which the rescale rule does not cover "
-        "(supported: affine layers and element-wise activations); use integrated_gradients instead"
-    )
+    return deeplift_plan(module).refusal
 
 
 def rescale_multipliers(
@@ -133,20 +72,25 @@ def rescale_multipliers(
 ) -> torch.Tensor:
     """Rescale-rule multipliers of ``sum_k weights[n, k] * logits_k`` for paired rows of ``x`` and ``base``.
 
-    ``(x - base) * multipliers`` are the DeepLIFT attributions. Forward hooks are registered on
-    ``module`` for the duration of the call (they act on this thread's forward passes only), so two
-    calls on one module must not overlap; ``module`` should be in eval mode.
+    ``(x - base) * multipliers`` are the DeepLIFT attributions. The forward is run from its torch.fx
+    trace with every element-wise nonlinearity rescaled, modules (``nn.ReLU``) and functions
+    (``torch.clamp``, ``F.relu``, ``x.sigmoid()``) alike; the module itself is not modified, so
+    calls may overlap. ``module`` should be in eval mode. Raises :class:`~xaisdk.InputError` when
+    :func:`deeplift_refusal` refuses the model.
 
     >>> net = nn.Sequential(nn.Linear(1, 1, bias=False), nn.ReLU()).eval()
     >>> with torch.no_grad(): _ = net[0].weight.fill_(2.0)
     >>> rescale_multipliers(net, torch.tensor([[3.0]]), torch.tensor([[-1.0]]), torch.ones(1, 1)).tolist()
     [[1.5]]
     """
-    hooks = _RescaleHooks(module, eps)
-    both = torch.cat([x, base]).requires_grad_(True)
-    with hooks.active(), torch.enable_grad():
-        scores = weighted_score(module, both, torch.cat([weights, weights]))
-        (grads,) = torch.autograd.grad(scores[: len(x)].sum(), both)
+    plan = deeplift_plan(module)
+    if plan.refusal is not None:
+        raise unsupported_error(plan.refusal)
+    both = torch.cat([x, base]).detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = rescaled_forward(plan, both, eps)
+        scores = (logits[: len(x)] * weights).sum(dim=1)
+        (grads,) = torch.autograd.grad(scores.sum(), both)
     return grads[: len(x)]
 
 
@@ -185,8 +129,9 @@ def deeplift(
     """DeepLIFT (rescale rule) of ``S_source - S_target`` relative to ``baseline``.
 
     Attributions sum to ``S(x) - S(baseline)`` for networks of affine layers and element-wise
-    activation modules; ``return_convergence_delta`` also returns that sum's error per sample.
-    Models with max pooling, softmax or normalization across features raise ``InputError``.
+    activations (modules or functions); ``return_convergence_delta`` also returns that sum's error per sample.
+    Models the rule does not cover raise ``InputError`` (see :func:`deeplift_refusal`): max pooling,
+    softmax, normalization across features, products of two input-dependent tensors.
 
     >>> import torch
     >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))

@@ -9,12 +9,13 @@ parameters. Attribution functions also take ``baseline="ganmex"`` with a GANMEX 
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from xaisdk.baselines.data_driven import MDTS, TargetClassSample, nearest_by_l2
-from xaisdk.baselines.generated import GanmexBaseline, resolve_generator
 from xaisdk.baselines.simple import Blur, Constant, UniformNoise
 from xaisdk.errors import InputError
 
@@ -27,6 +28,20 @@ NAMED: dict[str, Callable[[np.ndarray, np.ndarray | None], np.ndarray]] = {
 NEEDS_DATA = {"mdts": "MDTS", "target_sample": "TargetClassSample"}
 
 BaselineSpec = str | float | int | np.ndarray | Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
+_TORCH_NAMES = ("GanmexBaseline", "resolve_generator")  # from xaisdk.baselines.generated, which needs torch
+
+
+def __getattr__(name: str) -> Any:
+    """Load the torch-backed GANMEX baseline on first access."""
+    if name not in _TORCH_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.generated"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def make_baseline(spec: BaselineSpec, x: np.ndarray, target: np.ndarray | None) -> np.ndarray:

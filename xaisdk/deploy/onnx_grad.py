@@ -32,6 +32,17 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from xaisdk.attribution.deeplift_rules import (
+    DIVISION,
+    NO_RULE,
+    ONNX_OPS,
+    ONNX_REASONS,
+    PRODUCT,
+    REFUSED,
+    RESCALED,
+    op_kind,
+    refusal,
+)
 from xaisdk.errors import InputError
 
 __all__ = [
@@ -120,6 +131,11 @@ def _where(node: onnx.NodeProto) -> str:
 
 def _refuse(node: onnx.NodeProto, why: str) -> UnsupportedOpError:
     return UnsupportedOpError(f"cannot differentiate {_where(node)}: {why}")
+
+
+def _refuse_deeplift(node: onnx.NodeProto, reason: str) -> UnsupportedOpError:
+    """DeepLIFT's refusal, in the sentence the torch reference uses (:mod:`xaisdk.attribution.deeplift_rules`)."""
+    return UnsupportedOpError(refusal(reason, _where(node)))
 
 
 class _Context:
@@ -250,7 +266,7 @@ def _add_sub(ctx: _Context, node: onnx.NodeProto, g: str) -> dict[str, str]:
 def _mul(ctx: _Context, node: onnx.NodeProto, g: str) -> dict[str, str]:
     a, b = node.input[0], node.input[1]
     if a in ctx.active and b in ctx.active and ctx.deeplift:
-        raise _refuse(node, "DeepLIFT's rescale rule does not cover products of two input-dependent tensors")
+        raise _refuse_deeplift(node, PRODUCT)
     out = node.output[0]
     grads = {}
     if a in ctx.active:
@@ -263,7 +279,7 @@ def _mul(ctx: _Context, node: onnx.NodeProto, g: str) -> dict[str, str]:
 def _div(ctx: _Context, node: onnx.NodeProto, g: str) -> dict[str, str]:
     a, b = node.input[0], node.input[1]
     if b in ctx.active:
-        raise _refuse(node, "division by an input-dependent tensor")
+        raise _refuse_deeplift(node, DIVISION) if ctx.deeplift else _refuse(node, "division by an input-dependent tensor")
     return {a: ctx.unbroadcast(ctx.w.op("Div", [g, b]), node.output[0], a)}
 
 
@@ -499,11 +515,10 @@ GRADIENT_RULES: dict[str, Rule] = {
     "MaxPool": _max_pool,
     "Concat": _concat,
 }
-# Element-wise nonlinearities that DeepLIFT rescales (their rules call ``ctx.multiplier``).
-DEEPLIFT_NONLINEAR = frozenset({"Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh"})
-# Ops that are not affine and not element-wise: the rescale rule does not cover them (as in
-# :mod:`xaisdk.attribution.deeplift`, which refuses max pooling and softmax).
-DEEPLIFT_UNSUPPORTED = frozenset({"MaxPool", "Softmax", "LogSoftmax"})
+# Element-wise nonlinearities that DeepLIFT rescales (their rules call ``ctx.multiplier``), and the ops
+# it refuses: both from the table the torch reference uses too (:mod:`xaisdk.attribution.deeplift_rules`).
+DEEPLIFT_NONLINEAR = frozenset(op for op, kind in ONNX_OPS.items() if kind == RESCALED)
+DEEPLIFT_UNSUPPORTED = frozenset(op for op in GRADIENT_RULES if op_kind(op) == REFUSED)
 
 
 def _active_tensors(graph: onnx.GraphProto, x_name: str) -> set[str]:
@@ -536,18 +551,24 @@ def _single_io(model: onnx.ModelProto) -> tuple[str, str]:
 
 def check_differentiable(model: onnx.ModelProto, *, deeplift: bool = False) -> None:
     """Raise :class:`UnsupportedOpError` (naming the op and node) if a node on the path from the input
-    to the logits has no rule (or, with ``deeplift``, is not covered by the rescale rule)."""
+    to the logits has no rule (or, with ``deeplift``, is not covered by the rescale rule: refused op
+    kinds first, then products and quotients of input-dependent tensors)."""
     x_name, _ = _single_io(model)
     active = _active_tensors(model.graph, x_name)
-    for node in model.graph.node:
-        if node.op_type in NON_DIFFERENTIABLE or not any(name in active for name in node.input):
-            continue
+    nodes = [node for node in model.graph.node
+             if node.op_type not in NON_DIFFERENTIABLE and any(name in active for name in node.input)]
+    for node in nodes:
         if node.domain not in ("", "ai.onnx"):
             raise _refuse(node, f"it is in the non-standard domain {node.domain!r}")
         if node.op_type not in GRADIENT_RULES:
             raise _refuse(node, f"no gradient rule for {node.op_type}; supported ops: {', '.join(sorted(GRADIENT_RULES))}")
-        if deeplift and node.op_type in DEEPLIFT_UNSUPPORTED:
-            raise _refuse(node, f"DeepLIFT's rescale rule does not cover {node.op_type} (use integrated gradients)")
+        if deeplift and op_kind(node.op_type) == REFUSED:
+            raise _refuse_deeplift(node, ONNX_REASONS.get(node.op_type, NO_RULE))
+    for node in nodes if deeplift else []:
+        if node.op_type in ("Mul", "MatMul") and all(name in active for name in node.input[:2]):
+            raise _refuse_deeplift(node, PRODUCT)
+        if node.op_type == "Div" and node.input[1] in active:
+            raise _refuse_deeplift(node, DIVISION)
 
 
 def _baseline_pass(graph: onnx.GraphProto, active: set[str], x_name: str, baseline_name: str) -> tuple[list, dict[str, str]]:

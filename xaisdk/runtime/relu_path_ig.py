@@ -44,12 +44,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from xaisdk.models.module_state import global_hooks_present, hooked_module, instance_override, module_state
+
 try:
     from xaisdk import _ext
 except ImportError:  # not built: find_relu_conv_prefix then finds nothing and callers keep the plain loop
     _ext = None
 
-__all__ = ["ReluConvPrefix", "ReluPathGate", "find_relu_conv_prefix", "module_state", "relu_path_integrated_gradients",
+__all__ = ["ReluConvPrefix", "ReluPathGate", "find_relu_conv_prefix", "relu_path_integrated_gradients",
            "relu_path_occluded_scores", "relu_path_perturbed_scores"]
 
 
@@ -67,11 +69,6 @@ class ReluConvPrefix:
     dense_head: tuple[nn.Linear, nn.Linear] | None = None
     """``(hidden, output)`` when the tail is ReLU -> Flatten -> Linear -> ReLU -> Linear (dropout and
     identity layers aside): its gradient is then followed by hand, not by autograd."""
-
-
-_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks")
-_TAIL_LAYERS_READ_DIRECTLY = (nn.ReLU, nn.Flatten, nn.Linear, nn.Dropout, nn.Identity)
 
 
 def _layers(module: nn.Module) -> list[nn.Module] | None:
@@ -112,43 +109,9 @@ def _plain_conv(layer: nn.Module) -> bool:
     )
 
 
-def global_hooks_present() -> bool:
-    """Whether a process-wide module hook (``torch.nn.modules.module.register_module_forward_hook`` etc.) is set."""
-    from torch.nn.modules import module as module_mod
-
-    return any(getattr(module_mod, name, None) for name in _GLOBAL_HOOKS)
-
-
-def module_state(module: nn.Module) -> tuple:
-    """A cheap fingerprint of everything about ``module`` that decides whether the relu-path computes its
-    function: which submodules sit where, their types, modes, plain attributes (stride, padding,
-    inplace, ...), parameter shapes, hooks and instance-level overrides of methods. Two calls give
-    equal tuples exactly when none of those changed (parameter *values* may change: the kernels read
-    them at each call).
-    """
-    state = []
-    for m in module.modules():
-        d = vars(m)
-        state.append((
-            id(m), type(m), m.training,
-            tuple((k, id(v)) for k, v in d["_modules"].items()),
-            tuple((k, None if v is None else (id(v), tuple(v.shape), v.dtype)) for k, v in d["_parameters"].items()),
-            tuple(tuple(d.get(h, ())) for h in _HOOK_DICTS),
-            tuple((k, v) for k, v in d.items() if isinstance(v, (bool, int, float, str, tuple))),
-            tuple(k for k, v in d.items() if callable(v) and not isinstance(v, (nn.Module, torch.Tensor))),
-        ))
-    return tuple(state)
-
-
 def _runs_only_its_own_code(module: nn.Module) -> bool:
     """No hooks anywhere, no instance-level overrides of methods (``m.forward = ...``), every module in eval mode."""
-    for m in module.modules():
-        d = vars(m)
-        if m.training or any(d.get(h) for h in _HOOK_DICTS):
-            return False
-        if any(callable(v) and not isinstance(v, (nn.Module, torch.Tensor)) for v in d.values()):
-            return False
-    return True
+    return hooked_module(module) is None and instance_override(module) is None and not any(m.training for m in module.modules())
 
 
 def find_relu_conv_prefix(module: nn.Module, input_shape: tuple[int, ...],

@@ -7,7 +7,6 @@ rescale hooks of :mod:`xaisdk.attribution.deeplift`, GANMEX baselines from the m
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import numpy as np
@@ -16,11 +15,12 @@ from torch import nn
 
 from xaisdk.attribution._inputs import as_module, weighted_gradient
 from xaisdk.attribution._shared import chunks
-from xaisdk.attribution.deeplift import EPS, rescale_multipliers, unsupported_error, unsupported_layer
+from xaisdk.attribution.deeplift import EPS, deeplift_refusal, rescale_multipliers, unsupported_error
 from xaisdk.baselines.generated import resolve_generator
 from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import Classifier
 from xaisdk.models.ganmex import GanmexModel, generate_baselines
+from xaisdk.models.module_state import FX_TRACING
 from xaisdk.runtime.relu_path_ig import (
     ReluConvPrefix,
     ReluPathGate,
@@ -46,9 +46,12 @@ class TorchBackend:
     while that split provably is the model's own function: it is re-checked at every call
     (:class:`~xaisdk.runtime.relu_path_ig.ReluPathGate`), so a hook, a swapped layer or ``train()``
     after construction sends the call to the plain loop. At most ``max_batch`` rows go through the
-    model in one pass. Calls are thread-safe: DeepLIFT calls, which register hooks on the shared
-    module (acting on their own thread's forward passes only), run one at a time; gradients,
-    logits and generation run concurrently.
+    model in one pass. Calls are thread-safe and run concurrently. DeepLIFT runs the model's
+    torch.fx graph with the rescale rule (:mod:`xaisdk.attribution.deeplift_trace`), never touching
+    the module; the graph is traced here, and again only if the model changes. Tracing replaces
+    ``nn.Module.__call__`` process-wide for a moment, so it waits for this backend's forward passes
+    (and theirs for it: :data:`~xaisdk.models.module_state.FX_TRACING`); other torch code running on
+    other threads of the process at that moment is not covered.
 
     >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     >>> backend = TorchBackend(net, input_shape=(1, 2, 2))
@@ -84,13 +87,10 @@ class TorchBackend:
         self.max_batch = int(max_batch)
         self.eps = float(eps)
         self.num_classes = meta.num_classes if meta is not None else self._probe_num_classes()
-        self._unsupported = unsupported_layer(self.module)
-        self.supports_deeplift = self._unsupported is None
-        self.deeplift_unavailable = None if self.supports_deeplift else (
-            f"the model contains {type(self._unsupported).__name__}, which the rescale rule does not cover")
+        self.deeplift_unavailable = deeplift_refusal(self.module)  # traced here, before any serving thread runs
+        self.supports_deeplift = self.deeplift_unavailable is None
         self._generator = _generator(generator, model, self.input_shape)
         self.has_generator = self._generator is not None
-        self._deeplift_lock = threading.Lock()
         self._relu_gate = ReluPathGate(self.module, self.input_shape, self.value_range) if fast_ig else None
 
     def __repr__(self) -> str:
@@ -101,7 +101,10 @@ class TorchBackend:
 
     def relu_path(self) -> ReluConvPrefix | None:
         """The relu-path split the fast paths would use for the model as it is now, or None (plain loops)."""
-        return None if self._relu_gate is None else self._relu_gate.prefix()
+        if self._relu_gate is None:
+            return None
+        with FX_TRACING.shared():  # a new proof runs the model on probe inputs
+            return self._relu_gate.prefix()
 
     def _probe_num_classes(self) -> int:
         with torch.no_grad():
@@ -125,7 +128,7 @@ class TorchBackend:
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Logits ``(N, num_classes)`` of ``x`` ``(N, C, H, W)``."""
         xt = self._batch(x)
-        with torch.no_grad():
+        with torch.no_grad(), FX_TRACING.shared():
             out = [self.module(xt[sl]) for sl in chunks(len(xt), self.max_batch)]
         return _numpy(torch.cat(out)) if out else np.zeros((0, self.num_classes), np.float32)
 
@@ -134,21 +137,23 @@ class TorchBackend:
         xt = self._batch(x)
         wt = self._weights(weights, len(xt))
         scores, grads = np.empty(len(xt), np.float32), np.empty(xt.shape, np.float32)
-        for sl in chunks(len(xt), self.max_batch):
-            score, grad = weighted_gradient(self.module, xt[sl], wt[sl])
-            scores[sl], grads[sl] = _numpy(score), _numpy(grad)
+        with FX_TRACING.shared():
+            for sl in chunks(len(xt), self.max_batch):
+                score, grad = weighted_gradient(self.module, xt[sl], wt[sl])
+                scores[sl], grads[sl] = _numpy(score), _numpy(grad)
         return scores, grads
 
     def deeplift_multipliers(self, x: np.ndarray, baseline: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """Rescale-rule multipliers ``(N, C, H, W)``: ``(x - baseline) * m`` are the DeepLIFT attributions."""
-        if self._unsupported is not None:
-            raise unsupported_error(self._unsupported)
+        refusal = deeplift_refusal(self.module)  # re-checked: the model may have changed since construction
+        if refusal is not None:
+            raise unsupported_error(refusal)
         xt, bt = self._batch(x), self._batch(baseline, "baseline")
         if bt.shape != xt.shape:
             raise InputError(f"baseline: expected the shape of x {tuple(xt.shape)}, got {tuple(bt.shape)}")
         wt = self._weights(weights, len(xt))
         out = np.empty(xt.shape, np.float32)
-        with self._deeplift_lock:  # the hooks live on the shared module, and toggle in-place activations
+        with FX_TRACING.shared():
             for sl in chunks(len(xt), max(1, self.max_batch // 2)):  # x and baseline go through together
                 out[sl] = _numpy(rescale_multipliers(self.module, xt[sl], bt[sl], wt[sl], self.eps))
         return out
@@ -166,7 +171,7 @@ class TorchBackend:
         if bt.shape != xt.shape:
             raise InputError(f"baseline: expected the shape of x {tuple(xt.shape)}, got {tuple(bt.shape)}")
         wt = self._weights(weights, len(xt))
-        with torch.no_grad():
+        with torch.no_grad(), FX_TRACING.shared():
             return relu_path_integrated_gradients(prefix, xt.numpy(), bt.numpy(), wt.numpy(), alphas, quadrature)
 
     def occluded_scores(
@@ -180,7 +185,8 @@ class TorchBackend:
             return None
         xt, bt = self._batch(x), self._batch(baseline, "baseline")
         wt = self._weights(weights, len(xt))
-        return relu_path_occluded_scores(prefix, xt.numpy(), bt.numpy(), wt.numpy(), row_cover, col_cover)
+        with FX_TRACING.shared():
+            return relu_path_occluded_scores(prefix, xt.numpy(), bt.numpy(), wt.numpy(), row_cover, col_cover)
 
     def perturbed_scores(self, base: np.ndarray, substrate: np.ndarray, order: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                          weights: np.ndarray) -> np.ndarray | None:
@@ -194,15 +200,17 @@ class TorchBackend:
         bt = self._batch(base, "base")
         sub = np.broadcast_to(np.asarray(substrate, np.float32), bt.shape)
         wt = self._weights(weights, len(bt)).numpy()
-        return relu_path_perturbed_scores(prefix, bt.numpy(), sub, np.asarray(order, np.int64),
-                                          np.asarray(lo, np.int64), np.asarray(hi, np.int64), wt)
+        with FX_TRACING.shared():
+            return relu_path_perturbed_scores(prefix, bt.numpy(), sub, np.asarray(order, np.int64),
+                                              np.asarray(lo, np.int64), np.asarray(hi, np.int64), wt)
 
     def generate(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
         """The GANMEX generator's image of each ``x[n]`` moved into class ``target[n]`` (float32, like ``x``)."""
         if self._generator is None:
             raise InputError("this backend has no GANMEX generator: pass a GanmexModel as the model, or generator=")
         xt = self._batch(x)
-        return generate_baselines(self._generator, xt, np.asarray(target), self.max_batch)
+        with FX_TRACING.shared():
+            return generate_baselines(self._generator, xt, np.asarray(target), self.max_batch)
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:

@@ -33,7 +33,7 @@ from torch import nn
 
 from xaisdk.attribution._inputs import weighted_gradient
 from xaisdk.attribution._shared import chunks
-from xaisdk.attribution.deeplift import EPS, rescale_multipliers, unsupported_error, unsupported_layer
+from xaisdk.attribution.deeplift import EPS, deeplift_refusal, rescale_multipliers, unsupported_error
 from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import Classifier
 from xaisdk.models.ganmex import GanmexModel
@@ -111,10 +111,8 @@ class TorchCudaBackend:
         self.module = _device_copy(source, self.device)
         self._step_forward: Callable[[torch.Tensor], torch.Tensor] = torch.compile(self.module) if compile else self.module
         self.num_classes = meta.num_classes if meta is not None else self._probe_num_classes()
-        self._unsupported = unsupported_layer(self.module)
-        self.supports_deeplift = self._unsupported is None
-        self.deeplift_unavailable = None if self.supports_deeplift else (
-            f"the model contains {type(self._unsupported).__name__}, which the rescale rule does not cover")
+        self.deeplift_unavailable = deeplift_refusal(self.module)  # the same rule table as the ONNX builder
+        self.supports_deeplift = self.deeplift_unavailable is None
         generator_module = _generator(generator, model, self.input_shape) if not isinstance(generator, nn.Module) else (
             _checked_generator(generator, self.input_shape))
         self._generator = None if generator_module is None else _device_copy(generator_module, self.device)
@@ -179,8 +177,8 @@ class TorchCudaBackend:
 
     def deeplift_multipliers(self, x: np.ndarray, baseline: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """Rescale-rule multipliers ``(N, C, H, W)``: ``(x - baseline) * m`` are the DeepLIFT attributions."""
-        if self._unsupported is not None:
-            raise unsupported_error(self._unsupported)
+        if self.deeplift_unavailable is not None:  # the module is this backend's own copy: it cannot change
+            raise unsupported_error(self.deeplift_unavailable)
         xs, bs = self._images(x), self._images(baseline, "baseline")
         if bs.shape != xs.shape:
             raise InputError(f"baseline: expected the shape of x {xs.shape}, got {bs.shape}")
