@@ -258,6 +258,9 @@ def test_mp_on_a_flat_objective_raises(flat_backend, digits, objective):
     with pytest.raises(InputError, match="meaningful_perturbation: the map of image 0 .*is all zero"):
         meaningful_perturbation(flat_backend, digits.test.x[:2], class_weights([0, 0], [1, 2], 3), filler="gray",
                                 steps=40, objective=objective)
+    kept = meaningful_perturbation(flat_backend, digits.test.x[:2], class_weights([0, 0], [1, 2], 3), filler="gray",
+                                   steps=40, objective=objective, allow_empty=True)
+    assert not kept.any()  # what the removal study counts as a blank map
 
 
 def test_removal_methods_on_a_flat_model_raise(flat_backend, digits):
@@ -266,6 +269,9 @@ def test_removal_methods_on_a_flat_model_raise(flat_backend, digits):
         sliding_patch(flat_backend, x, w, filler="gray", stride=4)
     with pytest.raises(InputError, match="lime: every perturbed sample of image 0 has the same score"):
         lime(flat_backend, x, w, filler="gray", n_samples=20)
+    # an evaluation that counts blank maps (the removal study) asks for them explicitly and gets zeros
+    assert not sliding_patch(flat_backend, x, w, filler="gray", stride=4, allow_empty=True).any()
+    assert not lime(flat_backend, x, w, filler="gray", n_samples=20, allow_empty=True).any()
 
 
 def test_filler_equal_to_the_image_raises(explainers, digits):

@@ -56,10 +56,11 @@ def empty_images(maps: np.ndarray, *, constant: bool = False) -> tuple[np.ndarra
     return np.flatnonzero(empty), np.flatnonzero(~finite)
 
 
-def check_maps(maps: np.ndarray, method: str, *, why: str, constant: bool = False) -> np.ndarray:
+def check_maps(maps: np.ndarray, method: str, *, why: str, constant: bool = False, allow_empty: bool = False) -> np.ndarray:
     """``maps`` (N, ...) unchanged, or :class:`~xaisdk.InputError` naming the first image whose map is
     all zero (constant, when ``constant``) with the cause ``why``, or the first one with a NaN or
-    infinite value.
+    infinite value. ``allow_empty`` lets empty maps through (an evaluation that counts them, e.g. the
+    removal study, where they score NaN); non-finite maps are refused either way.
 
     >>> check_maps(np.eye(2)[None], "lime", why="-").shape
     (1, 2, 2)
@@ -68,7 +69,7 @@ def check_maps(maps: np.ndarray, method: str, *, why: str, constant: bool = Fals
     if len(broken):
         raise InputError(f"{method}: the map of image {int(broken[0])} has NaN or infinite values (the model's outputs "
                          "are not finite for this input or its perturbations)")
-    if len(empty):
+    if len(empty) and not allow_empty:
         i = int(empty[0])
         flat = np.asarray(maps)[i].ravel()
         what = "all zero" if not flat.any() else f"constant ({float(flat[0]):g} everywhere)"

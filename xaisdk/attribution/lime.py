@@ -109,16 +109,20 @@ def _segments(segments: object, n: int, size: tuple[int, int]) -> np.ndarray:
     return np.stack([np.unique(s, return_inverse=True)[1].reshape(size) for s in labels])
 
 
-def _fit(on: np.ndarray, y: np.ndarray, sample_weight: np.ndarray, alpha: float, image: int = 0) -> np.ndarray:
+def _fit(on: np.ndarray, y: np.ndarray, sample_weight: np.ndarray, alpha: float, image: int = 0,
+         allow_empty: bool = False) -> np.ndarray:
     """Coefficients of the weighted sparse linear fit of ``y`` on ``on`` (with an intercept):
     ``Lasso(alpha * weighted std of y)``, or weighted least squares for ``alpha=0``. The fit runs on
     ``y`` divided by that spread (the same coefficients, scaled back), so scores that differ by
     1e-20 are fitted as well as probabilities. Scores that are all equal raise
-    :class:`~xaisdk.InputError` (``image`` names the input): no superpixel changes them."""
+    :class:`~xaisdk.InputError` (``image`` names the input): no superpixel changes them (all-zero
+    coefficients with ``allow_empty``)."""
     from sklearn.linear_model import Lasso, LinearRegression
 
     mean = np.average(y, weights=sample_weight)
     spread = float(np.sqrt(np.average((y - mean) ** 2, weights=sample_weight)))
+    if spread == 0 and allow_empty:
+        return np.zeros(on.shape[1])
     if spread == 0 or not np.isfinite(spread):
         what = "the same score" if spread == 0 else "non-finite scores"
         raise InputError(f"lime: every perturbed sample of image {image} has {what}: removing its superpixels does not "
@@ -149,6 +153,7 @@ def lime(
     chunk_size: int = 256,
     progress: bool = False,
     segments: np.ndarray | None = None,
+    allow_empty: bool = False,
 ) -> np.ndarray:
     """LIME attribution maps, float32 ``(N, 1, H, W)``: each pixel carries its superpixel's
     coefficient (larger = keeping the superpixel raises the score more).
@@ -176,7 +181,8 @@ def lime(
     from the log-odds): a confident classifier's probability rounds to 1 in float64 once its log-odds
     pass ~37 (one-vs-one against an unlike class, common on the digits), which made every sample score
     the same and the map all zero. A map that is still all zero, or an image whose samples all score
-    the same, raises :class:`~xaisdk.InputError` (see :mod:`xaisdk.attribution.empty_maps`).
+    the same, raises :class:`~xaisdk.InputError` (see :mod:`xaisdk.attribution.empty_maps`), unless
+    ``allow_empty`` (for evaluations that count such maps: they get all-zero maps).
 
     >>> from xaisdk.attribution.drivers import _LinearBackend
     >>> from xaisdk.runtime.backend import class_weights
@@ -217,7 +223,8 @@ def lime(
     maps = np.empty((n, 1, height, width), np.float32)
     for i, count in enumerate(counts):
         z = on[i, :, :count].astype(np.float64)
-        coef = _fit(z, gains[i], lime_kernel(z, kernel_width), alpha, image=i)
+        coef = _fit(z, gains[i], lime_kernel(z, kernel_width), alpha, image=i, allow_empty=allow_empty)
         maps[i, 0] = coef[labels[i]]
-    return check_maps(maps, "lime", why=f"the Lasso set every superpixel's coefficient to 0 (alpha={alpha:g}; lower "
+    return check_maps(maps, "lime", allow_empty=allow_empty,
+                      why=f"the Lasso set every superpixel's coefficient to 0 (alpha={alpha:g}; lower "
                       "it) or they are below float32's range (use output='logits')")

@@ -274,6 +274,7 @@ def meaningful_perturbation(
     chunk_size: int = 256,
     progress: bool = False,
     return_mask: bool = False,
+    allow_empty: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Meaningful-perturbation maps ``M``, float32 ``(N, 1, H, W)`` in [0, 1] (see the module docstring).
 
@@ -288,7 +289,9 @@ def meaningful_perturbation(
     ``"score"`` (see the module docstring); the defaults of ``l1`` and ``tv`` assume an objective
     of 1 at the input (the default objective, or probabilities). Images are optimised independently: a batch gives each image
     the map it gets alone with the same initial mask. ``return_mask`` also returns the small masks
-    ``m`` (float32 (N, 1, h, w)). ``progress`` shows a bar over the steps.
+    ``m`` (float32 (N, 1, h, w)). ``progress`` shows a bar over the steps. A map that keeps no region or
+    removes everything raises :class:`~xaisdk.InputError` unless ``allow_empty`` (for evaluations
+    that count such maps).
 
     Hyper-parameters scaled from Fong & Vedaldi's (28 x 28 mask on 224 px; l1 1e-4 and tv 1e-2 on
     *sums* over the mask cells; TV exponent 3; jitter up to 4 px; 300 Adam steps of 0.1). The mask
@@ -365,7 +368,8 @@ def meaningful_perturbation(
         second = beta2 * second + (1 - beta2) * grad**2
         step = lr * (first / (1 - beta1**t)) / (np.sqrt(second / (1 - beta2**t)) + eps)
         m = np.clip(m - step, 0.0, 1.0)
-    maps = check_maps(problem.upsample(m).astype(np.float32), "meaningful_perturbation", constant=True, why=(
+    maps = check_maps(problem.upsample(m).astype(np.float32), "meaningful_perturbation", constant=True,
+                      allow_empty=allow_empty, why=(
         "the optimisation kept no region (all zero) or removed everything (constant): no region's removal outweighs "
         "the mask's cost l1 * area + tv * TV, or the score does not depend on the input under this filler; lower l1 / tv, "
         "or choose another filler"))

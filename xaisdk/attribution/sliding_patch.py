@@ -98,6 +98,7 @@ def sliding_patch(
     seed: int = 0,
     progress: bool = False,
     return_grid: bool = False,
+    allow_empty: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Sliding-patch attribution maps, float32 ``(N, 1, H, W)`` (one value per pixel: the patch
     removes all channels), larger = the region supports the score more.
@@ -157,8 +158,9 @@ def sliding_patch(
     removed = removal_scores(backend, remover, score, len(rows) * len(cols), make_masks, chunk_size=size,
                              progress=progress, desc="sliding patch", raw=True)
     grid = score.drop(reference[:, None], removed).reshape(n, len(rows), len(cols))
-    check_maps(grid, "sliding_patch", why="no patch position changes the score (the filler equals the image there, or "
+    check_maps(grid, "sliding_patch", allow_empty=allow_empty,
+               why="no patch position changes the score (the filler equals the image there, or "
                "the model does not depend on these pixels)")
     maps = check_maps(centred_upsample(grid, (ph, pw), (sh, sw), (height, width))[:, None], "sliding_patch",
-                      why="the score drops are below float32's range (about 1e-38); use output='logits'")
+                      allow_empty=allow_empty, why="the score drops are below float32's range (about 1e-38); use output='logits'")
     return (maps, grid.astype(np.float32)) if return_grid else maps

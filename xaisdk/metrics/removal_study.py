@@ -207,6 +207,7 @@ def _method_runner(backend: Backend, inpainter: Inpainter, config: RemovalStudyC
     def run(method: str, generative: bool, x: np.ndarray, weights: np.ndarray, options: dict[str, Any]) -> np.ndarray:
         filler = "inpaint" if generative else CLASSIC_FILLER[method]
         extra = {"inpainter": inpainter} if generative else {}
+        extra["allow_empty"] = True  # a blank map is a result of the study: its metrics are NaN, left out of the means
         if method != "mp":
             extra["chunk_size"] = config.chunk_size
         return functions[method](backend, x, weights, filler=filler, progress=config.progress, **extra, **options)
