@@ -202,3 +202,28 @@ def test_cli_explain_refuses_a_fifo_and_a_huge_png_in_one_line(tmp_path, huge_pn
     result = _run_cli("explain", "--bundle", model, "--input", str(huge_png), "--target", "3", "--out", str(tmp_path / "o2"))
     _assert_one_line_failure(result, "huge.png", "169000000 pixels, above the limit")
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize("shape", [(100_000, 3, 224, 224), (4, 1, 8, 8)])
+def test_npz_header_declaring_more_than_it_holds_is_refused_before_allocating(tmp_path, shape):
+    """numpy allocates what a .npy header declares before reading the data: a 60 GB shape over 64 bytes
+    (and a small shape over too few bytes) is refused from the header."""
+    import io
+    import resource
+    import zipfile
+
+    from xaisdk.data import load_npz
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    labels = io.BytesIO()
+    np.save(labels, np.arange(4))
+    with zipfile.ZipFile(tmp_path / "forged.npz", "w") as archive:
+        archive.writestr("x.npy", header.getvalue() + b"\0" * 64)
+        archive.writestr("y.npy", labels.getvalue())
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(InputError, match=r"x: the header declares shape .* but the archive holds 64 bytes"):
+        load_npz(tmp_path / "forged.npz")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB: nothing near 60 GB
+    np.savez(tmp_path / "real.npz", x=np.zeros(shape if shape[0] < 10 else (4, 1, 8, 8), np.float32), y=np.arange(4) % 2)
+    assert len(load_npz(tmp_path / "real.npz", test_fraction=0.5).train.x) == 2

@@ -172,7 +172,35 @@ def _read_npz_archive(handle: object, file: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+MAX_NPZ_ARRAY_BYTES = 16 << 30
+"""Largest array read from a user's .npz (a dataset is loaded whole into memory)."""
+
+
+def _check_member_header(archive: np.lib.npyio.NpzFile, key: str, file: Path) -> None:
+    """Refuse a member whose .npy header declares more data than the member holds, or more than
+    :data:`MAX_NPZ_ARRAY_BYTES`: numpy allocates the declared size before reading a byte of data."""
+    name = f"{key}.npy"
+    try:
+        info = archive.zip.getinfo(name)
+    except KeyError:
+        return  # not a .npy member: _read_member says so
+    with archive.zip.open(name) as member:
+        try:
+            version = np.lib.format.read_magic(member)
+            shape, _, dtype = (np.lib.format.read_array_header_1_0(member) if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0(member))
+        except ValueError:
+            return  # numpy's own read refuses it with its message
+        header = member.tell()
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if declared > MAX_NPZ_ARRAY_BYTES or declared > info.file_size - header:
+        raise InputError(f"{file}: {key}: the header declares shape {tuple(shape)} of {dtype} ({declared:,} bytes), but the "
+                         f"archive holds {max(info.file_size - header, 0):,} bytes for it (at most {MAX_NPZ_ARRAY_BYTES:,} "
+                         "are read)")
+
+
 def _read_member(archive: np.lib.npyio.NpzFile, key: str, file: Path) -> np.ndarray:
+    _check_member_header(archive, key, file)
     try:
         value = archive[key]
     except ValueError as err:
