@@ -55,7 +55,9 @@ class TorchCudaBackend:
 
     ``model`` is a ``torch.nn.Module``, a loaded :class:`~xaisdk.models.Classifier` or a
     :class:`~xaisdk.models.GanmexModel`; the backend works on its own copy on ``device`` (the
-    caller's module is not moved), in eval mode with gradients w.r.t. the weights switched off.
+    caller's module is not moved), in eval mode with gradients w.r.t. the weights switched off. The
+    copy is taken here: it explains the model as it was at construction (hooks included), and later
+    changes to the caller's module are not seen; build a new backend for a changed model.
     ``input_shape``, ``value_range`` and ``generator`` are as for
     :class:`~xaisdk.runtime.torch_backend.TorchBackend`. ``chunk_size`` rows go through the model
     per pass, and one fused-IG chunk holds ``min(chunk_size, N * S)`` (sample, step) rows.
@@ -65,8 +67,7 @@ class TorchCudaBackend:
     are kept); ``False`` runs the same step eagerly. ``compile=True`` runs that step through
     ``torch.compile(model)``: the first call per chunk shape compiles forward and backward, which
     takes seconds to minutes, so it pays off only for long runs; the other methods use the plain
-    module. Calls are serialized by a lock: they share one GPU, the static buffers of the graphs, and
-    the module the DeepLIFT hooks attach to.
+    module. Calls are serialized by a lock: they share one GPU and the static buffers of the graphs.
 
     Constructing it without a CUDA GPU raises :class:`~xaisdk.InputError`:
 
