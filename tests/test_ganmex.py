@@ -160,6 +160,20 @@ def test_resume_refuses_other_settings_and_classifiers(digits, shipped_ganmex, t
                      progress=False)
 
 
+@pytest.mark.parametrize("part", ["opt_g", "opt_d"])
+def test_resume_refuses_non_finite_optimizer_state(digits, shipped_ganmex, tmp_path, part):
+    """Adam's moments are restored as they are: a NaN there would turn every later step into NaN."""
+    data = digits.train.subset(range(50))
+    clf = shipped_ganmex.classifier
+    train_ganmex(data, clf, GanmexTrainingConfig(steps=2, **TINY), out=tmp_path / "r.pt", progress=False)
+    payload = torch.load(tmp_path / "r.pt", weights_only=True)
+    moments = next(iter(payload["training_state"][part]["state"].values()))
+    moments["exp_avg"].view(-1)[0] = float("nan")
+    torch.save(payload, tmp_path / "r.pt")
+    with pytest.raises(InputError, match=rf"training state {part}\.state\.\d+\.exp_avg has NaN"):
+        train_ganmex(data, clf, GanmexTrainingConfig(steps=4, **TINY), out=tmp_path / "r.pt", resume=True, progress=False)
+
+
 def test_standalone_ablation_does_not_use_the_classifier(digits, shipped_ganmex):
     """The stand-alone GAN's class discriminator is its own: a randomized classifier changes nothing."""
     data = digits.train.subset(range(100))

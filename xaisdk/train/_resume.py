@@ -48,6 +48,9 @@ def restore_loop(state: Mapping[str, Any], path: Path, restore_networks: Callabl
                  opt_d: torch.optim.Optimizer, rng: torch.Generator, history: dict[str, Any]) -> tuple[int, float]:
     """Load the networks (``restore_networks``), both optimizers, the RNG and the history from ``state``;
     returns (steps done, seconds spent). A state that does not fit this run is an InputError."""
+    broken = _non_finite(state)
+    if broken is not None:
+        raise InputError(f"{path}: training state {broken} has NaN or infinite values; resume from an earlier checkpoint")
     try:
         restore_networks()
         opt_g.load_state_dict(state["opt_g"])
@@ -58,3 +61,27 @@ def restore_loop(state: Mapping[str, Any], path: Path, restore_networks: Callabl
     for key, values in state.get("history", {}).items():
         history[key] = list(values)
     return int(state["step"]), float(state.get("seconds", 0.0))
+
+
+def _non_finite(value: Any, where: str = "") -> str | None:
+    """The path (``opt_g.state.3.exp_avg``) of the first floating tensor under ``value`` with a NaN or an
+    infinity, or None: optimizer moments and critic weights are checked like the networks' weights.
+
+    >>> _non_finite({"opt_g": {"state": {0: {"exp_avg": torch.tensor([1.0, float("nan")])}}}})
+    'opt_g.state.0.exp_avg'
+    >>> _non_finite({"step": 3, "opt_d": {"state": {0: {"exp_avg": torch.zeros(2)}}}}) is None
+    True
+    """
+    if isinstance(value, torch.Tensor):
+        return where if value.is_floating_point() and not bool(torch.isfinite(value).all()) else None
+    if isinstance(value, Mapping):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite(item, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
