@@ -70,11 +70,12 @@ def _kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
-def open_regular_file(path: PathLike, what: str = "file") -> IO[bytes]:
+def open_regular_file(path: PathLike, what: str = "file", *, follow_symlinks: bool = True) -> IO[bytes]:
     """Open ``path`` for reading in binary mode if it is a regular file (symlinks to one are followed).
 
     The file is opened without blocking and checked on the open descriptor, so a FIFO, a device or a
-    socket is refused at once (and cannot be swapped in between a check and the open). ``what`` names
+    socket is refused at once (and cannot be swapped in between a check and the open); with
+    ``follow_symlinks=False`` a link as the last component is refused too. ``what`` names
     the file in messages: ``"<path>: no such <what>"``, ``"<path>: is a FIFO (named pipe), not a
     regular <what>"``.
 
@@ -93,6 +94,8 @@ def open_regular_file(path: PathLike, what: str = "file") -> IO[bytes]:
     """
     name = os.fspath(path)
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(name, flags)
     except FileNotFoundError:

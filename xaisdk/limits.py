@@ -30,8 +30,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, fields
 
-import numpy as np
-
+from xaisdk.data._checks import check_int
 from xaisdk.errors import InputError
 
 __all__ = ["DEFAULT_LIMITS", "GAUSS_LEGENDRE_MAX_NODES", "Limits", "check_size", "current_limits"]
@@ -118,26 +117,23 @@ def check_size(value: object, name: str, *, cap: str | float | None = None, mini
     ``name``, if there is one, else no bound) or a number; the field's value in force is read from
     :func:`current_limits`, and the message says how to raise it.
 
+    >>> import numpy as np
     >>> check_size(np.int64(3), "chunk_size")
     3
     >>> check_size(2.5, "n_steps")
     Traceback (most recent call last):
     ...
-    xaisdk.errors.InputError: n_steps: expected an integer, got 2.5 (float)
+    xaisdk.errors.InputError: n_steps: expected an integer, got 2.5
     >>> check_size(True, "n_samples")
     Traceback (most recent call last):
     ...
-    xaisdk.errors.InputError: n_samples: expected an integer, got True (bool)
+    xaisdk.errors.InputError: n_samples: expected an integer, got True
     >>> check_size(1, "n_steps", minimum=2)
     Traceback (most recent call last):
     ...
     xaisdk.errors.InputError: n_steps: expected an integer >= 2, got 1
     """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise InputError(f"{name}: expected an integer, got {value!r} ({type(value).__name__})")
-    number = int(value)
-    if number < minimum:
-        raise InputError(f"{name}: expected an integer >= {minimum}, got {number}")
+    number = check_int(name, value, minimum=minimum)
     field = name if cap is None else cap
     if isinstance(field, str):
         if field not in _FIELDS:

@@ -28,13 +28,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from xaisdk.errors import InputError
+from xaisdk.input_files import open_regular_file
 
 __all__ = ["MAX_GRAPH_BYTES", "MAX_JSON_DEPTH", "MAX_MANIFEST_BYTES", "json_depth", "load_json", "read_inside",
            "read_onnx_file", "scan_onnx"]
@@ -81,16 +81,12 @@ def read_inside(folder: Path, name: str, *, limit: int, size: int | None = None,
         raise InputError(f"{path}: cannot resolve the path ({err})") from None
     if real != root and root not in real.parents:
         raise InputError(f"{path}: links to {real}, outside the bundle folder {root}; bundle files must lie inside it")
-    try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: the final name was resolved above
-        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
-    except OSError as err:
-        raise InputError(f"{path}: cannot open the file ({err.strerror or err})") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):  # a folder, FIFO or device: checked on the open file, not by name
-        os.close(fd)
-        raise InputError(f"{folder}: {what} {name} is missing (not a regular file there)")
-    with os.fdopen(fd, "rb", buffering=0) as handle:
+    try:  # the final name was resolved above: a link swapped in since is refused, not followed
+        opened = open_regular_file(real, "file", follow_symlinks=False)
+    except InputError as err:  # a folder, FIFO or device in a file's place
+        raise InputError(f"{folder}: {what} {name} is missing (not a regular file there: {err})") from None
+    with opened as handle:
+        info = os.fstat(handle.fileno())
         if size is not None and info.st_size != size:
             raise InputError(f"{path}: the file is {info.st_size} bytes but the manifest records {size} "
                              "(file changed or truncated after export; re-export the bundle)")
