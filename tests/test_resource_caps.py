@@ -22,6 +22,8 @@ from xaisdk.attribution import drivers
 from xaisdk.attribution._shared import chunks, pair
 from xaisdk.attribution.expected_gradients import expected_gradients
 from xaisdk.attribution.integrated_gradients import integrated_gradients
+from xaisdk.attribution.lime import lime
+from xaisdk.attribution.meaningful_perturbation import meaningful_perturbation
 from xaisdk.attribution.occlusion import occlusion
 from xaisdk.attribution.quadrature import path_rule
 from xaisdk.counterfactual.exaggeration import Exaggeration
@@ -151,10 +153,14 @@ def test_direct_calls_obey_the_same_caps(explainers, images):
         "path rule": lambda n: path_rule("riemann_middle", n),
         "exaggeration": lambda n: series.series(x, n),
         "onnx exaggeration": lambda n: explainers["bundle"].exaggeration.series(x, n),
+        "lime samples": lambda n: lime(backend, x, w, filler="gray", n_samples=n),
+        "lime segments": lambda n: lime(backend, x, w, filler="gray", n_samples=8, n_segments=n),
+        "mp steps": lambda n: meaningful_perturbation(backend, x, w, filler="gray", steps=n),
+        "mp jitter copies": lambda n: meaningful_perturbation(backend, x, w, filler="gray", steps=2, n_jitter=n),
     }
     for name, call in calls.items():
-        batch = "batch" in name  # None is a valid batch_size: "the default rows"
-        for value in [v for v in NOT_COUNTS if not (batch and v is None)] + TOO_SMALL + [5000]:
+        optional = "batch" in name or "jitter" in name  # None is valid there: "the default rows" / "every shift"
+        for value in [v for v in NOT_COUNTS if not (optional and v is None)] + TOO_SMALL + [5000]:
             with pytest.raises(InputError):
                 call(value)
     with Limits(n_steps=5000, n_samples=5000, series_steps=5000, chunk_size=5000).applied():

@@ -34,6 +34,7 @@ import numpy as np
 
 from xaisdk.attribution._shared import chunks
 from xaisdk.errors import InputError
+from xaisdk.limits import check_size
 from xaisdk.runtime.backend import Backend
 from xaisdk.runtime.inpainting import FILLERS, Inpainter, composite, filler_images
 
@@ -59,14 +60,14 @@ _T = TypeVar("_T")
 
 
 def check_positive_int(value: object, name: str, minimum: int = 1) -> int:
-    """``value`` as an int >= ``minimum``, else :class:`~xaisdk.InputError` naming ``name``.
+    """``value`` as an int >= ``minimum``, else :class:`~xaisdk.InputError` naming ``name``; options
+    that :class:`~xaisdk.limits.Limits` bounds (``steps``, ``n_samples``, ``n_segments``, ``n_jitter``)
+    are capped here too, so direct calls obey the same limits as the Explainer.
 
     >>> check_positive_int(3, "stride")
     3
     """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return check_size(value, name, minimum=minimum)
 
 
 def check_number(value: object, name: str, *, minimum: float = 0.0, strict: bool = False) -> float:
