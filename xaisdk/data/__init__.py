@@ -4,7 +4,7 @@ All images are float32 (N, C, H, W) in [0, 1] with int64 labels; every random ch
 """
 
 from xaisdk.data.dataset import Dataset, Split, stratified_split
-from xaisdk.data.digits import DIGIT_COLORS, dominant_channel, load_colored_digits, load_digits
+from xaisdk.data.digits import DIGIT_COLORS, binary_digits_split, dominant_channel, load_colored_digits, load_digits
 from xaisdk.data.load import load_dataset
 from xaisdk.data.masks import MASK_KINDS, random_masks
 from xaisdk.data.shapes import SHAPE_BACKGROUNDS, SHAPE_OBJECTS, confounder_patch, load_shapes, make_shapes
@@ -15,6 +15,7 @@ __all__ = [
     "Split",
     "stratified_split",
     "load_digits",
+    "binary_digits_split",
     "load_colored_digits",
     "dominant_channel",
     "DIGIT_COLORS",

@@ -9,6 +9,7 @@ import numpy as np
 from xaisdk.data._checks import check_fraction, check_int, check_seed
 from xaisdk.data._resize import resize_bilinear
 from xaisdk.data.dataset import Dataset, Split, split_dataset
+from xaisdk.errors import InputError
 
 DIGIT_CLASS_NAMES = tuple(str(d) for d in range(10))
 
@@ -33,6 +34,25 @@ def load_digits(*, size: int = 28, test_fraction: float = 0.2, seed: int = 0) ->
     x = resize_bilinear(images[:, None] / np.float32(16.0), (size, size))
     full = Dataset(x, labels.copy(), DIGIT_CLASS_NAMES, "digits")
     return split_dataset(full, test_fraction, seed)
+
+
+def binary_digits_split(first: int = 3, second: int = 8, *, seed: int = 0) -> Split:
+    """``load_digits(seed=seed)`` restricted to digits ``first`` and ``second``, relabelled 0 / 1 (class
+    names ``(str(first), str(second))``): the data of the shipped 3-vs-8 ExplainGAN.
+
+    >>> split = binary_digits_split(3, 8)
+    >>> split.train.class_names, sorted(set(split.train.y.tolist())), len(split.train), len(split.test)
+    (('3', '8'), [0, 1], 285, 72)
+    """
+    if first == second or not (0 <= first <= 9 and 0 <= second <= 9):
+        raise InputError(f"expected two different digits in 0..9, got {first} and {second}")
+    digits = load_digits(seed=seed)
+    parts = []
+    for part in (digits.train, digits.test):
+        keep = (part.y == first) | (part.y == second)
+        parts.append(Dataset(part.x[keep], (part.y[keep] == second).astype(np.int64), (str(first), str(second)),
+                             f"digits_{first}v{second}"))
+    return Split(*parts)
 
 
 DIGIT_COLORS = ("red", "green", "blue")

@@ -47,7 +47,7 @@ def _verification_images(model: ExplainGANModel, count: int, seed: int) -> np.nd
     noise = rng.uniform(lo, hi, (count, *model.classifier.input_shape)).astype(np.float32)
     name = str(model.data.get("name", ""))
     if name.startswith("digits_") and tuple(model.classifier.input_shape) == (1, 28, 28):
-        from xaisdk.train.explaingan import binary_digits_split
+        from xaisdk.data import binary_digits_split
 
         first, second = (int(c) for c in model.classifier.class_names)
         return np.concatenate([binary_digits_split(first, second).test.x[:count], noise])

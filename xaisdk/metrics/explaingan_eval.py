@@ -42,7 +42,7 @@ def _explainer(model: ExplainGANModel | ExplainGAN) -> ExplainGAN:
 def flip_rate(model: ExplainGANModel | ExplainGAN, x: np.ndarray) -> float:
     """Fraction of images whose composite the classifier assigns to the other class.
 
-    >>> from xaisdk.train.explaingan import binary_digits_split
+    >>> from xaisdk.data import binary_digits_split
     >>> flip_rate(ExplainGAN(), binary_digits_split().test.x[:8]) >= 0.75
     True
     """
@@ -52,7 +52,7 @@ def flip_rate(model: ExplainGANModel | ExplainGAN, x: np.ndarray) -> float:
 def mask_area(model: ExplainGANModel | ExplainGAN, x: np.ndarray) -> float:
     """Mean mask value over images and pixels (1.0 for a ``no_mask`` model).
 
-    >>> from xaisdk.train.explaingan import binary_digits_split
+    >>> from xaisdk.data import binary_digits_split
     >>> 0 < mask_area(ExplainGAN(), binary_digits_split().test.x[:8]) < 0.3
     True
     """
@@ -65,7 +65,7 @@ def aospc_comparison(model: ExplainGANModel | ExplainGAN, x: np.ndarray, *, thre
 
     Occlusion replaces a ``occlusion_window`` square (stride 1) with 0. Higher is better.
 
-    >>> from xaisdk.train.explaingan import binary_digits_split
+    >>> from xaisdk.data import binary_digits_split
     >>> r = aospc_comparison(ExplainGAN(), binary_digits_split().test.x[:4], thresholds=(0.5,), K=2)
     >>> sorted(r)
     ['explaingan', 'gradient', 'occlusion']
@@ -174,7 +174,7 @@ def save_explaingan_figure(path: str | Path, models: dict[str, ExplainGANModel |
     the classifier's probability of the other class on the composite above it.
 
     >>> import tempfile, os
-    >>> from xaisdk.train.explaingan import binary_digits_split
+    >>> from xaisdk.data import binary_digits_split
     >>> p = save_explaingan_figure(os.path.join(tempfile.mkdtemp(), "f.png"), {"full": ExplainGAN()},
     ...                            binary_digits_split().test.x[:2])
     >>> p.stat().st_size > 0

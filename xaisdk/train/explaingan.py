@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from xaisdk.data import Dataset, Split
+from xaisdk.data.digits import binary_digits_split
 from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import Classifier, weights_hash
 from xaisdk.models.explaingan import (
@@ -407,27 +408,6 @@ def _restore(path: Path, classifier: Classifier, config: ExplainGANTrainingConfi
         critics.load_state_dict(state["discriminators"])
 
     return restore_loop(state, path, networks, opt_g, opt_d, rng, history)
-
-
-def binary_digits_split(first: int = 3, second: int = 8, *, seed: int = 0) -> Split:
-    """``load_digits(seed=seed)`` restricted to digits ``first`` and ``second``, relabelled 0 / 1 (class
-    names ``(str(first), str(second))``): the data of the shipped 3-vs-8 ExplainGAN.
-
-    >>> split = binary_digits_split(3, 8)
-    >>> split.train.class_names, sorted(set(split.train.y.tolist())), len(split.train), len(split.test)
-    (('3', '8'), [0, 1], 285, 72)
-    """
-    from xaisdk.data import load_digits
-
-    if first == second or not (0 <= first <= 9 and 0 <= second <= 9):
-        raise InputError(f"expected two different digits in 0..9, got {first} and {second}")
-    digits = load_digits(seed=seed)
-    parts = []
-    for part in (digits.train, digits.test):
-        keep = (part.y == first) | (part.y == second)
-        parts.append(Dataset(part.x[keep], (part.y[keep] == second).astype(np.int64), (str(first), str(second)),
-                             f"digits_{first}v{second}"))
-    return Split(*parts)
 
 
 def train_binary_digits_classifier(first: int = 3, second: int = 8, *, seed: int = 0, epochs: int = 30,
