@@ -6,7 +6,7 @@ Model: the shipped digits GANMEX checkpoint. Each test digit is explained as the
 default: predicted class vs runner-up, IG with midpoint steps from the GANMEX baseline. Three
 computations of the same sum:
 
-- ``relu_path``: :class:`~xaisdk.runtime.torch_backend.TorchBackend` with its relu-path kernels (float32);
+- ``relu_path``: :class:`~xaisdk.torch_runtime.torch_backend.TorchBackend` with its relu-path kernels (float32);
 - ``plain_loop``: the same backend with ``fast_ig=False``, autograd per step (float32);
 - ``float64``: a float64 copy of the model, autograd per step: the reference.
 
@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from xaisdk.attribution import drivers
-from xaisdk.attribution.quadrature import path_rule
 from xaisdk.bench.environment import describe_environment
 from xaisdk.data import load_digits
+from xaisdk.methods import drivers
+from xaisdk.methods.quadrature import path_rule
 from xaisdk.models import load_shipped_ganmex
-from xaisdk.runtime.torch_backend import TorchBackend
+from xaisdk.torch_runtime.torch_backend import TorchBackend
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

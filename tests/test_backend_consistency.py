@@ -28,7 +28,7 @@ from xaisdk.deploy.export import VerificationError, export_bundle
 from xaisdk.errors import InputError
 from xaisdk.models import CifarCNN, Classifier, WeightedScore, class_weights, load_ganmex, shipped_ganmex_path
 from xaisdk.runtime.onnxruntime_backend import OnnxRuntimeBackend
-from xaisdk.runtime.torch_backend import TorchBackend
+from xaisdk.torch_runtime.torch_backend import TorchBackend
 
 CPU = ["CPUExecutionProvider"]
 SHAPE = (1, 10, 10)

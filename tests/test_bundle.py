@@ -16,10 +16,10 @@ import numpy as np
 import onnx
 import pytest
 
-from xaisdk.deploy.bundle import read_bundle
 from xaisdk.deploy.export import export_bundle
 from xaisdk.errors import InputError
 from xaisdk.models import shipped_ganmex_path
+from xaisdk.runtime.bundle import read_bundle
 from xaisdk.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
 CPU = ["CPUExecutionProvider"]

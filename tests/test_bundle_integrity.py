@@ -25,14 +25,14 @@ from onnx import TensorProto, helper, numpy_helper
 from xaisdk import Explainer
 from xaisdk.counterfactual.exaggeration import Exaggeration
 from xaisdk.counterfactual.explaingan import ExplainGAN
-from xaisdk.deploy.bundle import MAX_BATCH, MAX_CLASSES, read_bundle
-from xaisdk.deploy.bundle_integrity import MAX_GRAPH_BYTES, MAX_MANIFEST_BYTES, json_depth, scan_onnx
 from xaisdk.deploy.export import export_bundle
 from xaisdk.errors import InputError
 from xaisdk.models import load_shipped_ganmex, shipped_ganmex_path
 from xaisdk.models.exaggeration import shipped_exaggeration_path
 from xaisdk.models.explaingan import shipped_explaingan_path
 from xaisdk.models.inpainter import shipped_inpainter_path
+from xaisdk.runtime.bundle import MAX_BATCH, MAX_CLASSES, read_bundle
+from xaisdk.runtime.bundle_integrity import MAX_GRAPH_BYTES, MAX_MANIFEST_BYTES, json_depth, scan_onnx
 from xaisdk.runtime.exaggeration_onnx import OnnxExaggeration
 from xaisdk.runtime.explaingan_onnx import OnnxExplainGAN
 from xaisdk.runtime.onnx_inpainter import OnnxInpainter
@@ -560,7 +560,7 @@ def test_bundle_reading_and_counterfactual_loaders_import_neither_torch_nor_onnx
     script = textwrap.dedent("""
         import sys
         import numpy as np
-        from xaisdk.deploy.bundle import read_bundle
+        from xaisdk.runtime.bundle import read_bundle
         from xaisdk.runtime.onnxruntime_backend import OnnxRuntimeBackend
         from xaisdk.runtime.explaingan_onnx import OnnxExplainGAN
         from xaisdk.runtime.exaggeration_onnx import OnnxExaggeration

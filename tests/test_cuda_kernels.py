@@ -19,7 +19,7 @@ import torch
 
 import xaisdk
 from xaisdk.errors import InputError
-from xaisdk.runtime import cuda_kernels
+from xaisdk.torch_runtime import cuda_kernels
 
 REPO_ROOT = Path(xaisdk.__file__).resolve().parent.parent
 HAVE_NVCC = shutil.which("nvcc") is not None or any(
@@ -212,7 +212,7 @@ def test_wrapper_imports_without_torch():
     code = textwrap.dedent("""
         import sys
         sys.modules["torch"] = None  # any `import torch` now fails
-        from xaisdk.runtime import cuda_kernels
+        from xaisdk.torch_runtime import cuda_kernels
         print(cuda_kernels.available(), cuda_kernels.device_count())
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)

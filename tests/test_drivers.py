@@ -1,4 +1,4 @@
-"""Backend drivers (xaisdk.attribution.drivers) over TorchBackend reproduce the torch reference methods."""
+"""Backend drivers (xaisdk.methods.drivers) over TorchBackend reproduce the torch reference methods."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from torch import nn
 
 import xaisdk
 from xaisdk import attribution
-from xaisdk.attribution import drivers
 from xaisdk.errors import InputError
+from xaisdk.methods import drivers
 from xaisdk.runtime.backend import Backend, class_weights
-from xaisdk.runtime.torch_backend import TorchBackend
+from xaisdk.torch_runtime.torch_backend import TorchBackend
 
 REPO_ROOT = Path(xaisdk.__file__).resolve().parent.parent
 TOL = dict(rtol=1e-4, atol=1e-5)
@@ -232,7 +232,7 @@ def test_driver_input_errors(shipped, call, message):
 
 def test_drivers_and_runtime_import_without_torch():
     script = (
-        "import xaisdk.attribution.drivers, xaisdk.attribution.quadrature, xaisdk.runtime, sys; "
+        "import xaisdk.methods.drivers, xaisdk.methods.quadrature, xaisdk.runtime, sys; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     env = dict(os.environ)

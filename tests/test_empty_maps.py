@@ -18,17 +18,18 @@ import torch
 
 from xaisdk import Explainer, load_shipped_ganmex
 from xaisdk.attribution import lime, meaningful_perturbation, sliding_patch
-from xaisdk.attribution.empty_maps import check_maps, empty_images
-from xaisdk.attribution.removal import Remover, Score
 from xaisdk.data import load_digits
 from xaisdk.deploy.export import export_bundle
 from xaisdk.errors import InputError
 from xaisdk.explainer import ALIASES, METHODS, REMOVAL
+from xaisdk.methods.empty_maps import check_maps, empty_images
+from xaisdk.methods.removal import Remover, Score
 from xaisdk.models import load_shipped_inpainter
-from xaisdk.runtime.backend import as_backend, class_weights
+from xaisdk.runtime.backend import class_weights
 from xaisdk.runtime.inpainting import FILLERS, composite, filler_images
+from xaisdk.torch_runtime.torch_backend import as_backend
 
-mp_module = importlib.import_module("xaisdk.attribution.meaningful_perturbation")
+mp_module = importlib.import_module("xaisdk.methods.meaningful_perturbation")
 
 N_IMAGES = 3
 

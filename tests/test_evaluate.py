@@ -13,10 +13,11 @@ from test_cli import xaisdk
 import xaisdk as package
 from xaisdk.data import load_digits
 from xaisdk.errors import InputError
+from xaisdk.evaluation.evaluate import EvaluationConfig, columns_for, evaluate
+from xaisdk.evaluation.grid import nearest_of_class
+from xaisdk.evaluation.report import write_report
 from xaisdk.explainer import Explainer
 from xaisdk.metrics import aopc_from_curve, gini, perturbation_curve
-from xaisdk.metrics.evaluate import EvaluationConfig, columns_for, evaluate, nearest_of_class
-from xaisdk.metrics.report import write_report
 
 SMALL = dict(samples=4, ig_steps=8, eg_samples=8, single_feature_samples=2, monotonicity_draws=2, monotonicity_group=16,
              curve_step=98, progress=False)

@@ -16,12 +16,12 @@ from torch import nn
 import xaisdk
 from xaisdk.attribution import deeplift
 from xaisdk.deploy.allowlist import disallowed_nodes
-from xaisdk.deploy.bundle import read_bundle
 from xaisdk.deploy.export import VerificationError, export_bundle
 from xaisdk.deploy.onnx_grad import UnsupportedOpError
 from xaisdk.errors import InputError
 from xaisdk.models import Classifier, load_ganmex, shipped_classifier_path, shipped_ganmex_path
 from xaisdk.runtime.backend import class_weights
+from xaisdk.runtime.bundle import read_bundle
 from xaisdk.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
 TOL = 1e-4

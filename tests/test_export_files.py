@@ -34,13 +34,13 @@ from click.testing import CliRunner
 from test_cli_deploy import assert_clean_failure
 
 from xaisdk.cli import main
-from xaisdk.deploy.bundle import read_bundle
-from xaisdk.deploy.engines import engine_cache_key, engine_path, load_cached_engine, write_engine
 from xaisdk.deploy.export import export_bundle, recover_bundle_folder
 from xaisdk.errors import InputError, OutputError
 from xaisdk.models import Classifier, build_classifier, load_shipped_classifier, save_classifier
 from xaisdk.models.checkpoint import atomic_torch_save, weights_hash
 from xaisdk.runtime.atomic_files import LEGACY_STALE_SECONDS, exchange_paths, remove_stale_temps
+from xaisdk.runtime.bundle import read_bundle
+from xaisdk.runtime.engines import engine_cache_key, engine_path, load_cached_engine, write_engine
 from xaisdk.runtime.images import save_attribution_png
 from xaisdk.train._resume import resumable_state
 

@@ -16,10 +16,10 @@ from captum.attr import IntegratedGradients, Occlusion
 from torch import nn
 from torch.nn.utils import parametrize
 
-from xaisdk.attribution import drivers
+from xaisdk.methods import drivers
 from xaisdk.models.classifiers import MnistCNN
-from xaisdk.runtime.relu_path_ig import find_relu_conv_prefix
-from xaisdk.runtime.torch_backend import TorchBackend
+from xaisdk.torch_runtime.relu_path_ig import find_relu_conv_prefix
+from xaisdk.torch_runtime.torch_backend import TorchBackend
 
 SHAPE = (1, 12, 12)
 CLASSES = 4
@@ -311,7 +311,7 @@ def test_a_hook_that_comes_and_goes_costs_no_new_proof():
 
 def test_long_paths_and_many_windows_go_through_in_bounded_pieces():
     """Memory does not grow with n_steps: a path longer than one pass is summed in pieces, equal to one pass."""
-    from xaisdk.runtime.relu_path_ig import relu_path_integrated_gradients, relu_path_occluded_scores
+    from xaisdk.torch_runtime.relu_path_ig import relu_path_integrated_gradients, relu_path_occluded_scores
 
     model = _cnn()
     prefix = find_relu_conv_prefix(model, SHAPE)
@@ -321,7 +321,7 @@ def test_long_paths_and_many_windows_go_through_in_bounded_pieces():
     whole = relu_path_integrated_gradients(prefix, x, b, weights, alphas, quad, rows_per_pass=4096)
     pieces = relu_path_integrated_gradients(prefix, x, b, weights, alphas, quad, rows_per_pass=64)  # 5 pieces per image
     np.testing.assert_allclose(pieces, whole, atol=1e-6 * np.abs(whole).max())
-    from xaisdk.attribution._shared import occlusion_covers
+    from xaisdk.methods.common import occlusion_covers
 
     rows, cols = occlusion_covers(12, 12, 2, 1)
     whole = relu_path_occluded_scores(prefix, x, b, weights, rows, cols, rows_per_pass=4096)

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from xaisdk import InputError, attribution
-from xaisdk.baselines import GanmexBaseline, make_baseline
+from xaisdk.baselines import make_baseline
 from xaisdk.data import load_digits
 from xaisdk.metrics import one_vs_one_pairs, target_success
 from xaisdk.models import (
+    GanmexBaseline,
     GanmexModel,
     GeneratorConfig,
     StarGenerator,

@@ -17,7 +17,6 @@ from click.testing import CliRunner
 from xaisdk.cli import main
 from xaisdk.data import MASK_KINDS, load_digits, load_shapes, random_masks
 from xaisdk.deploy.allowlist import disallowed_nodes
-from xaisdk.deploy.bundle import read_bundle
 from xaisdk.deploy.export import export_bundle, export_inpainter_onnx
 from xaisdk.errors import InputError
 from xaisdk.models import (
@@ -29,6 +28,7 @@ from xaisdk.models import (
     shipped_classifier_path,
     shipped_inpainter_path,
 )
+from xaisdk.runtime.bundle import read_bundle
 from xaisdk.runtime.inpainting import Inpainter
 from xaisdk.runtime.onnx_inpainter import OnnxInpainter
 from xaisdk.runtime.onnxruntime_backend import OnnxRuntimeBackend

@@ -12,7 +12,7 @@ from xaisdk.errors import InputError
 from xaisdk.metrics._common import pearson_rows, spearman_rows
 from xaisdk.metrics.faithfulness import faithfulness, monotonicity
 from xaisdk.metrics.perturbation import aopc, aopc_from_curve, aospc, deletion, insertion, perturbation_curve
-from xaisdk.runtime.torch_backend import TorchBackend
+from xaisdk.torch_runtime.torch_backend import TorchBackend
 
 
 def linear_model(weights: np.ndarray, shape=(1, 4, 4)) -> TorchBackend:

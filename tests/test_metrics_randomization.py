@@ -199,7 +199,7 @@ def test_original_baselines_serve_stage_zero(images):
 
 
 def _backend(classifier: Classifier):
-    from xaisdk.runtime.torch_backend import TorchBackend
+    from xaisdk.torch_runtime.torch_backend import TorchBackend
 
     return TorchBackend(classifier)
 

@@ -8,16 +8,16 @@ import torch
 from torch import nn
 
 from xaisdk import _ext
-from xaisdk.attribution import drivers
-from xaisdk.attribution.quadrature import path_rule
+from xaisdk.methods import drivers
+from xaisdk.methods.quadrature import path_rule
 from xaisdk.models.classifiers import MnistCNN
-from xaisdk.runtime.relu_path_ig import (
+from xaisdk.torch_runtime.relu_path_ig import (
     find_relu_conv_prefix,
     relu_path_integrated_gradients,
     relu_path_occluded_scores,
     relu_path_perturbed_scores,
 )
-from xaisdk.runtime.torch_backend import TorchBackend
+from xaisdk.torch_runtime.torch_backend import TorchBackend
 
 GEOMETRIES = [  # (C1, H1, W1, C2, kernel, stride, padding)
     (3, 9, 7, 4, 3, 2, 1),
@@ -247,7 +247,7 @@ def test_backend_fast_path_matches_the_chunked_loop_on_the_shipped_model(digits)
 @pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize("window,stride", [(1, 1), (3, 2), ((3, 4), (2, 1))])
 def test_fast_occlusion_scores_equal_scoring_the_occluded_images(name, window, stride):
-    from xaisdk.attribution._shared import occlusion_covers
+    from xaisdk.methods.common import occlusion_covers
 
     make, shape = MODELS[name]
     torch.manual_seed(1)

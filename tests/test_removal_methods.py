@@ -23,13 +23,14 @@ from sklearn.metrics import pairwise_distances
 
 from xaisdk.attribution import lime, meaningful_perturbation, sliding_patch
 from xaisdk.attribution.lime import lime_kernel, superpixels
-from xaisdk.attribution.removal import Remover, Score
-from xaisdk.attribution.sliding_patch import centred_upsample, patch_starts
 from xaisdk.errors import InputError
-from xaisdk.runtime.backend import as_backend, class_weights
+from xaisdk.methods.removal import Remover, Score
+from xaisdk.methods.sliding_patch import centred_upsample, patch_starts
+from xaisdk.runtime.backend import class_weights
 from xaisdk.runtime.inpainting import OpenCVInpainter, filler_images
+from xaisdk.torch_runtime.torch_backend import as_backend
 
-mp_module = importlib.import_module("xaisdk.attribution.meaningful_perturbation")
+mp_module = importlib.import_module("xaisdk.methods.meaningful_perturbation")
 
 SIZE = 28
 A = (slice(6, 14), slice(14, 22))

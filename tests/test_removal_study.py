@@ -14,8 +14,8 @@ from xaisdk.data import load_digits, make_shapes
 from xaisdk.metrics.removal_study import RemovalStudyConfig, filler_table, object_masks, run_removal_study
 from xaisdk.models import load_shipped_classifier
 from xaisdk.models.inpainter import load_shipped_inpainter
-from xaisdk.runtime.backend import as_backend
 from xaisdk.runtime.inpainting import OpenCVInpainter
+from xaisdk.torch_runtime.torch_backend import as_backend
 
 TINY = dict(samples=4, held_out=4, patch_sizes=(3, 5), lime_samples=60, seeds=(0, 1), mp_steps=15, deletion_step=16)
 

@@ -18,18 +18,18 @@ import torch
 from torch import nn
 
 from xaisdk import Explainer
-from xaisdk.attribution import drivers
-from xaisdk.attribution._shared import chunks, pair
 from xaisdk.attribution.expected_gradients import expected_gradients
 from xaisdk.attribution.integrated_gradients import integrated_gradients
 from xaisdk.attribution.lime import lime
-from xaisdk.attribution.meaningful_perturbation import meaningful_perturbation
 from xaisdk.attribution.occlusion import occlusion
-from xaisdk.attribution.quadrature import path_rule
 from xaisdk.counterfactual.exaggeration import Exaggeration
 from xaisdk.deploy.export import export_bundle
 from xaisdk.errors import InputError
 from xaisdk.limits import DEFAULT_LIMITS, GAUSS_LEGENDRE_MAX_NODES, Limits, check_size, current_limits
+from xaisdk.methods import drivers
+from xaisdk.methods.common import chunks, pair
+from xaisdk.methods.meaningful_perturbation import meaningful_perturbation
+from xaisdk.methods.quadrature import path_rule
 from xaisdk.models import load_shipped_ganmex
 from xaisdk.models.checkpoint import Classifier
 from xaisdk.models.exaggeration import shipped_exaggeration_path

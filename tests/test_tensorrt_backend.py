@@ -23,11 +23,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xaisdk.attribution import drivers
-from xaisdk.attribution.quadrature import path_rule
-from xaisdk.deploy import engines
-from xaisdk.deploy.bundle import read_bundle
-from xaisdk.deploy.engines import (
+from xaisdk.deploy.export import export_bundle
+from xaisdk.errors import InputError
+from xaisdk.methods import drivers
+from xaisdk.methods.quadrature import path_rule
+from xaisdk.models import shipped_ganmex_path
+from xaisdk.runtime import engines
+from xaisdk.runtime.backend import class_weights
+from xaisdk.runtime.bundle import read_bundle
+from xaisdk.runtime.engines import (
     EngineKey,
     build_engine,
     engine_cache_key,
@@ -39,10 +43,6 @@ from xaisdk.deploy.engines import (
     stale_reason,
     write_engine,
 )
-from xaisdk.deploy.export import export_bundle
-from xaisdk.errors import InputError
-from xaisdk.models import shipped_ganmex_path
-from xaisdk.runtime.backend import class_weights
 from xaisdk.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from xaisdk.runtime.tensorrt_backend import (
     ENGINE_ROLES,

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from xaisdk.attribution import drivers
-from xaisdk.attribution.quadrature import path_rule
 from xaisdk.errors import InputError
-from xaisdk.runtime import cuda_kernels
+from xaisdk.methods import drivers
+from xaisdk.methods.quadrature import path_rule
 from xaisdk.runtime.backend import Backend, class_weights
-from xaisdk.runtime.torch_backend import TorchBackend
-from xaisdk.runtime.torch_cuda_backend import TorchCudaBackend
+from xaisdk.torch_runtime import cuda_kernels
+from xaisdk.torch_runtime.torch_backend import TorchBackend
+from xaisdk.torch_runtime.torch_cuda_backend import TorchCudaBackend
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -140,7 +140,7 @@ def test_fused_ig_equals_the_driver_on_the_cpu_backend(ganmex, cpu, problem, exp
 @needs_gpu
 def test_fused_ig_with_and_without_graph_and_kernels_agree(ganmex, problem, monkeypatch):
     """The CUDA graph replays the eager step, and the torch-op fallback computes what the kernels do."""
-    from xaisdk.runtime import torch_cuda_backend
+    from xaisdk.torch_runtime import torch_cuda_backend
 
     x, weights, baseline, _ = problem
     alphas, quadrature = path_rule("gausslegendre", 16)

@@ -469,7 +469,7 @@ def _names(value: str, what: str) -> tuple[str, ...]:
               help="Comma-separated: ig, eg, deeplift, occlusion, deepshap.")
 @click.option("--baselines", default="zero,mdts,ganmex", show_default=True, help="Comma-separated: zero, mdts, ganmex.")
 @click.option("--metrics", "metric_names", default="all", show_default=True,
-              help="Comma-separated metric names, or 'all' (see `xaisdk.metrics.evaluate.METRICS`).")
+              help="Comma-separated metric names, or 'all' (see `xaisdk.evaluation.evaluate.METRICS`).")
 @click.option("--samples", default=100, show_default=True, help="Test images evaluated (the first ones).")
 @click.option("--targets", default="random", show_default=True, type=click.Choice(["random", "runner-up"]),
               help="Target class of each image: a random other class (seeded) or the runner-up.")
@@ -493,9 +493,9 @@ def evaluate_command(model_path: Path | None, bundle_path: Path | None, dataset:
     import shlex
 
     from xaisdk.data import load_dataset
+    from xaisdk.evaluation.evaluate import METRICS, EvaluationConfig, evaluate
+    from xaisdk.evaluation.report import write_report
     from xaisdk.explainer import Explainer
-    from xaisdk.metrics.evaluate import METRICS, EvaluationConfig, evaluate
-    from xaisdk.metrics.report import write_report
 
     if (model_path is None) == (bundle_path is None):
         raise click.ClickException("give exactly one of --model (a .pt checkpoint) or --bundle (an exported folder)")

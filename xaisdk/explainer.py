@@ -24,14 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from xaisdk.attribution import drivers
-from xaisdk.attribution.empty_maps import check_explanation
 from xaisdk.attribution.lime import lime
-from xaisdk.attribution.meaningful_perturbation import meaningful_perturbation
-from xaisdk.attribution.sliding_patch import sliding_patch
 from xaisdk.errors import InputError
 from xaisdk.limits import DEFAULT_LIMITS, Limits, check_size
-from xaisdk.runtime.backend import Backend, as_backend, class_weights
+from xaisdk.methods import drivers
+from xaisdk.methods.empty_maps import check_explanation
+from xaisdk.methods.meaningful_perturbation import meaningful_perturbation
+from xaisdk.methods.sliding_patch import sliding_patch
+from xaisdk.runtime.backend import Backend, class_weights
 from xaisdk.runtime.images import as_model_batch
 
 __all__ = ["METHODS", "Explainer", "Explanation"]
@@ -131,7 +131,12 @@ class Explainer:
         self.limits = DEFAULT_LIMITS if limits is None else limits
         if isinstance(model, Backend) and (generator is not None or backend_options):
             raise InputError("generator= and backend options apply to torch models, not to a ready backend")
-        self.backend = model if isinstance(model, Backend) else as_backend(model, generator=generator, **backend_options)
+        if isinstance(model, Backend):
+            self.backend = model
+        else:
+            from xaisdk.torch_runtime.torch_backend import as_backend  # torch models only: serving stays torch-free
+
+            self.backend = as_backend(model, generator=generator, **backend_options)
         names = class_names or getattr(self.backend, "class_names", None) or _model_class_names(model)
         self.class_names = tuple(str(n) for n in names) if names else tuple(str(i) for i in range(self.backend.num_classes))
         if len(self.class_names) != self.backend.num_classes:
@@ -195,7 +200,7 @@ class Explainer:
         from xaisdk.models.ganmex import load_model
 
         if backend == "torch-cuda":
-            from xaisdk.runtime.torch_cuda_backend import TorchCudaBackend
+            from xaisdk.torch_runtime.torch_cuda_backend import TorchCudaBackend
 
             return cls(TorchCudaBackend(load_model(path)), limits=limits)
         return cls(load_model(path), limits=limits)

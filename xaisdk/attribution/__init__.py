@@ -2,12 +2,12 @@
 
 Every method attributes ``S_source - S_target`` (``S_source`` alone when ``target`` is None) and
 returns a numpy array shaped like ``x``. The functions named here are the torch reference
-implementations; :mod:`xaisdk.attribution.drivers` holds the same methods written against the
+implementations; :mod:`xaisdk.methods.drivers` holds the same methods written against the
 :class:`~xaisdk.runtime.backend.Backend` protocol (torch or ONNX Runtime). The feature-removal
 methods ``sliding_patch``, ``lime`` and ``meaningful_perturbation`` (classic or inpainting fillers)
 are Backend drivers only: they take ``(backend, x, weights)`` and return per-pixel maps (N, 1, H, W).
 
-Importing this package (or :mod:`~xaisdk.attribution.quadrature`, :mod:`~xaisdk.attribution.drivers`)
+Importing this package (or :mod:`~xaisdk.methods.quadrature`, :mod:`~xaisdk.methods.drivers`)
 does not import torch: the torch methods load on first use (PEP 562).
 
 >>> from xaisdk.attribution import RULES
@@ -22,7 +22,7 @@ import sys
 import types
 from typing import Any
 
-from xaisdk.attribution.quadrature import RULES, path_rule
+from xaisdk.methods.quadrature import RULES, path_rule
 
 # public name -> submodule defining it; METHODS lists them in this order
 _TORCH_METHODS = {
@@ -34,7 +34,7 @@ _TORCH_METHODS = {
     "deepshap": "deeplift",
     "occlusion": "occlusion",
 }
-# the feature-removal Backend drivers: public name == submodule name; torch-free (LIME needs scikit-image/-learn)
+# the feature-removal Backend drivers (LIME needs scikit-image/-learn)
 _REMOVAL_METHODS = ("sliding_patch", "lime", "meaningful_perturbation")
 
 
@@ -48,8 +48,12 @@ def __getattr__(name: str) -> Any:
         value: Any = {method: _method(method) for method in _TORCH_METHODS}
     elif name in _TORCH_METHODS:
         value = _method(name)
-    elif name in _REMOVAL_METHODS:
-        value = getattr(importlib.import_module(f"{__name__}.{name}"), name)
+    elif name == "sliding_patch":
+        from xaisdk.methods.sliding_patch import sliding_patch as value
+    elif name == "meaningful_perturbation":
+        from xaisdk.methods.meaningful_perturbation import meaningful_perturbation as value
+    elif name == "lime":
+        from xaisdk.attribution.lime import lime as value
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from xaisdk.attribution._shared import chunks
 from xaisdk.errors import InputError
+from xaisdk.methods.common import chunks
 from xaisdk.models.checkpoint import Classifier
 from xaisdk.models.ganmex import GanmexModel
 from xaisdk.models.score import class_weights
@@ -186,7 +186,7 @@ def baseline_batch(baseline: object, x: torch.Tensor, spec: ScoreSpec, model: ob
     is a :class:`~xaisdk.models.GanmexModel`) on ``x`` and the per-sample target classes.
     """
     from xaisdk.baselines import make_baseline
-    from xaisdk.baselines.generated import generator_for, is_generator_name
+    from xaisdk.models.ganmex_baseline import generator_for, is_generator_name
 
     if is_generator_name(baseline):
         baseline = generator_for(str(baseline), model, generator)

@@ -8,7 +8,7 @@ The forward is traced with torch.fx (:mod:`xaisdk.attribution.deeplift_trace`), 
 nonlinearities (``torch.clamp``, ``F.relu``, ``x.sigmoid()``) are rescaled like modules, and models
 the rule does not cover (products of two input-dependent tensors as in squeeze-excitation or
 attention, max pooling, softmax, normalization across features, forwards torch.fx cannot trace) are
-refused with the sentence the ONNX builder uses (:mod:`xaisdk.attribution.deeplift_rules`).
+refused with the sentence the ONNX builder uses (:mod:`xaisdk.methods.deeplift_rules`).
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from xaisdk.attribution._inputs import (
     to_numpy,
 )
 from xaisdk.attribution.deeplift_trace import deeplift_plan, rescaled_forward
-from xaisdk.baselines.generated import generator_for, is_generator_name
 from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import Classifier
 from xaisdk.models.ganmex import GanmexModel
+from xaisdk.models.ganmex_baseline import generator_for, is_generator_name
 
 EPS = 1e-10
 
@@ -50,7 +50,7 @@ def deeplift_refusal(module: nn.Module) -> str | None:
     """Why DeepLIFT's rescale rule does not cover ``module``'s forward, or None when it does.
 
     The forward is traced with torch.fx and every op checked against the op kinds shared with the
-    ONNX builder (:mod:`xaisdk.attribution.deeplift_rules`): products of two input-dependent tensors
+    ONNX builder (:mod:`xaisdk.methods.deeplift_rules`): products of two input-dependent tensors
     (squeeze-excitation, attention), max pooling, softmax and normalization across features are
     refused, as is a forward that cannot be traced. The analysis is cached per module until its
     structure, modes, hooks or parameters change.

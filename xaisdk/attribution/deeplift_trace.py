@@ -4,7 +4,7 @@ the traced graph with the rescale rule applied to each element-wise nonlinearity
 Module hooks only see ``nn.Module`` calls; a forward that calls ``torch.clamp``, ``F.relu`` or
 multiplies two input-dependent tensors (a squeeze-excitation gate, attention) is invisible to them.
 The traced graph shows every op, so the model is checked against the op kinds of
-:mod:`xaisdk.attribution.deeplift_rules` (the table the ONNX builder uses too) and refused, with the
+:mod:`xaisdk.methods.deeplift_rules` (the table the ONNX builder uses too) and refused, with the
 same sentence, when an op is not covered; functional nonlinearities are rescaled like modules. A
 forward that torch.fx cannot trace (data-dependent control flow, TorchScript) or a model with hooks
 (which the traced graph would not run as the model does) is refused: there is no slower generic
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from xaisdk.attribution.deeplift_rules import (
+from xaisdk.methods.deeplift_rules import (
     DIVISION,
     MAX_POOLING,
     NO_RULE,

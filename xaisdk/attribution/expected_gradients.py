@@ -20,9 +20,9 @@ from xaisdk.attribution._inputs import (
     score_spec,
     to_numpy,
 )
-from xaisdk.attribution._shared import batch_rows, reference_indices
 from xaisdk.errors import InputError
 from xaisdk.limits import check_size
+from xaisdk.methods.common import batch_rows, reference_indices
 from xaisdk.models.checkpoint import Classifier
 
 

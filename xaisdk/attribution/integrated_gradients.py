@@ -21,8 +21,8 @@ from xaisdk.attribution._inputs import (
     score_spec,
     to_numpy,
 )
-from xaisdk.attribution._shared import batch_rows
-from xaisdk.attribution.quadrature import path_rule
+from xaisdk.methods.common import batch_rows
+from xaisdk.methods.quadrature import path_rule
 from xaisdk.models.checkpoint import Classifier
 from xaisdk.models.ganmex import GanmexModel
 
@@ -71,7 +71,7 @@ def integrated_gradients(
     """Integrated Gradients of ``S_source - S_target`` along the straight path from ``baseline`` to ``x``.
 
     ``attr = (x - b) * sum_s w_s dS/dx(b + a_s (x - b))`` with the quadrature ``rule`` (see
-    :func:`~xaisdk.attribution.quadrature.path_rule`). ``source`` defaults to the predicted class;
+    :func:`~xaisdk.methods.quadrature.path_rule`). ``source`` defaults to the predicted class;
     ``target=None`` attributes ``S_source`` alone (one-vs-all). ``source``, ``target`` and ``baseline``
     may be given per sample. ``batch_size`` bounds the rows of one forward/backward pass (None: up to
     1,024), so memory does not grow with ``n_steps``; ``n_steps`` and ``batch_size`` are integers

@@ -12,7 +12,7 @@ fit done by the Lasso.
 Needs scikit-image and scikit-learn (the ``torch`` extra).
 
 >>> import numpy as np
->>> from xaisdk.attribution.drivers import _LinearBackend
+>>> from xaisdk.methods.drivers import _LinearBackend
 >>> from xaisdk.runtime.backend import class_weights
 >>> backend = _LinearBackend(np.eye(2, 4), input_shape=(1, 2, 2))   # class 0 is pixel (0, 0)
 >>> segments = np.array([[0, 1], [2, 3]])                           # one superpixel per pixel
@@ -28,10 +28,10 @@ import warnings
 
 import numpy as np
 
-from xaisdk.attribution.drivers import _chunk_size, _images, _weights
-from xaisdk.attribution.empty_maps import check_maps
-from xaisdk.attribution.removal import Remover, Score, check_number, check_positive_int, removal_scores
 from xaisdk.errors import InputError
+from xaisdk.methods.drivers import _chunk_size, _images, _weights
+from xaisdk.methods.empty_maps import check_maps
+from xaisdk.methods.removal import Remover, Score, check_number, check_positive_int, removal_scores
 from xaisdk.runtime.backend import Backend
 from xaisdk.runtime.inpainting import Inpainter
 
@@ -163,7 +163,7 @@ def lime(
     superpixel counts can compute them once and pass them. ``n_samples`` perturbed images per input
     (the first is the input itself; the paper's N = 1000), drawn from ``seed`` image after image.
     ``filler``: ``"gray"`` (LIME's), ``"zero"``, ``"blur"``, ``"noise"`` or ``"inpaint"`` (LIME-G,
-    with ``inpainter``). ``s`` and ``output`` as in :class:`~xaisdk.attribution.removal.Score`. The
+    with ``inpainter``). ``s`` and ``output`` as in :class:`~xaisdk.methods.removal.Score`. The
     N x ``n_samples`` images go through the backend ``chunk_size`` at a time (inpainting too).
 
     The fit is scikit-learn's ``Lasso`` with LIME's kernel (``kernel_width``) as sample weights and
@@ -177,14 +177,14 @@ def lime(
     coefficients; 0.03 keeps ~40% of them (correlation 0.92), 0.1 under 10% and leaves some maps
     all zero.
 
-    The scores are fitted as differences to the input's (:meth:`~xaisdk.attribution.removal.Score.drop`,
+    The scores are fitted as differences to the input's (:meth:`~xaisdk.methods.removal.Score.drop`,
     from the log-odds): a confident classifier's probability rounds to 1 in float64 once its log-odds
     pass ~37 (one-vs-one against an unlike class, common on the digits), which made every sample score
     the same and the map all zero. A map that is still all zero, or an image whose samples all score
-    the same, raises :class:`~xaisdk.InputError` (see :mod:`xaisdk.attribution.empty_maps`), unless
+    the same, raises :class:`~xaisdk.InputError` (see :mod:`xaisdk.methods.empty_maps`), unless
     ``allow_empty`` (for evaluations that count such maps: they get all-zero maps).
 
-    >>> from xaisdk.attribution.drivers import _LinearBackend
+    >>> from xaisdk.methods.drivers import _LinearBackend
     >>> from xaisdk.runtime.backend import class_weights
     >>> backend = _LinearBackend(np.stack([np.eye(1, 16, 5)[0], np.zeros(16)]), input_shape=(1, 4, 4))
     >>> attr = lime(backend, np.ones((1, 1, 4, 4), np.float32), class_weights([0], None, 2), n_samples=100,

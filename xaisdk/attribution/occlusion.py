@@ -20,8 +20,8 @@ from xaisdk.attribution._inputs import (
     score_spec,
     to_numpy,
 )
-from xaisdk.attribution._shared import batch_rows, occlusion_covers, window_starts
 from xaisdk.errors import InputError
+from xaisdk.methods.common import batch_rows, occlusion_covers, window_starts
 from xaisdk.models.checkpoint import Classifier
 from xaisdk.models.ganmex import GanmexModel
 

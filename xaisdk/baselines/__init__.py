@@ -2,16 +2,15 @@
 
 A baseline is given as a name (``"zero"``, ``"max"``, ``"blur"``, ``"noise"``), a number, an array
 (one image or one per sample), or a callable ``(x, target) -> array`` such as :class:`MDTS`,
-:class:`TargetClassSample`, :class:`GanmexBaseline`, :class:`Blur` or :class:`UniformNoise` with chosen
-parameters. Attribution functions also take ``baseline="ganmex"`` with a GANMEX model (see
-:func:`xaisdk.attribution.integrated_gradients`).
+:class:`TargetClassSample`, :class:`Blur` or :class:`UniformNoise` with chosen parameters, or the
+GANMEX generator's image :class:`xaisdk.models.GanmexBaseline`. Attribution functions also take
+``baseline="ganmex"`` with a GANMEX model (see :func:`xaisdk.attribution.integrated_gradients`).
+This package is part of the torch-free core: it imports numpy (and the C++ extension for MDTS).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
@@ -28,22 +27,6 @@ NAMED: dict[str, Callable[[np.ndarray, np.ndarray | None], np.ndarray]] = {
 NEEDS_DATA = {"mdts": "MDTS", "target_sample": "TargetClassSample"}
 
 BaselineSpec = str | float | int | np.ndarray | Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
-_TORCH_NAMES = ("GanmexBaseline", "resolve_generator")  # from xaisdk.baselines.generated, which needs torch
-
-
-def __getattr__(name: str) -> Any:
-    """Load the torch-backed GANMEX baseline on first access."""
-    if name not in _TORCH_NAMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.generated"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
-
 def make_baseline(spec: BaselineSpec, x: np.ndarray, target: np.ndarray | None) -> np.ndarray:
     """The baseline array for inputs ``x`` (N, C, H, W) and per-sample ``target`` (or None).
 
@@ -57,7 +40,7 @@ def make_baseline(spec: BaselineSpec, x: np.ndarray, target: np.ndarray | None) 
         if key in NAMED:
             return NAMED[key](x, target)
         if key == "ganmex":
-            raise InputError("baseline 'ganmex' needs a generator: pass baseline=xaisdk.baselines.GanmexBaseline("
+            raise InputError("baseline 'ganmex' needs a generator: pass baseline=xaisdk.models.GanmexBaseline("
                              "gm) or, in attribution functions, the GANMEX model as the model or generator=gm")
         if key in NEEDS_DATA:
             raise InputError(
@@ -87,10 +70,8 @@ __all__ = [
     "NAMED",
     "Blur",
     "Constant",
-    "GanmexBaseline",
     "TargetClassSample",
     "UniformNoise",
     "make_baseline",
     "nearest_by_l2",
-    "resolve_generator",
 ]

@@ -45,7 +45,7 @@ def tune_captum_batch(work: Workload, device: str, images: int, candidates: tupl
 
 
 def _driver(backend: object, steps: int) -> IGFn:
-    from xaisdk.attribution import drivers
+    from xaisdk.methods import drivers
 
     def run(x: np.ndarray, baseline: np.ndarray, weights: np.ndarray) -> np.ndarray:
         return drivers.integrated_gradients(backend, x, weights, baseline, n_steps=steps)
@@ -58,7 +58,7 @@ def ig_contenders(work: Workload, batch: int) -> tuple[dict[str, tuple[IGFn, IGF
     import torch
 
     from xaisdk.runtime.onnxruntime_backend import OnnxRuntimeBackend
-    from xaisdk.runtime.torch_backend import TorchBackend
+    from xaisdk.torch_runtime.torch_backend import TorchBackend
 
     found: dict[str, tuple[IGFn, IGFn]] = {}
     skipped: dict[str, str] = {}
@@ -87,7 +87,7 @@ def _gpu_contenders(work: Workload, found: dict, skipped: dict) -> None:
     for graph in (True, False):
         name = f"xaisdk torch-cuda ({'CUDA graph' if graph else 'eager'})"
         try:
-            from xaisdk.runtime.torch_cuda_backend import TorchCudaBackend
+            from xaisdk.torch_runtime.torch_cuda_backend import TorchCudaBackend
 
             fn = _driver(TorchCudaBackend(work.model, cuda_graph=graph), work.steps)
             found[name] = (fn, fn)
@@ -108,7 +108,7 @@ def ig_suite(work: Workload, *, repeats: int, batch: int, progress: bool = False
     path over Captum on the CPU (the issue's goal: >= 3x)."""
     from tqdm.auto import tqdm
 
-    from xaisdk.runtime.torch_backend import TorchBackend
+    from xaisdk.torch_runtime.torch_backend import TorchBackend
 
     warnings.filterwarnings("ignore", category=UserWarning, module="captum")
     found, skipped, settings = ig_contenders(work, batch)

@@ -19,10 +19,10 @@ def occlusion_suite(work: Workload, *, repeats: int, progress: bool = False) -> 
     from captum.attr import Occlusion
     from tqdm.auto import tqdm
 
-    from xaisdk.attribution import drivers
+    from xaisdk.methods import drivers
     from xaisdk.models import WeightedScore
     from xaisdk.runtime.onnxruntime_backend import OnnxRuntimeBackend
-    from xaisdk.runtime.torch_backend import TorchBackend
+    from xaisdk.torch_runtime.torch_backend import TorchBackend
 
     warnings.filterwarnings("ignore", category=UserWarning, module="captum")
     x, b, w = work.x, work.baseline, work.weights
@@ -84,11 +84,11 @@ def aopc_suite(work: Workload, *, repeats: int, progress: bool = False) -> dict:
     IG-200 maps; xaisdk's metric (C++ chunked rows, one model call per chunk) against the per-step loop."""
     from tqdm.auto import tqdm
 
-    from xaisdk.attribution import drivers
+    from xaisdk.methods import drivers
     from xaisdk.metrics.perturbation import perturbation_curve
     from xaisdk.runtime.onnxruntime_backend import OnnxRuntimeBackend
     from xaisdk.runtime.perturbation import descending_order
-    from xaisdk.runtime.torch_backend import TorchBackend
+    from xaisdk.torch_runtime.torch_backend import TorchBackend
 
     x, w = work.x, work.weights
     torch_backend = TorchBackend(work.model)

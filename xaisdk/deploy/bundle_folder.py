@@ -5,7 +5,7 @@ The new bundle is written and verified in a hidden staging folder next to ``out`
 (the user's ``NOTES.txt``, the TensorRT ``engines/`` cache) are carried into the staging folder as
 hard links (copies where the file system has none); a name the new bundle itself writes refuses the
 export instead. Cached engines are keyed by the sha256 of the graph they were built from
-(:mod:`xaisdk.deploy.engines`), so plans of the old graphs are never used with the new ones, and a
+(:mod:`xaisdk.runtime.engines`), so plans of the old graphs are never used with the new ones, and a
 re-export of the same model keeps its engines. Then the staging folder replaces ``out``:
 
 - where the system can swap two folders in one step (Linux ``renameat2(RENAME_EXCHANGE)``: ext4,
@@ -37,10 +37,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from xaisdk.deploy.bundle import MANIFEST, SCHEMA
-from xaisdk.deploy.bundle_integrity import load_json
 from xaisdk.errors import InputError, OutputError
 from xaisdk.runtime.atomic_files import LEGACY_STALE_SECONDS, exchange_paths, fsync_folder, pid_alive
+from xaisdk.runtime.bundle import MANIFEST, SCHEMA
+from xaisdk.runtime.bundle_integrity import load_json
 
 __all__ = ["ACTIVE_TOKENS", "carry_user_files", "install_bundle", "prepare_out", "recover_bundle_folder", "swap_folder",
            "target_folder"]

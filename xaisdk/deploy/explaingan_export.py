@@ -72,7 +72,8 @@ def export_explaingan_onnx(model: ExplainGANModel | str | os.PathLike, out_dir: 
     import onnxruntime as ort
 
     from xaisdk.deploy.allowlist import disallowed_nodes
-    from xaisdk.deploy.export import UnsupportedOpError, VerificationError
+    from xaisdk.deploy.export_errors import VerificationError
+    from xaisdk.deploy.onnx_grad import UnsupportedOpError
 
     if isinstance(model, (str, os.PathLike)):
         model = load_explaingan(model)

@@ -10,7 +10,7 @@ Writes, into one folder:
 - ``generator_ganmex.onnx`` (x, target one-hot -> image) for GANMEX checkpoints;
 - ``inpainter.onnx`` (x, mask -> image) when an inpainter checkpoint is given (``--inpainter``); its
   input shape and value range must be the classifier's;
-- ``manifest.json`` (see :mod:`xaisdk.deploy.bundle`).
+- ``manifest.json`` (see :mod:`xaisdk.runtime.bundle`).
 
 Export verifies itself before anything reaches ``out``: the ONNX checker, the TensorRT op
 allow-list, ONNX Runtime against torch on real and random inputs (max relative error
@@ -47,7 +47,6 @@ from torch import nn
 
 from xaisdk import __version__
 from xaisdk.deploy.allowlist import disallowed_nodes
-from xaisdk.deploy.bundle import MANIFEST, ROLES, SCHEMA, SCHEMA_VERSION, read_bundle, sha256_bytes
 from xaisdk.deploy.bundle_folder import (
     ACTIVE_TOKENS,
     carry_user_files,
@@ -57,6 +56,7 @@ from xaisdk.deploy.bundle_folder import (
     swap_folder,
     target_folder,
 )
+from xaisdk.deploy.export_errors import VerificationError
 from xaisdk.deploy.onnx_grad import UnsupportedOpError, deeplift_graph, gradient_graph
 from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import Classifier
@@ -67,6 +67,7 @@ from xaisdk.runtime.atomic_files import (
     atomic_file,
     output_error,
 )
+from xaisdk.runtime.bundle import MANIFEST, ROLES, SCHEMA, SCHEMA_VERSION, read_bundle, sha256_bytes
 
 __all__ = ["DEFAULT_OPSET", "ExportReport", "VerificationError", "export_bundle", "export_inpainter_onnx",
            "recover_bundle_folder"]
@@ -90,10 +91,6 @@ COMPUTES = {
     "exaggeration": "Progressive Exaggeration generator G(E(x), condition): the image whose probability of the target "
                     "class lies in the bin one-hot encoded by condition",
 }
-
-
-class VerificationError(InputError):
-    """An exported graph disagrees with the torch model beyond the tolerance."""
 
 
 @dataclass

@@ -32,7 +32,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from xaisdk.attribution.deeplift_rules import (
+from xaisdk.errors import InputError
+from xaisdk.methods.deeplift_rules import (
     DIVISION,
     NO_RULE,
     ONNX_OPS,
@@ -43,7 +44,6 @@ from xaisdk.attribution.deeplift_rules import (
     op_kind,
     refusal,
 )
-from xaisdk.errors import InputError
 
 __all__ = [
     "DEEPLIFT_NONLINEAR",
@@ -134,7 +134,7 @@ def _refuse(node: onnx.NodeProto, why: str) -> UnsupportedOpError:
 
 
 def _refuse_deeplift(node: onnx.NodeProto, reason: str) -> UnsupportedOpError:
-    """DeepLIFT's refusal, in the sentence the torch reference uses (:mod:`xaisdk.attribution.deeplift_rules`)."""
+    """DeepLIFT's refusal, in the sentence the torch reference uses (:mod:`xaisdk.methods.deeplift_rules`)."""
     return UnsupportedOpError(refusal(reason, _where(node)))
 
 
@@ -516,7 +516,7 @@ GRADIENT_RULES: dict[str, Rule] = {
     "Concat": _concat,
 }
 # Element-wise nonlinearities that DeepLIFT rescales (their rules call ``ctx.multiplier``), and the ops
-# it refuses: both from the table the torch reference uses too (:mod:`xaisdk.attribution.deeplift_rules`).
+# it refuses: both from the table the torch reference uses too (:mod:`xaisdk.methods.deeplift_rules`).
 DEEPLIFT_NONLINEAR = frozenset(op for op, kind in ONNX_OPS.items() if kind == RESCALED)
 DEEPLIFT_UNSUPPORTED = frozenset(op for op in GRADIENT_RULES if op_kind(op) == REFUSED)
 

@@ -46,9 +46,6 @@ _NAMES = {
     "one_vs_one_pairs": "baselines",
     "predict": "baselines",
     "target_success": "baselines",
-    "EvaluationConfig": "evaluate",
-    "evaluate": "evaluate",
-    "write_report": "report",
 }
 
 

@@ -9,13 +9,17 @@ is ``S_source - S_target``; ``None``: one-vs-all, ``S_source``), and attribution
 
 from __future__ import annotations
 
+import os
+import platform
+import sys
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 
 from xaisdk.errors import InputError
-from xaisdk.runtime.backend import Backend, as_backend, class_weights
+from xaisdk.runtime.backend import Backend, class_weights
 
 __all__ = [
     "MetricResult", "Pairs", "resolve_pairs", "as_maps", "check_maps", "pixel_saliency", "batched_scores",
@@ -135,12 +139,18 @@ def resolve_pairs(model: Any, x: Any, source: Any = None, target: Any = None) ->
     ``source=None`` takes the model's predicted class; ``target=None`` means one-vs-all.
 
     >>> import torch
+    >>> from xaisdk.torch_runtime import as_backend
     >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     >>> p = resolve_pairs(as_backend(net, input_shape=(1, 2, 2)), np.zeros((2, 1, 2, 2), np.float32), 0, [1, 2])
     >>> p.weights.tolist()
     [[1.0, -1.0, 0.0], [1.0, 0.0, -1.0]]
     """
-    backend = as_backend(model)
+    if isinstance(model, Backend):
+        backend = model
+    else:
+        from xaisdk.torch_runtime.torch_backend import as_backend  # torch models only: bundles stay torch-free
+
+        backend = as_backend(model)
     array = np.asarray(x)
     shape = tuple(backend.input_shape)
     if array.ndim != len(shape) + 1 or array.shape[1:] != shape:
@@ -248,3 +258,12 @@ def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     [1.0]
     """
     return pearson_rows(_ranks(a), _ranks(b))
+
+
+def run_environment(command: str = "") -> dict[str, Any]:
+    """Where and how a report was made: xaisdk version, UTC date, command, Python, platform, CPU count."""
+    import xaisdk
+
+    return {"xaisdk": xaisdk.__version__, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": command, "python": sys.version.split()[0], "platform": platform.platform(),
+            "cpus": os.cpu_count()}

@@ -52,7 +52,7 @@ def faithfulness(model: Any, x: np.ndarray, attributions: np.ndarray, source: An
     For a linear model with the zero substrate, gradient x input is exactly faithful (1.0):
 
     >>> import numpy as np, torch
-    >>> from xaisdk.runtime.torch_backend import TorchBackend
+    >>> from xaisdk.torch_runtime.torch_backend import TorchBackend
     >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2, bias=False))
     >>> with torch.no_grad(): _ = net[1].weight.copy_(torch.tensor([[1.0, -2.0, 3.0, 0.5], [0.0, 0, 0, 0]]))
     >>> model, x = TorchBackend(net, input_shape=(1, 2, 2)), np.full((1, 1, 2, 2), 0.5, np.float32)
@@ -84,7 +84,7 @@ def monotonicity(model: Any, x: np.ndarray, attributions: np.ndarray, source: An
     attributed score. Higher is better; in [-1, 1].
 
     >>> import numpy as np, torch
-    >>> from xaisdk.runtime.torch_backend import TorchBackend
+    >>> from xaisdk.torch_runtime.torch_backend import TorchBackend
     >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2, bias=False))
     >>> with torch.no_grad(): _ = net[1].weight.copy_(torch.tensor([[1.0, -2.0, 3.0, 0.5], [0.0, 0, 0, 0]]))
     >>> model, x = TorchBackend(net, input_shape=(1, 2, 2)), np.full((1, 1, 2, 2), 0.5, np.float32)

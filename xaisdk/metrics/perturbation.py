@@ -128,7 +128,7 @@ def perturbation_curve(
     >>> import numpy as np, torch
     >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2, bias=False))
     >>> with torch.no_grad(): _ = net[1].weight.copy_(torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0, 0, 0]]))
-    >>> from xaisdk.runtime.torch_backend import TorchBackend
+    >>> from xaisdk.torch_runtime.torch_backend import TorchBackend
     >>> model = TorchBackend(net, input_shape=(1, 2, 2))
     >>> x = np.ones((1, 1, 2, 2), np.float32)
     >>> r = perturbation_curve(model, x, np.array([[[1.0, 2.0], [3.0, 4.0]]]), 0, 1, substrate="zero")
@@ -175,7 +175,7 @@ def aopc(model: Any, x: np.ndarray, attributions: np.ndarray, source: Any = None
     """AOPC_L (``L=None``: AOPC_all) of the perturbation curve; ``options`` as :func:`perturbation_curve`.
 
     >>> import numpy as np, torch
-    >>> from xaisdk.runtime.torch_backend import TorchBackend
+    >>> from xaisdk.torch_runtime.torch_backend import TorchBackend
     >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2, bias=False))
     >>> with torch.no_grad(): _ = net[1].weight.copy_(torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0, 0, 0]]))
     >>> model, x = TorchBackend(net, input_shape=(1, 2, 2)), np.ones((1, 1, 2, 2), np.float32)
@@ -220,7 +220,7 @@ def deletion(model: Any, x: np.ndarray, attributions: np.ndarray, source: Any = 
     trapezoid area under that curve over the fraction of pixels removed, [0, 1]. Lower is better.
 
     >>> import numpy as np, torch
-    >>> from xaisdk.runtime.torch_backend import TorchBackend
+    >>> from xaisdk.torch_runtime.torch_backend import TorchBackend
     >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2, bias=False))
     >>> with torch.no_grad(): _ = net[1].weight.copy_(torch.tensor([[0.0, 0, 0, 9], [0.0, 0, 0, 0]]))
     >>> model, x = TorchBackend(net, input_shape=(1, 2, 2)), np.ones((1, 1, 2, 2), np.float32)
@@ -275,7 +275,7 @@ def aospc(model: Any, x: np.ndarray, attributions: np.ndarray, source: Any = Non
     the source class, as the paper's binary classifiers). Higher is better.
 
     >>> import numpy as np, torch
-    >>> from xaisdk.runtime.torch_backend import TorchBackend
+    >>> from xaisdk.torch_runtime.torch_backend import TorchBackend
     >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2, bias=False))
     >>> with torch.no_grad(): _ = net[1].weight.copy_(torch.tensor([[0.0, 0, 0, 9], [0.0, 0, 0, 0]]))
     >>> model, x = TorchBackend(net, input_shape=(1, 2, 2)), np.ones((1, 1, 2, 2), np.float32)

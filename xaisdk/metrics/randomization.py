@@ -34,16 +34,16 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from xaisdk.attribution import drivers
 from xaisdk.data import Dataset, Split
 from xaisdk.errors import InputError
+from xaisdk.methods import drivers
 from xaisdk.metrics._common import MetricResult, as_maps, resolve_pairs
 from xaisdk.metrics.similarity import DEFAULT_METRICS, similarities
 from xaisdk.models.checkpoint import Classifier
 from xaisdk.models.ganmex import GanmexModel
 from xaisdk.models.randomize import randomized_copy, weighted_layers
 from xaisdk.runtime.backend import Backend, class_weights
-from xaisdk.runtime.torch_backend import TorchBackend
+from xaisdk.torch_runtime.torch_backend import TorchBackend
 from xaisdk.train.ganmex import GanmexTrainingConfig, train_ganmex
 
 __all__ = [

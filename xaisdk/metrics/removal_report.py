@@ -10,9 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from xaisdk.metrics._common import _plain
+from xaisdk.metrics._common import _plain, run_environment
 from xaisdk.metrics.removal_study import RemovalStudyResult, config_dict
-from xaisdk.metrics.report import run_environment
 
 __all__ = ["removal_result_dict", "write_removal_report"]
 

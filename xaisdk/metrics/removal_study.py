@@ -199,8 +199,8 @@ def filler_table(backend: Backend, dataset: Dataset, inpainter: Inpainter, fille
 def _method_runner(backend: Backend, inpainter: Inpainter, config: RemovalStudyConfig
                    ) -> Callable[[str, bool, np.ndarray, np.ndarray, dict[str, Any]], np.ndarray]:
     from xaisdk.attribution.lime import lime
-    from xaisdk.attribution.meaningful_perturbation import meaningful_perturbation
-    from xaisdk.attribution.sliding_patch import sliding_patch
+    from xaisdk.methods.meaningful_perturbation import meaningful_perturbation
+    from xaisdk.methods.sliding_patch import sliding_patch
 
     functions = {"sp": sliding_patch, "lime": lime, "mp": meaningful_perturbation}
 

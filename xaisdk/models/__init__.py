@@ -15,6 +15,7 @@ from xaisdk.models.ganmex import (
     save_ganmex,
     shipped_ganmex_path,
 )
+from xaisdk.models.ganmex_baseline import GanmexBaseline, resolve_generator
 from xaisdk.models.inpainter import (
     GatedUNet,
     InpainterConfig,
@@ -29,6 +30,8 @@ from xaisdk.models.score import WeightedScore, class_weights
 from xaisdk.models.stargan import CriticConfig, GeneratorConfig, PatchCritic, StarGenerator
 
 __all__ = [
+    "GanmexBaseline",
+    "resolve_generator",
     "CriticConfig",
     "GanmexModel",
     "GeneratorConfig",

@@ -41,7 +41,7 @@ from xaisdk.models.config_checks import (
     require_value_range,
     require_width,
 )
-from xaisdk.runtime.ig_reference import _as_float32
+from xaisdk.runtime.arrays import as_float32
 from xaisdk.runtime.inpainting import check_images_and_masks, composite
 
 __all__ = [
@@ -302,16 +302,16 @@ class LearnedInpainter:
         >>> inp.mask_vjp(x, m, np.ones_like(x)).shape
         (1, 1, 28, 28)
         """
-        images = _as_float32(x, "x")
+        images = as_float32(x, "x")
         c, h, w = self.input_shape
         if images.ndim != 4 or images.shape[1:] != (c, h, w) or len(images) == 0:
             raise InputError(f"x: expected a non-empty batch (N, {c}, {h}, {w}), got shape {images.shape}")
-        masks = _as_float32(mask, "mask")
+        masks = as_float32(mask, "mask")
         if masks.shape != (len(images), 1, h, w):
             raise InputError(f"mask: expected shape ({len(images)}, 1, {h}, {w}), got {masks.shape}")
         if masks.min() < 0 or masks.max() > 1:
             raise InputError(f"mask: expected values in [0, 1], got [{masks.min():.3g}, {masks.max():.3g}]")
-        cot = _as_float32(cotangent, "cotangent")
+        cot = as_float32(cotangent, "cotangent")
         if cot.shape != images.shape:
             raise InputError(f"cotangent: expected the shape of x {images.shape}, got {cot.shape}")
         grads = []

@@ -2,7 +2,7 @@
 
 A backend owns a classifier (and, optionally, a GANMEX generator) and answers batched numpy
 queries; it never sees class names, baselines or methods. Implementations: ``TorchBackend``
-(:mod:`xaisdk.runtime.torch_backend`, the reference) and ``OnnxRuntimeBackend``
+(:mod:`xaisdk.torch_runtime.torch_backend`, the reference, in the torch layer) and ``OnnxRuntimeBackend``
 (:mod:`xaisdk.runtime.onnxruntime_backend`, torch-free, runs an exported bundle). Every array is
 float32 NCHW in the model's value range; ``weights`` are per-sample class-weight rows, so the
 attributed score of sample n is ``sum_k weights[n, k] * logits[n, k]`` (``e_source - e_target`` for
@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Backend", "as_backend", "class_weights"]
+__all__ = ["Backend", "class_weights"]
 
 
 @runtime_checkable
@@ -67,21 +67,3 @@ def class_weights(source: np.ndarray, target: np.ndarray | None, num_classes: in
     if target is not None:
         weights[rows, np.asarray(target, dtype=np.int64)] -= 1.0
     return weights
-
-
-def as_backend(model: object, **torch_options: object) -> Backend:
-    """``model`` itself when it already is a :class:`Backend`, else a
-    :class:`~xaisdk.runtime.torch_backend.TorchBackend` around it (torch module, ``Classifier`` or
-    ``GanmexModel``; ``torch_options`` go to its constructor). Imports torch only in that case.
-
-    >>> import torch
-    >>> as_backend(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)), input_shape=(1, 2, 2)).num_classes
-    3
-    """
-    if isinstance(model, Backend):
-        if torch_options:
-            raise TypeError(f"as_backend: options {sorted(torch_options)} apply to torch models, not to a ready backend")
-        return model
-    from xaisdk.runtime.torch_backend import TorchBackend
-
-    return TorchBackend(model, **torch_options)  # type: ignore[arg-type]

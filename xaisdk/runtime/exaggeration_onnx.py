@@ -141,7 +141,7 @@ def check_series_inputs(x: object, input_shape: Sequence[int], n_steps: object, 
 class OnnxExaggeration:
     """Exaggeration series from an ``exaggeration`` graph and a logits function, on ONNX Runtime.
 
-    ``source``: a bundle (:class:`~xaisdk.deploy.bundle.Bundle` or folder) with an ``exaggeration`` graph,
+    ``source``: a bundle (:class:`~xaisdk.runtime.bundle.Bundle` or folder) with an ``exaggeration`` graph,
     whose verified bytes are run, or an ``exaggeration.onnx`` file (or a folder holding it) on its own.
     ``logits_fn(x) -> (N, K)`` gives the classifier's logits (e.g. a bundle's ``classifier.onnx`` session);
     ``target_class`` and ``n_bins`` default to the graph's metadata.

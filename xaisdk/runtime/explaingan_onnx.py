@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from xaisdk.deploy.bundle import MANIFEST, Bundle, read_bundle
-from xaisdk.deploy.bundle_integrity import read_onnx_file
 from xaisdk.errors import InputError
+from xaisdk.runtime.bundle import MANIFEST, Bundle, read_bundle
+from xaisdk.runtime.bundle_integrity import read_onnx_file
 from xaisdk.runtime.onnxruntime_backend import _onnxruntime, load_session, run_session
 
 __all__ = ["OnnxExplainGAN", "ExplainGANResult", "check_images", "fixed_dims", "graph_source"]
@@ -77,9 +77,9 @@ def check_images(x: object, input_shape: tuple[int, ...]) -> np.ndarray:
 def graph_source(source: object, role: str, what: str) -> tuple[bytes, Path, Any]:
     """The bytes of a counterfactual graph, where they came from (for messages) and the bundle, if any.
 
-    ``source``: a :class:`~xaisdk.deploy.bundle.Bundle` or a bundle folder (the verified bytes of its
+    ``source``: a :class:`~xaisdk.runtime.bundle.Bundle` or a bundle folder (the verified bytes of its
     ``role`` graph), a folder without a manifest holding ``<role>.onnx``, or an ``.onnx`` file. Bare
-    files are read once, bounded and scanned (:func:`~xaisdk.deploy.bundle_integrity.read_onnx_file`);
+    files are read once, bounded and scanned (:func:`~xaisdk.runtime.bundle_integrity.read_onnx_file`);
     the bytes are what the session runs, so the file is never reopened.
 
     >>> graph_source(3, "explaingan", "OnnxExplainGAN")
@@ -122,7 +122,7 @@ class OnnxExplainGAN:
     """Run an exported ExplainGAN graph with ONNX Runtime.
 
     Args:
-        source: a bundle (:class:`~xaisdk.deploy.bundle.Bundle` or folder) with an ``explaingan`` graph,
+        source: a bundle (:class:`~xaisdk.runtime.bundle.Bundle` or folder) with an ``explaingan`` graph,
             whose verified bytes are run; or ``explaingan.onnx`` (or a folder holding it) on its own.
         providers: execution providers; None picks CPU (the graph is tiny).
         chunk_size: most images per session run.

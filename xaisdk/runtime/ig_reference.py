@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from xaisdk.errors import InputError
+from xaisdk.runtime.arrays import as_float32
 
 GradFn = Callable[[np.ndarray], np.ndarray]
 IndexedGradFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -34,17 +35,6 @@ class _IGInputs(NamedTuple):
     shape: tuple[int, ...]  # x's original shape (N, ...)
 
 
-def _as_float32(value: object, name: str) -> np.ndarray:
-    arr = np.asarray(value)
-    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise InputError(f"{name}: expected a real-valued (float) array, got dtype {arr.dtype}")
-    arr = np.asarray(arr, dtype=np.float32, order="C")  # not ascontiguousarray: it turns 0-d into 1-d
-    if not np.isfinite(arr).all():
-        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-        raise InputError(f"{name}: contains {bad} NaN or infinite value(s) (after conversion to float32)")
-    return arr
-
-
 def _validate_ig_inputs(
     grad_fn: object, x: object, baseline: object, alphas: object, weights: object, chunk_size: object
 ) -> _IGInputs:
@@ -60,10 +50,10 @@ def _validate_ig_inputs(
     if chunk < 1:
         raise InputError(f"chunk_size: expected a positive integer, got {chunk}")
 
-    x32 = _as_float32(x, "x")
+    x32 = as_float32(x, "x")
     if x32.ndim < 1:
         raise InputError("x: expected an array of shape (N, ...) with a leading batch dimension, got a scalar")
-    b32 = _as_float32(baseline, "baseline")
+    b32 = as_float32(baseline, "baseline")
     try:
         b32 = np.broadcast_to(b32, x32.shape)
     except ValueError:
@@ -74,8 +64,8 @@ def _validate_ig_inputs(
         ) from None
     b32 = np.ascontiguousarray(b32)
 
-    a32 = _as_float32(alphas, "alphas")
-    w32 = _as_float32(weights, "weights")
+    a32 = as_float32(alphas, "alphas")
+    w32 = as_float32(weights, "weights")
     for arr, name in ((a32, "alphas"), (w32, "weights")):
         if arr.ndim != 1:
             raise InputError(f"{name}: expected a 1-D array of path points, got shape {arr.shape}")

@@ -24,7 +24,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from xaisdk.errors import InputError
-from xaisdk.runtime.ig_reference import _as_float32
+from xaisdk.runtime.arrays import as_float32
 
 __all__ = [
     "FILLERS",
@@ -69,7 +69,7 @@ def check_images_and_masks(x: object, mask: object, *,
     >>> ms.shape, ms.dtype
     ((2, 1, 4, 4), dtype('float32'))
     """
-    images = _as_float32(x, "x")
+    images = as_float32(x, "x")
     if images.ndim != 4 or images.shape[0] == 0:
         raise InputError(f"x: expected a non-empty batch of images (N, C, H, W), got shape {images.shape}")
     if image_shape is not None and images.shape[1:] != tuple(image_shape):
@@ -77,7 +77,7 @@ def check_images_and_masks(x: object, mask: object, *,
     raw = np.asarray(mask)
     if raw.dtype == np.bool_:
         raw = raw.astype(np.float32)
-    masks = _as_float32(raw, "mask")
+    masks = as_float32(raw, "mask")
     n, _, height, width = images.shape
     if masks.ndim == 2:
         masks = masks[None, None]

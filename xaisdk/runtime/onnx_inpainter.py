@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from xaisdk.deploy.bundle import Bundle, read_bundle
-from xaisdk.deploy.bundle_integrity import read_onnx_file
 from xaisdk.errors import InputError
+from xaisdk.runtime.bundle import Bundle, read_bundle
+from xaisdk.runtime.bundle_integrity import read_onnx_file
 from xaisdk.runtime.inpainting import check_images_and_masks, composite
 from xaisdk.runtime.onnxruntime_backend import _onnxruntime, load_session, pick_providers, run_session
 
@@ -43,7 +43,7 @@ class OnnxInpainter:
 
     Args:
         bundle_or_onnx_path: a bundle folder (``xaisdk export --inpainter``), a loaded
-            :class:`~xaisdk.deploy.bundle.Bundle`, or an ``.onnx`` file with inputs ``x``, ``mask``
+            :class:`~xaisdk.runtime.bundle.Bundle`, or an ``.onnx`` file with inputs ``x``, ``mask``
             and output ``image``.
         providers: execution providers; None picks them (TensorRT, CUDA, CPU: see
             :func:`~xaisdk.runtime.onnxruntime_backend.pick_providers`).

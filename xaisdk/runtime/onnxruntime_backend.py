@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from xaisdk.deploy.bundle import Bundle, GraphSpec, read_bundle
 from xaisdk.errors import InputError
+from xaisdk.runtime.bundle import Bundle, GraphSpec, read_bundle
 
 __all__ = ["PREFERRED_PROVIDERS", "OnnxRuntimeBackend", "load_session", "pick_providers", "run_session"]
 
@@ -94,7 +94,7 @@ class OnnxRuntimeBackend:
     """The :class:`~xaisdk.runtime.backend.Backend` of an exported bundle, run by ONNX Runtime.
 
     Args:
-        bundle: a bundle folder (``xaisdk export --out``) or a :class:`~xaisdk.deploy.bundle.Bundle`.
+        bundle: a bundle folder (``xaisdk export --out``) or a :class:`~xaisdk.runtime.bundle.Bundle`.
         providers: execution providers; None picks them (see :func:`pick_providers`).
         intra_op_threads: threads per operator (None: ONNX Runtime's default, all cores).
         spin_wait: let ONNX Runtime's worker threads busy-wait after each run (its default). Off

@@ -3,7 +3,7 @@
 Needs TensorRT >= 10, cuda-python and an NVIDIA GPU (``pip install 'xaisdk[tensorrt]'``); all three
 are imported only when a :class:`TensorRTBackend` is created, and a missing one raises
 :class:`xaisdk.InputError` naming it. Engines are built once per GPU model, TensorRT version, graph
-and chunk size, and cached inside the bundle folder (:mod:`xaisdk.deploy.engines`: FP32, TF32 off,
+and chunk size, and cached inside the bundle folder (:mod:`xaisdk.runtime.engines`: FP32, TF32 off,
 so the numbers match ONNX Runtime's). The bundle's classifier, gradient graph, DeepLIFT graph (when
 exported) and GANMEX generator each get an engine, an execution context and one device buffer per
 input/output sized for ``chunk_size`` rows; all work runs on one CUDA stream, and the
@@ -37,11 +37,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from xaisdk.deploy.bundle import Bundle, GraphSpec, read_bundle
-from xaisdk.deploy.engines import DEFAULT_WORKSPACE_BYTES, engine_cache_key, engine_for
 from xaisdk.errors import InputError
+from xaisdk.runtime.arrays import as_float32
+from xaisdk.runtime.bundle import Bundle, GraphSpec, read_bundle
+from xaisdk.runtime.engines import DEFAULT_WORKSPACE_BYTES, engine_cache_key, engine_for
 from xaisdk.runtime.ig_loop import integrated_gradients_loop
-from xaisdk.runtime.ig_reference import _as_float32
 
 __all__ = ["ENGINE_ROLES", "INSTALL_HINT", "CudaRuntime", "TensorRTBackend", "import_cudart", "row_shapes"]
 
@@ -344,15 +344,15 @@ class _DeviceBackend:
         with ``Score_n = sum_k weights[n, k] logits[n, k]``, float32 shaped like ``x``; on the GPU
         when ``xaisdk._ext_cuda`` is built (see the module docstring), else by the host loop."""
         self._check_open()
-        xs = self._check(_as_float32(x, "x"))
-        base = _as_float32(baseline, "baseline")
+        xs = self._check(as_float32(x, "x"))
+        base = as_float32(baseline, "baseline")
         try:
             base = np.ascontiguousarray(np.broadcast_to(base, xs.shape))
         except ValueError:
             raise InputError(f"baseline: expected the shape of x {xs.shape} (or one that broadcasts to it), "
                              f"got {base.shape}") from None
-        w = self._weights(_as_float32(weights, "weights"), len(xs))
-        a32, q32 = _as_float32(alphas, "alphas"), _as_float32(quadrature, "quadrature")
+        w = self._weights(as_float32(weights, "weights"), len(xs))
+        a32, q32 = as_float32(alphas, "alphas"), as_float32(quadrature, "quadrature")
         if a32.ndim != 1 or q32.ndim != 1 or a32.size == 0 or a32.shape != q32.shape:
             raise InputError(f"alphas and quadrature: expected two 1-D arrays of the same non-zero length, got shapes "
                              f"{a32.shape} and {q32.shape}")
@@ -541,7 +541,7 @@ class TensorRTBackend(_DeviceBackend):
     """The :class:`~xaisdk.runtime.backend.Backend` of an exported bundle, run by TensorRT on one GPU.
 
     Args:
-        bundle: a bundle folder (``xaisdk export --out``) or a :class:`~xaisdk.deploy.bundle.Bundle`.
+        bundle: a bundle folder (``xaisdk export --out``) or a :class:`~xaisdk.runtime.bundle.Bundle`.
         chunk_size: rows per engine run: the engines are built for batches 1..chunk_size (bundles
             exported with a fixed batch use that batch instead, padding short chunks).
         device: the CUDA device number.

@@ -32,9 +32,9 @@ from typing import TypeVar
 
 import numpy as np
 
-from xaisdk.attribution._shared import chunks
 from xaisdk.errors import InputError
 from xaisdk.limits import check_size
+from xaisdk.methods.common import chunks
 from xaisdk.runtime.backend import Backend
 from xaisdk.runtime.inpainting import FILLERS, Inpainter, composite, filler_images
 
@@ -287,7 +287,7 @@ def log_odds_and_gradient(backend: Backend, images: np.ndarray, rows: np.ndarray
     one ``backend.logits`` call first for one-vs-all rows. Unlike the probability, its gradient does
     not vanish on a confident classifier.
 
-    >>> from xaisdk.attribution.drivers import _LinearBackend
+    >>> from xaisdk.methods.drivers import _LinearBackend
     >>> backend = _LinearBackend(np.array([[1.0, 0.0], [0.0, 1.0]]))
     >>> t, g = log_odds_and_gradient(backend, np.array([[[[30.0, 0.0]]]], np.float32), np.array([0]),
     ...                              Score(np.array([[1.0, -1.0]], np.float32), "probability"))
@@ -309,7 +309,7 @@ def score_and_gradient(backend: Backend, images: np.ndarray, rows: np.ndarray, s
     probabilities (the softmax needs every logit; the other scores are a function of the weighted
     logit score alone, so its gradient is rescaled instead).
 
-    >>> from xaisdk.attribution.drivers import _LinearBackend
+    >>> from xaisdk.methods.drivers import _LinearBackend
     >>> backend = _LinearBackend(np.array([[1.0, 0.0], [0.0, 1.0]]))
     >>> s, g = score_and_gradient(backend, np.zeros((1, 1, 1, 2), np.float32), np.array([0]),
     ...                           Score(np.array([[1.0, -1.0]], np.float32), "probability"))
@@ -381,7 +381,7 @@ def removal_scores(backend: Backend, remover: Remover, score: Score, per_input: 
     images exist one chunk at a time. ``raw`` returns :meth:`Score.raw` values instead (for
     :meth:`Score.drop`, which keeps the differences of saturated probabilities).
 
-    >>> from xaisdk.attribution.drivers import _LinearBackend
+    >>> from xaisdk.methods.drivers import _LinearBackend
     >>> backend = _LinearBackend(np.array([[1.0, 2.0], [0.0, 0.0]]))
     >>> x = np.ones((1, 1, 1, 2), np.float32)
     >>> masks = lambda sample, j: np.eye(2, dtype=np.float32)[j].reshape(-1, 1, 1, 2)
@@ -401,7 +401,7 @@ def removal_scores(backend: Backend, remover: Remover, score: Score, per_input: 
 def input_scores(backend: Backend, x: np.ndarray, score: Score, chunk_size: int, raw: bool = False) -> np.ndarray:
     """``s(x[n])`` of the unperturbed inputs, float64 (N,) (:meth:`Score.raw` values when ``raw``).
 
-    >>> from xaisdk.attribution.drivers import _LinearBackend
+    >>> from xaisdk.methods.drivers import _LinearBackend
     >>> input_scores(_LinearBackend(np.array([[1.0, 2.0]])), np.ones((1, 1, 1, 2), np.float32),
     ...              Score(np.array([[1.0]], np.float32), "logits"), 8).tolist()
     [3.0]

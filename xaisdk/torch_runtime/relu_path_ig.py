@@ -18,7 +18,7 @@ same bound as the float32 plain loop's (1.8e-5, median 4.4e-7).
 The split is used only where it provably is the model's own function (:func:`find_relu_conv_prefix`),
 re-checked at every call by :class:`ReluPathGate`.
 
-Used by :class:`~xaisdk.runtime.torch_backend.TorchBackend` (``fast_ig=True``) for every IG-based
+Used by :class:`~xaisdk.torch_runtime.torch_backend.TorchBackend` (``fast_ig=True``) for every IG-based
 method. Needs torch; imported only by the torch backend.
 
 >>> import numpy as np, torch
@@ -356,7 +356,7 @@ def relu_path_occluded_scores(
     """Scores ``weights[n] . logits`` (N, R, Cc) of ``x`` with each occlusion window replaced by ``baseline``.
 
     Windows are the outer products of ``row_cover`` (R, H) and ``col_cover`` (Cc, W) (0/1, one run of
-    ones per row, as :func:`xaisdk.attribution._shared.occlusion_covers` gives). Only the first-layer
+    ones per row, as :func:`xaisdk.methods.common.occlusion_covers` gives). Only the first-layer
     units a window reaches are recomputed, and the second layer changes by their columns
     (``_ext.relu_occlusion_forward``); the rest of the network runs once per window position.
     """

@@ -10,7 +10,7 @@ This module imports neither torch nor the extension eagerly: without the extensi
 built where nvcc was missing) :func:`available` is False and every kernel call raises
 :class:`~xaisdk.InputError` saying so.
 
->>> from xaisdk.runtime import cuda_kernels
+>>> from xaisdk.torch_runtime import cuda_kernels
 >>> isinstance(cuda_kernels.available(), bool), cuda_kernels.device_count() >= 0
 (True, True)
 """

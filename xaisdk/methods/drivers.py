@@ -1,6 +1,6 @@
 """The attribution methods written once against the :class:`~xaisdk.runtime.backend.Backend` protocol.
 
-Each driver takes a backend (:class:`~xaisdk.runtime.torch_backend.TorchBackend`, an ONNX Runtime
+Each driver takes a backend (:class:`~xaisdk.torch_runtime.torch_backend.TorchBackend`, an ONNX Runtime
 session, ...) and already-resolved numpy inputs: ``x`` (N, C, H, W) float32, per-sample class
 weights ``weights`` (N, K) from :func:`~xaisdk.runtime.backend.class_weights` (``e_source - e_target``
 attributes ``S_source - S_target``; ``e_source`` attributes ``S_source``) and baselines shaped like
@@ -26,13 +26,13 @@ from typing import TypeVar
 
 import numpy as np
 
-from xaisdk.attribution._shared import chunks, occlusion_covers, reference_indices
-from xaisdk.attribution.quadrature import path_rule
 from xaisdk.errors import InputError
 from xaisdk.limits import check_size
+from xaisdk.methods.common import chunks, occlusion_covers, reference_indices
+from xaisdk.methods.quadrature import path_rule
 from xaisdk.runtime import integrated_gradients_loop
+from xaisdk.runtime.arrays import as_float32
 from xaisdk.runtime.backend import Backend
-from xaisdk.runtime.ig_reference import _as_float32
 
 __all__ = [
     "convergence_delta",
@@ -55,7 +55,7 @@ _T = TypeVar("_T")
 
 def _images(backend: Backend, x: object, name: str = "x") -> np.ndarray:
     """``x`` as a finite float32 batch shaped ``(N, *backend.input_shape)``, N >= 1."""
-    array = _as_float32(x, name)
+    array = as_float32(x, name)
     shape = tuple(backend.input_shape)
     if array.ndim != len(shape) + 1 or array.shape[1:] != shape:
         raise InputError(f"{name}: expected shape (N, {', '.join(map(str, shape))}) for this model, got {array.shape}")
@@ -65,7 +65,7 @@ def _images(backend: Backend, x: object, name: str = "x") -> np.ndarray:
 
 
 def _weights(backend: Backend, weights: object, n: int) -> np.ndarray:
-    array = _as_float32(weights, "weights")
+    array = as_float32(weights, "weights")
     if array.shape != (n, backend.num_classes):
         raise InputError(
             f"weights: expected shape ({n}, {backend.num_classes}) (one class-weight row per input, see "
@@ -75,7 +75,7 @@ def _weights(backend: Backend, weights: object, n: int) -> np.ndarray:
 
 
 def _baseline(baseline: object, x: np.ndarray, name: str = "baseline") -> np.ndarray:
-    array = _as_float32(baseline, name)
+    array = as_float32(baseline, name)
     try:
         return np.ascontiguousarray(np.broadcast_to(array, x.shape))
     except ValueError:
@@ -135,7 +135,7 @@ def convergence_delta(
     [-0.5]
     """
     xs, w, base = _resolve(backend, x, weights, baseline)
-    attr = _as_float32(attr, "attr")
+    attr = as_float32(attr, "attr")
     if attr.shape != xs.shape:
         raise InputError(f"attr: expected the shape of x {xs.shape}, got {attr.shape}")
     total = attr.reshape(len(xs), -1).sum(axis=1)
@@ -192,7 +192,7 @@ def integrated_gradients(
     """Integrated Gradients from ``baseline`` to ``x`` (as :func:`xaisdk.attribution.integrated_gradients`).
 
     ``attr = (x - b) * sum_s w_s dS/dx(b + a_s (x - b))`` with the quadrature ``rule`` of
-    :func:`~xaisdk.attribution.quadrature.path_rule`, run by the chunked loop of
+    :func:`~xaisdk.methods.quadrature.path_rule`, run by the chunked loop of
     :func:`xaisdk.runtime.integrated_gradients_loop` (``chunk_size`` path points per backend call).
     With ``return_convergence_delta`` also returns ``sum(attr) - (S(x) - S(b))`` per input.
 
@@ -340,7 +340,7 @@ def deepshap(
     """
     xs = _images(backend, x)
     w = _weights(backend, weights, len(xs))
-    refs = _as_float32(baselines, "baselines")
+    refs = as_float32(baselines, "baselines")
     if refs.ndim == xs.ndim:
         refs = np.broadcast_to(refs[None], (len(xs), *refs.shape))
     if refs.ndim != xs.ndim + 1 or refs.shape[0] != len(xs) or refs.shape[2:] != xs.shape[1:] or refs.shape[1] == 0:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xaisdk.metrics.evaluate import EvaluationResult
+from xaisdk.evaluation.grid import EvaluationResult
 from xaisdk.viz import plt, save_grouped_saliency_grid
 
 __all__ = ["write_figures", "perturbation_curves", "gini_bars", "saliency_grid", "randomization_grid", "roar_curves"]

@@ -13,7 +13,7 @@ by up to half a patch at the borders.)
 This module imports numpy only (and the inpainter's own dependencies for ``filler="inpaint"``).
 
 >>> import numpy as np
->>> from xaisdk.attribution.drivers import _LinearBackend
+>>> from xaisdk.methods.drivers import _LinearBackend
 >>> from xaisdk.runtime.backend import class_weights
 >>> backend = _LinearBackend(np.ones((2, 16)), input_shape=(1, 4, 4))   # two identical logits
 >>> x = np.zeros((1, 1, 4, 4), np.float32); x[0, 0, 0, 0] = 1
@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from xaisdk.attribution.drivers import _chunk_size, _images, _weights
-from xaisdk.attribution.empty_maps import check_maps
-from xaisdk.attribution.removal import Remover, Score, check_positive_int, input_scores, removal_scores
 from xaisdk.errors import InputError
+from xaisdk.methods.drivers import _chunk_size, _images, _weights
+from xaisdk.methods.empty_maps import check_maps
+from xaisdk.methods.removal import Remover, Score, check_positive_int, input_scores, removal_scores
 from xaisdk.runtime.backend import Backend
 from xaisdk.runtime.inpainting import Inpainter
 
@@ -106,7 +106,7 @@ def sliding_patch(
     ``A'_i = s(x) - s(x with patch i removed)`` for every valid patch position ``i`` (``patch`` and
     ``stride`` in pixels, an int or ``(height, width)``), then :func:`centred_upsample` to the input
     size (see the module docstring). ``s`` is the attributed score of
-    :class:`~xaisdk.attribution.removal.Score`: ``output="probability"`` (the paper's softmax
+    :class:`~xaisdk.methods.removal.Score`: ``output="probability"`` (the paper's softmax
     probability; ``sigmoid(S_source - S_target)`` for one-vs-one ``weights``) or ``"logits"``.
     ``filler``: ``"gray"`` (Zeiler & Fergus), ``"zero"``, ``"blur"`` (Gaussian of ``blur_sigma``,
     default a tenth of the shorter side), ``"noise"`` (one seeded noise image per input) or
@@ -116,9 +116,9 @@ def sliding_patch(
 
     A confident classifier's probability rounds to 1 in float64 once its log-odds pass ~37 (between a
     digit and an unlike class, one-vs-one margins of 40-60 are common), so the drops are computed from
-    the log-odds (:meth:`~xaisdk.attribution.removal.Score.drop`): exact, if tiny (1e-20), instead of
+    the log-odds (:meth:`~xaisdk.methods.removal.Score.drop`): exact, if tiny (1e-20), instead of
     zeros. A map that is still all zero (no patch changes the score) raises
-    :class:`~xaisdk.InputError` (see :mod:`xaisdk.attribution.empty_maps`).
+    :class:`~xaisdk.InputError` (see :mod:`xaisdk.methods.empty_maps`).
 
     Defaults are the paper's, scaled to 28-32 pixel images: its 29-pixel patch on 224 pixels is
     3.6 px at 28 px (4.1 px at 32); ``patch=5`` is the next odd size (so a patch has a centre pixel)
@@ -126,7 +126,7 @@ def sliding_patch(
     below one pixel at this size, and a dense stride costs only 24 x 24 = 576 forward passes per
     28-pixel image, so ``stride=1``.
 
-    >>> from xaisdk.attribution.drivers import _LinearBackend
+    >>> from xaisdk.methods.drivers import _LinearBackend
     >>> from xaisdk.runtime.backend import class_weights
     >>> backend = _LinearBackend(np.eye(2, 9), input_shape=(1, 3, 3))   # class 0: pixel (0, 0); 1: (0, 1)
     >>> attr, grid = sliding_patch(backend, np.ones((1, 1, 3, 3), np.float32), class_weights([0], [1], 2),

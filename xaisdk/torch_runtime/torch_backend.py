@@ -1,6 +1,6 @@
 """The torch implementation of the :class:`~xaisdk.runtime.backend.Backend` protocol (the reference).
 
-Imported only explicitly (``from xaisdk.runtime.torch_backend import TorchBackend``): the rest of
+Imported only explicitly (``from xaisdk.torch_runtime.torch_backend import TorchBackend``): the rest of
 :mod:`xaisdk.runtime` stays torch-free. Gradients come from autograd, DeepLIFT multipliers from the
 rescale hooks of :mod:`xaisdk.attribution.deeplift`, GANMEX baselines from the model's generator.
 """
@@ -14,14 +14,15 @@ import torch
 from torch import nn
 
 from xaisdk.attribution._inputs import as_module, weighted_gradient
-from xaisdk.attribution._shared import chunks
 from xaisdk.attribution.deeplift import EPS, deeplift_refusal, rescale_multipliers, unsupported_error
-from xaisdk.baselines.generated import resolve_generator
 from xaisdk.errors import InputError
+from xaisdk.methods.common import chunks
 from xaisdk.models.checkpoint import Classifier
 from xaisdk.models.ganmex import GanmexModel, generate_baselines
 from xaisdk.models.module_state import FX_TRACING
-from xaisdk.runtime.relu_path_ig import (
+from xaisdk.runtime.backend import Backend
+from xaisdk.torch_runtime.model_spec import model_generator, model_input_shape, model_value_range
+from xaisdk.torch_runtime.relu_path_ig import (
     ReluConvPrefix,
     ReluPathGate,
     relu_path_integrated_gradients,
@@ -29,7 +30,7 @@ from xaisdk.runtime.relu_path_ig import (
     relu_path_perturbed_scores,
 )
 
-__all__ = ["TorchBackend"]
+__all__ = ["TorchBackend", "as_backend"]
 
 
 class TorchBackend:
@@ -42,9 +43,9 @@ class TorchBackend:
     defaults to the range (0, 1). ``generator`` (a GANMEX model, a path to one, or a module
     ``G(x, target)``) supplies or replaces the generator. With ``fast_ig`` (default) models that open
     with conv -> ReLU -> conv get Integrated Gradients, Occlusion and perturbation rows from
-    :mod:`xaisdk.runtime.relu_path_ig` (the same sums, those layers not re-run per step), but only
+    :mod:`xaisdk.torch_runtime.relu_path_ig` (the same sums, those layers not re-run per step), but only
     while that split provably is the model's own function: it is re-checked at every call
-    (:class:`~xaisdk.runtime.relu_path_ig.ReluPathGate`), so a hook, a swapped layer or ``train()``
+    (:class:`~xaisdk.torch_runtime.relu_path_ig.ReluPathGate`), so a hook, a swapped layer or ``train()``
     after construction sends the call to the plain loop. At most ``max_batch`` rows go through the
     model in one pass. Calls are thread-safe and run concurrently. DeepLIFT runs the model's
     torch.fx graph with the rescale rule (:mod:`xaisdk.attribution.deeplift_trace`), never touching
@@ -80,8 +81,8 @@ class TorchBackend:
         self.module.eval()
         classifier = model.classifier if isinstance(model, GanmexModel) else model
         meta = classifier if isinstance(classifier, Classifier) else None
-        self.input_shape = _input_shape(input_shape, meta)
-        self.value_range = _value_range(value_range, meta)
+        self.input_shape = model_input_shape(input_shape, meta)
+        self.value_range = model_value_range(value_range, meta)
         if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
             raise InputError(f"max_batch: expected a positive integer, got {max_batch!r}")
         self.max_batch = int(max_batch)
@@ -89,7 +90,7 @@ class TorchBackend:
         self.num_classes = meta.num_classes if meta is not None else self._probe_num_classes()
         self.deeplift_unavailable = deeplift_refusal(self.module)  # traced here, before any serving thread runs
         self.supports_deeplift = self.deeplift_unavailable is None
-        self._generator = _generator(generator, model, self.input_shape)
+        self._generator = model_generator(generator, model, self.input_shape)
         self.has_generator = self._generator is not None
         self._relu_gate = ReluPathGate(self.module, self.input_shape, self.value_range) if fast_ig else None
 
@@ -162,7 +163,7 @@ class TorchBackend:
         self, x: np.ndarray, baseline: np.ndarray, weights: np.ndarray, alphas: np.ndarray, quadrature: np.ndarray
     ) -> np.ndarray | None:
         """IG ``(x - b) * sum_s quadrature[s] dScore/dx(b + alphas[s] (x - b))`` in one call, by
-        :mod:`xaisdk.runtime.relu_path_ig` when the model opens with conv -> ReLU -> conv (and
+        :mod:`xaisdk.torch_runtime.relu_path_ig` when the model opens with conv -> ReLU -> conv (and
         ``fast_ig`` is on); None otherwise, and the driver runs its chunked loop over :meth:`score_gradient`."""
         prefix = self.relu_path()
         if prefix is None:
@@ -178,7 +179,7 @@ class TorchBackend:
         self, x: np.ndarray, baseline: np.ndarray, weights: np.ndarray, row_cover: np.ndarray, col_cover: np.ndarray
     ) -> np.ndarray | None:
         """Scores (N, R, Cc) of ``x`` with each window ``row_cover[r] x col_cover[c]`` taken from ``baseline``,
-        by :func:`~xaisdk.runtime.relu_path_ig.relu_path_occluded_scores` when the model opens with
+        by :func:`~xaisdk.torch_runtime.relu_path_ig.relu_path_occluded_scores` when the model opens with
         conv -> ReLU -> conv (and ``fast_ig`` is on); None otherwise (the driver then scores occluded images)."""
         prefix = self.relu_path()
         if prefix is None:
@@ -192,7 +193,7 @@ class TorchBackend:
                          weights: np.ndarray) -> np.ndarray | None:
         """Scores (N, J) of the perturbation rows of :func:`xaisdk.runtime.perturbation.perturbation_scores`
         ("``base[n]`` with pixels ``order[n, lo:hi]`` from ``substrate[n]``"), by
-        :func:`~xaisdk.runtime.relu_path_ig.relu_path_perturbed_scores` when the model opens with
+        :func:`~xaisdk.torch_runtime.relu_path_ig.relu_path_perturbed_scores` when the model opens with
         conv -> ReLU -> conv (and ``fast_ig`` is on); None otherwise."""
         prefix = self.relu_path()
         if prefix is None:
@@ -217,36 +218,17 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy().astype(np.float32, copy=False)
 
 
-def _input_shape(given: tuple[int, ...] | None, meta: Classifier | None) -> tuple[int, ...]:
-    if given is None:
-        if meta is None:
-            raise InputError("input_shape: required for a plain torch module, e.g. input_shape=(1, 28, 28)")
-        return tuple(int(v) for v in meta.input_shape)
-    shape = tuple(int(v) for v in given)
-    if not shape or min(shape) < 1:
-        raise InputError(f"input_shape: expected positive sizes such as (C, H, W), got {given!r}")
-    if meta is not None and shape != tuple(meta.input_shape):
-        raise InputError(f"input_shape: {shape} differs from the checkpoint's {tuple(meta.input_shape)}")
-    return shape
+def as_backend(model: object, **torch_options: object) -> Backend:
+    """``model`` itself when it already is a :class:`Backend`, else a
+    :class:`TorchBackend` around it (torch module, ``Classifier`` or
+    ``GanmexModel``; ``torch_options`` go to its constructor).
 
-
-def _value_range(given: tuple[float, float] | None, meta: Classifier | None) -> tuple[float, float]:
-    value = given if given is not None else (meta.value_range if meta is not None else (0.0, 1.0))
-    low, high = (float(v) for v in value)
-    if not low < high:
-        raise InputError(f"value_range: expected (low, high) with low < high, got {value!r}")
-    return low, high
-
-
-def _generator(generator: Any, model: Any, input_shape: tuple[int, ...]) -> nn.Module | None:
-    """The generator module: ``generator`` when given, else the GANMEX model's own, else None."""
-    if generator is None:
-        if not isinstance(model, GanmexModel):
-            return None
-        generator = model
-    module = resolve_generator(generator)
-    config = getattr(module, "config", None)
-    if config is not None and tuple(config.input_shape) != input_shape:
-        raise InputError(f"generator: makes {tuple(config.input_shape)} images, the classifier takes {input_shape}")
-    module.eval()
-    return module
+    >>> import torch
+    >>> as_backend(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)), input_shape=(1, 2, 2)).num_classes
+    3
+    """
+    if isinstance(model, Backend):
+        if torch_options:
+            raise TypeError(f"as_backend: options {sorted(torch_options)} apply to torch models, not to a ready backend")
+        return model
+    return TorchBackend(model, **torch_options)  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""Turn an :class:`~xaisdk.metrics.evaluate.EvaluationResult` into ``metrics.json``, ``report.md``
+"""Turn an :class:`~xaisdk.evaluation.evaluate.EvaluationResult` into ``metrics.json``, ``report.md``
 and PNG figures (perturbation curves, Gini bars, saliency grid, cascading-randomization grid, ROAR).
 
 ``report.md`` lays the per-map metrics out as the GANMEX paper's Tables 2/3: one row per metric,
@@ -8,17 +8,13 @@ one column per method x baseline, the best value of each row in bold (by the met
 from __future__ import annotations
 
 import json
-import os
-import platform
-import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from xaisdk.metrics._common import _plain
-from xaisdk.metrics.evaluate import EvaluationResult, config_dict
+from xaisdk.evaluation.grid import EvaluationResult, config_dict
+from xaisdk.metrics._common import _plain, run_environment
 
 __all__ = ["DIRECTIONS", "write_report", "result_dict"]
 
@@ -51,15 +47,6 @@ def _description(metric: str) -> str:
         if metric.startswith(prefix):
             return text
     return ""
-
-
-def run_environment(command: str = "") -> dict[str, Any]:
-    """Where and how a report was made: xaisdk version, UTC date, command, Python, platform, CPU count."""
-    import xaisdk
-
-    return {"xaisdk": xaisdk.__version__, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": command, "python": sys.version.split()[0], "platform": platform.platform(),
-            "cpus": os.cpu_count()}
 
 
 def result_dict(result: EvaluationResult, command: str = "") -> dict[str, Any]:
@@ -165,7 +152,7 @@ def _roar_section(study: dict[str, Any]) -> list[str]:
 
 def write_report(result: EvaluationResult, out: str | Path, command: str = "") -> dict[str, Path]:
     """Write ``metrics.json``, ``report.md`` and the figures into ``out``; returns their paths."""
-    from xaisdk.metrics import figures
+    from xaisdk.evaluation import figures
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """The parts of ``xaisdk evaluate`` that go beyond one number per map: baseline distances (GANMEX
 Table 1), sensitivity to seeds and hyper-parameters, cascading randomization and ROAR.
 
-Each function takes the :class:`~xaisdk.metrics.evaluate.EvaluationResult` built so far (images,
+Each function takes the :class:`~xaisdk.evaluation.evaluate.EvaluationResult` built so far (images,
 class pairs, baselines, maps) and returns a JSON-ready dict plus, where figures need them, arrays
 under keys starting with ``_`` (left out of ``metrics.json``).
 """
@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from xaisdk.data import Split
+from xaisdk.evaluation.grid import Column, EvaluationResult, attribute, make_baselines
 from xaisdk.explainer import Explainer
-from xaisdk.metrics.evaluate import Column, EvaluationResult, attribute, make_baselines
 from xaisdk.metrics.similarity import consistency
 
 __all__ = ["baseline_distances", "sensitivity", "randomization", "roar_study"]

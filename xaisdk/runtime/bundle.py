@@ -9,7 +9,7 @@ graph are required; the DeepLIFT graph, the GANMEX generator and the learned inp
 swapped between the check and its use cannot slip through: every runtime (ONNX Runtime, TensorRT, the
 inpainter, ExplainGAN and Exaggeration loaders) runs these bytes and never reopens a file by path.
 What a manifest can make a process do is bounded before anything is allocated (see
-:mod:`xaisdk.deploy.bundle_integrity`): its own size and nesting, every graph's recorded byte size
+:mod:`xaisdk.runtime.bundle_integrity`): its own size and nesting, every graph's recorded byte size
 (checked against the file before it is read), the input shape, a fixed batch and the class names
 (unique). Files must be regular files whose resolved path lies inside the bundle folder; graphs with
 tensors stored as external data or nodes outside the default ONNX domain are refused (the exporter
@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xaisdk.deploy.bundle_integrity import MAX_GRAPH_BYTES, MAX_MANIFEST_BYTES, load_json, read_inside, scan_onnx
 from xaisdk.errors import InputError
+from xaisdk.runtime.bundle_integrity import MAX_GRAPH_BYTES, MAX_MANIFEST_BYTES, load_json, read_inside, scan_onnx
 
 __all__ = ["MANIFEST", "SCHEMA", "SCHEMA_VERSION", "Bundle", "GraphSpec", "read_bundle", "sha256_bytes"]
 

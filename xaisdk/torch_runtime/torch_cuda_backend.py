@@ -1,7 +1,7 @@
 """The ``torch-cuda`` backend: a torch classifier on a CUDA GPU behind the Backend protocol, with a fused IG loop.
 
-Imported only explicitly (``from xaisdk.runtime.torch_cuda_backend import TorchCudaBackend``). The
-protocol's primitives are those of :class:`~xaisdk.runtime.torch_backend.TorchBackend` computed on
+Imported only explicitly (``from xaisdk.torch_runtime.torch_cuda_backend import TorchCudaBackend``). The
+protocol's primitives are those of :class:`~xaisdk.torch_runtime.torch_backend.TorchBackend` computed on
 the GPU (the same autograd gradients and DeepLIFT rescale hooks). On top of them,
 :meth:`TorchCudaBackend.fused_integrated_gradients` runs the whole Integrated Gradients loop on the
 device: the inputs are copied to the GPU once; per chunk of (sample, step) rows the CUDA kernel of
@@ -32,14 +32,14 @@ import torch
 from torch import nn
 
 from xaisdk.attribution._inputs import weighted_gradient
-from xaisdk.attribution._shared import chunks
 from xaisdk.attribution.deeplift import EPS, deeplift_refusal, rescale_multipliers, unsupported_error
 from xaisdk.errors import InputError
+from xaisdk.methods.common import chunks
 from xaisdk.models.checkpoint import Classifier
 from xaisdk.models.ganmex import GanmexModel
-from xaisdk.runtime import cuda_kernels
-from xaisdk.runtime.ig_reference import _as_float32
-from xaisdk.runtime.torch_backend import _generator, _input_shape, _value_range
+from xaisdk.runtime.arrays import as_float32
+from xaisdk.torch_runtime import cuda_kernels
+from xaisdk.torch_runtime.model_spec import model_generator, model_input_shape, model_value_range
 
 __all__ = ["TorchCudaBackend"]
 
@@ -59,7 +59,7 @@ class TorchCudaBackend:
     copy is taken here: it explains the model as it was at construction (hooks included), and later
     changes to the caller's module are not seen; build a new backend for a changed model.
     ``input_shape``, ``value_range`` and ``generator`` are as for
-    :class:`~xaisdk.runtime.torch_backend.TorchBackend`. ``chunk_size`` rows go through the model
+    :class:`~xaisdk.torch_runtime.torch_backend.TorchBackend`. ``chunk_size`` rows go through the model
     per pass, and one fused-IG chunk holds ``min(chunk_size, N * S)`` (sample, step) rows.
 
     ``cuda_graph=True`` captures the fused-IG gradient step as a CUDA graph, once per chunk shape
@@ -107,14 +107,14 @@ class TorchCudaBackend:
         source = meta.model if meta is not None else classifier
         if not isinstance(source, nn.Module):
             raise InputError(f"model: expected a torch.nn.Module, xaisdk Classifier or GanmexModel, got {type(model).__name__}")
-        self.input_shape = _input_shape(input_shape, meta)
-        self.value_range = _value_range(value_range, meta)
+        self.input_shape = model_input_shape(input_shape, meta)
+        self.value_range = model_value_range(value_range, meta)
         self.module = _device_copy(source, self.device)
         self._step_forward: Callable[[torch.Tensor], torch.Tensor] = torch.compile(self.module) if compile else self.module
         self.num_classes = meta.num_classes if meta is not None else self._probe_num_classes()
         self.deeplift_unavailable = deeplift_refusal(self.module)  # the same rule table as the ONNX builder
         self.supports_deeplift = self.deeplift_unavailable is None
-        generator_module = _generator(generator, model, self.input_shape) if not isinstance(generator, nn.Module) else (
+        generator_module = model_generator(generator, model, self.input_shape) if not isinstance(generator, nn.Module) else (
             _checked_generator(generator, self.input_shape))
         self._generator = None if generator_module is None else _device_copy(generator_module, self.device)
         self.has_generator = self._generator is not None
@@ -139,13 +139,13 @@ class TorchCudaBackend:
         return int(out.shape[1])
 
     def _images(self, x: np.ndarray, name: str = "x") -> np.ndarray:
-        array = _as_float32(x, name)
+        array = as_float32(x, name)
         if array.ndim != len(self.input_shape) + 1 or array.shape[1:] != self.input_shape:
             raise InputError(f"{name}: expected shape (N, {', '.join(map(str, self.input_shape))}), got {array.shape}")
         return array
 
     def _weights(self, weights: np.ndarray, n: int) -> np.ndarray:
-        array = _as_float32(weights, "weights")
+        array = as_float32(weights, "weights")
         if array.shape != (n, self.num_classes):
             raise InputError(f"weights: expected shape ({n}, {self.num_classes}), got {array.shape}")
         return array
@@ -218,7 +218,7 @@ class TorchCudaBackend:
         ``(N, C, H, W)``, where ``Score_n = sum_k weights[n, k] logits[n, k]``. ``x``: (N, C, H, W);
         ``baseline``: the shape of ``x`` or one that broadcasts to it; ``weights``: (N, num_classes);
         ``alphas``, ``quadrature``: (S,) path points and their weights (see
-        :func:`~xaisdk.attribution.quadrature.path_rule`). The (sample, step) rows are numbered
+        :func:`~xaisdk.methods.quadrature.path_rule`). The (sample, step) rows are numbered
         ``n * S + s`` and processed ``min(chunk_size, N * S)`` at a time; each sample's rows are added
         in increasing order, so the result does not depend on the chunking. On a GPU::
 
@@ -229,11 +229,11 @@ class TorchCudaBackend:
         if len(xs) == 0:
             raise InputError("x: the batch is empty")
         try:
-            base = np.ascontiguousarray(np.broadcast_to(_as_float32(baseline, "baseline"), xs.shape))
+            base = np.ascontiguousarray(np.broadcast_to(as_float32(baseline, "baseline"), xs.shape))
         except ValueError:
             raise InputError(f"baseline: expected the shape of x {xs.shape} (or one that broadcasts to it)") from None
         w = self._weights(weights, len(xs))
-        alphas, quadrature = _as_float32(alphas, "alphas"), _as_float32(quadrature, "quadrature")
+        alphas, quadrature = as_float32(alphas, "alphas"), as_float32(quadrature, "quadrature")
         if alphas.ndim != 1 or alphas.shape != quadrature.shape or alphas.size == 0:
             raise InputError(f"alphas, quadrature: expected two 1-D arrays of equal length >= 1, got {alphas.shape} and "
                              f"{quadrature.shape}")

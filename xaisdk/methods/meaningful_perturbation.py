@@ -10,7 +10,7 @@ Adam minimises, for each image independently,
 where ``TV_beta(m)`` is the mean of ``|m[i+1, j] - m[i, j]|^beta`` plus the mean of
 ``|m[i, j+1] - m[i, j]|^beta``, ``shift_tau`` translates the image by ``tau = (dy, dx)`` pixels
 (``0 <= dy, dx <= jitter``; the vacated border repeats the edge pixels) and ``s`` is the
-attributed score of :class:`~xaisdk.attribution.removal.Score`; after each step ``m`` is clipped to
+attributed score of :class:`~xaisdk.methods.removal.Score`; after each step ``m`` is clipped to
 [0, 1]. The attribution map is ``M``: large where removing the pixels lowers ``s``.
 
 ``phi`` is what the deletion game minimises (``objective``). The paper's ``phi = s``, the probability,
@@ -19,7 +19,7 @@ L1 term wins every cell and the mask collapses to nothing (on the shipped digits
 all-zero maps for most test digits). The log-probability ``log s`` saturates the same way (its
 gradient is ``1 - s``). The default ``objective="nonsaturating"`` minimises
 ``phi = -log(1 - s(x~)) / -log(1 - s(x))`` instead: ``softplus(t) / softplus(t(x))`` of the
-log-odds ``t`` (:meth:`~xaisdk.attribution.removal.Score.log_odds`; one-vs-one, ``t`` is the logit
+log-odds ``t`` (:meth:`~xaisdk.methods.removal.Score.log_odds`; one-vs-one, ``t`` is the logit
 margin ``S_source - S_target`` that every other method attributes). While the source wins, ``phi`` is
 the margin in units of the input's margin, so its gradient does not vanish; once the removal flips the
 decision it decays like ``s`` does, so removing more than needed earns nothing, as in the paper's
@@ -51,10 +51,10 @@ surrogate, the gradient of those pixels uses the inpainter's fill of everything 
 unchanged.
 
 A map that comes out all zero or constant (nothing or everything removed) raises
-:class:`~xaisdk.InputError` (see :mod:`xaisdk.attribution.empty_maps`) instead of being returned.
+:class:`~xaisdk.InputError` (see :mod:`xaisdk.methods.empty_maps`) instead of being returned.
 
 >>> import numpy as np
->>> from xaisdk.attribution.drivers import _LinearBackend
+>>> from xaisdk.methods.drivers import _LinearBackend
 >>> from xaisdk.runtime.backend import class_weights
 >>> w = np.zeros((2, 16, 16)); w[0, :4, :4] = 0.5                # class 0 looks at the top-left 4 x 4 pixels
 >>> backend = _LinearBackend(w.reshape(2, -1), input_shape=(1, 16, 16))
@@ -73,10 +73,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xaisdk.attribution._shared import chunks
-from xaisdk.attribution.drivers import _chunk_size, _images, _weights
-from xaisdk.attribution.empty_maps import check_maps
-from xaisdk.attribution.removal import (
+from xaisdk.errors import InputError
+from xaisdk.methods.common import chunks
+from xaisdk.methods.drivers import _chunk_size, _images, _weights
+from xaisdk.methods.empty_maps import check_maps
+from xaisdk.methods.removal import (
     Remover,
     Score,
     _sigmoid,
@@ -86,7 +87,6 @@ from xaisdk.attribution.removal import (
     log_odds_and_gradient,
     score_and_gradient,
 )
-from xaisdk.errors import InputError
 from xaisdk.runtime.backend import Backend
 from xaisdk.runtime.inpainting import Inpainter, composite
 
@@ -285,7 +285,7 @@ def meaningful_perturbation(
     over jittered copies: all ``(jitter + 1)^2`` shifts when ``n_jitter`` is None (the exact
     expectation; 4 copies at the default ``jitter=1``), else ``n_jitter`` shifts drawn at random
     each step (with replacement, the same for every image of the batch). ``output`` as in
-    :class:`~xaisdk.attribution.removal.Score`; ``objective``: ``"nonsaturating"`` (default) or
+    :class:`~xaisdk.methods.removal.Score`; ``objective``: ``"nonsaturating"`` (default) or
     ``"score"`` (see the module docstring); the defaults of ``l1`` and ``tv`` assume an objective
     of 1 at the input (the default objective, or probabilities). Images are optimised independently: a batch gives each image
     the map it gets alone with the same initial mask. ``return_mask`` also returns the small masks
@@ -314,7 +314,7 @@ def meaningful_perturbation(
     80 highest-ranked pixels lowers ``S_source - S_target`` by 3.7 (blur), 1.4 (inpainter) and 15.4
     (gray) on average, against 0.7, 0.0 and 2.1 for 80 random pixels.
 
-    >>> from xaisdk.attribution.drivers import _LinearBackend
+    >>> from xaisdk.methods.drivers import _LinearBackend
     >>> from xaisdk.runtime.backend import class_weights
     >>> w = np.zeros((2, 64)); w[0, 9] = 2                            # class 0 looks at pixel (1, 1)
     >>> backend = _LinearBackend(w, input_shape=(1, 8, 8))

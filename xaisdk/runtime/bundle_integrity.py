@@ -1,7 +1,7 @@
 """What a bundle may make a process read and run: bounded, regular files inside the bundle folder, a
 manifest of bounded size and nesting, and ONNX graphs whose weights are all in the hashed bytes.
 
-Used by :mod:`xaisdk.deploy.bundle` and by the ONNX Runtime loaders of bare ``.onnx`` files. Standard
+Used by :mod:`xaisdk.runtime.bundle` and by the ONNX Runtime loaders of bare ``.onnx`` files. Standard
 library and numpy only (no onnx, no protobuf package): :func:`scan_onnx` walks the few ModelProto
 fields it needs straight from the wire format.
 

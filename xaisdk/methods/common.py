@@ -1,5 +1,5 @@
 """Torch-free helpers shared by the torch reference methods and the Backend drivers
-(:mod:`xaisdk.attribution.drivers`): batching, occlusion windows and Expected Gradients draws.
+(:mod:`xaisdk.methods.drivers`): batching, occlusion windows and Expected Gradients draws.
 
 One copy serves both, so the two implementations cut batches, place windows and draw references
 identically. This module imports numpy only.
