@@ -16,6 +16,7 @@ import numpy as np
 
 from xaisdk.errors import InputError
 from xaisdk.runtime.bundle import Bundle, GraphSpec, read_bundle
+from xaisdk.runtime.bundle_graphs import BundleGraphs
 
 __all__ = ["PREFERRED_PROVIDERS", "OnnxRuntimeBackend", "load_session", "pick_providers", "run_session"]
 
@@ -90,7 +91,7 @@ def pick_providers(requested: Sequence[str] | None = None) -> list[str]:
     return [p for p in PREFERRED_PROVIDERS if p in available]
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(BundleGraphs):
     """The :class:`~xaisdk.runtime.backend.Backend` of an exported bundle, run by ONNX Runtime.
 
     Args:
@@ -190,46 +191,3 @@ class OnnxRuntimeBackend:
             for piece, result in zip(pieces, run_session(session, outputs, chunk, self._where[role])):
                 piece.append(result[:used])
         return [np.concatenate(p) if p else np.zeros((0,), np.float32) for p in pieces]
-
-    def _check(self, x: np.ndarray, name: str = "x") -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 4 or x.shape[1:] != self.input_shape:
-            raise InputError(f"{name}: expected shape (N, {', '.join(map(str, self.input_shape))}), got {x.shape}")
-        return x
-
-    def _weights(self, weights: np.ndarray, n: int) -> np.ndarray:
-        weights = np.asarray(weights, dtype=np.float32)
-        if weights.shape != (n, self.num_classes):
-            raise InputError(f"weights: expected shape ({n}, {self.num_classes}), got {weights.shape}")
-        return weights
-
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        x = self._check(x)
-        return self._run("classifier", {"x": x}, ["logits"])[0]
-
-    def score_gradient(self, x: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = self._check(x)
-        score, grad = self._run("classifier_grad", {"x": x, "w": self._weights(weights, len(x))}, ["score", "grad"])
-        return score, grad
-
-    def deeplift_multipliers(self, x: np.ndarray, baseline: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        if not self.supports_deeplift:
-            raise InputError(f"this bundle has no DeepLIFT graph: {self.bundle.deeplift_unavailable}")
-        x, baseline = self._check(x), self._check(baseline, "baseline")
-        if baseline.shape != x.shape:
-            raise InputError(f"baseline: expected shape {x.shape}, got {baseline.shape}")
-        feeds = {"x": x, "baseline": baseline, "w": self._weights(weights, len(x))}
-        return self._run("deeplift_grad", feeds, ["multipliers"])[0]
-
-    def generate(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
-        if not self.has_generator:
-            raise InputError("this bundle has no GANMEX generator (it was exported from a classifier checkpoint, "
-                             "not a GANMEX one)")
-        x = self._check(x)
-        target = np.asarray(target)
-        if target.shape != (len(x),) or not np.issubdtype(target.dtype, np.integer):
-            raise InputError(f"target: expected {len(x)} integer classes, got {target.dtype} {target.shape}")
-        if len(target) and (target.min() < 0 or target.max() >= self.num_classes):
-            raise InputError(f"target: class index out of range [0, {self.num_classes})")
-        onehot = np.eye(self.num_classes, dtype=np.float32)[target]
-        return self._run("generator_ganmex", {"x": x, "target": onehot}, ["image"])[0]

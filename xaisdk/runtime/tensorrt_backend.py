@@ -40,6 +40,7 @@ import numpy as np
 from xaisdk.errors import InputError
 from xaisdk.runtime.arrays import as_float32
 from xaisdk.runtime.bundle import Bundle, GraphSpec, read_bundle
+from xaisdk.runtime.bundle_graphs import BundleGraphs
 from xaisdk.runtime.engines import DEFAULT_WORKSPACE_BYTES, engine_cache_key, engine_for
 from xaisdk.runtime.ig_loop import integrated_gradients_loop
 
@@ -188,7 +189,7 @@ def _device_kernels() -> Any | None:
         return None
 
 
-class _DeviceBackend:
+class _DeviceBackend(BundleGraphs):
     """The Backend over graphs that run on device buffers: chunking, copies, the fused IG loop and
     cleanup. :class:`TensorRTBackend` gives it TensorRT engines; it takes anything with the
     :class:`_Runner` and :class:`CudaRuntime` methods."""
@@ -263,20 +264,6 @@ class _DeviceBackend:
         if self._closed:
             raise InputError("this TensorRT backend is closed")
 
-    # --- argument checks (as OnnxRuntimeBackend) ---------------------------------------------------
-
-    def _check(self, x: np.ndarray, name: str = "x") -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 4 or x.shape[1:] != self.input_shape:
-            raise InputError(f"{name}: expected shape (N, {', '.join(map(str, self.input_shape))}), got {x.shape}")
-        return x
-
-    def _weights(self, weights: np.ndarray, n: int) -> np.ndarray:
-        weights = np.asarray(weights, dtype=np.float32)
-        if weights.shape != (n, self.num_classes):
-            raise InputError(f"weights: expected shape ({n}, {self.num_classes}), got {weights.shape}")
-        return weights
-
     # --- chunked runs -----------------------------------------------------------------------------
 
     def _run(self, role: str, feeds: dict[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
@@ -300,41 +287,6 @@ class _DeviceBackend:
                     self._cuda.d2h(results[name][start:start + used], runner.address[name], self._stream)
                 self._cuda.synchronize(self._stream)
         return [results[name] for name in outputs]
-
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        """Logits ``(N, num_classes)`` of a batch ``(N, C, H, W)``."""
-        x = self._check(x)
-        return self._run("classifier", {"x": x}, ["logits"])[0]
-
-    def score_gradient(self, x: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Scores ``sum_k weights[n, k] * logits[n, k]`` and their input gradients."""
-        x = self._check(x)
-        score, grad = self._run("classifier_grad", {"x": x, "w": self._weights(weights, len(x))}, ["score", "grad"])
-        return score, grad
-
-    def deeplift_multipliers(self, x: np.ndarray, baseline: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """DeepLIFT rescale-rule multipliers of the weighted score for each pair (x[n], baseline[n])."""
-        if not self.supports_deeplift:
-            raise InputError(f"this bundle has no DeepLIFT graph: {self.bundle.deeplift_unavailable}")
-        x, baseline = self._check(x), self._check(baseline, "baseline")
-        if baseline.shape != x.shape:
-            raise InputError(f"baseline: expected shape {x.shape}, got {baseline.shape}")
-        feeds = {"x": x, "baseline": baseline, "w": self._weights(weights, len(x))}
-        return self._run("deeplift_grad", feeds, ["multipliers"])[0]
-
-    def generate(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
-        """The GANMEX generator's image of each ``x[n]`` turned into class ``target[n]``."""
-        if not self.has_generator:
-            raise InputError("this bundle has no GANMEX generator (it was exported from a classifier checkpoint, "
-                             "not a GANMEX one)")
-        x = self._check(x)
-        target = np.asarray(target)
-        if target.shape != (len(x),) or not np.issubdtype(target.dtype, np.integer):
-            raise InputError(f"target: expected {len(x)} integer classes, got {target.dtype} {target.shape}")
-        if len(target) and (target.min() < 0 or target.max() >= self.num_classes):
-            raise InputError(f"target: class index out of range [0, {self.num_classes})")
-        onehot = np.eye(self.num_classes, dtype=np.float32)[target]
-        return self._run("generator_ganmex", {"x": x, "target": onehot}, ["image"])[0]
 
     # --- fused Integrated Gradients ----------------------------------------------------------------
 
