@@ -6,6 +6,7 @@ import functools
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -93,6 +94,33 @@ def _report_training(config: object, history: dict, out_path: Path, samples: Pat
     click.echo(f"wrote {out_path} (samples in {samples})")
 
 
+def _training_loop_options(seed_help: str | None = None,
+                           resume_help: str = "Continue the run saved in --out (same classifier and settings).") -> Callable:
+    """The options every generator-training command shares with the training loop it drives:
+    ``--samples``, ``--sample-every``, ``--checkpoint-every``, ``--seed``, ``--resume``, ``--force``."""
+    options = [
+        click.option("--samples", "samples_dir", type=click.Path(path_type=Path), default=None,
+                     help="Folder for the PNG sample grids.  [default: <out>_samples]"),
+        click.option("--sample-every", default=None, type=int, help="[default: 500]"),
+        click.option("--checkpoint-every", default=None, type=int, help="[default: 500]"),
+        click.option("--seed", default=0, show_default=True, help=seed_help),
+        click.option("--resume", is_flag=True, help=resume_help),
+        click.option("--force", is_flag=True, help="Overwrite --out if it exists (starting afresh)."),
+    ]
+
+    def apply(command: Callable) -> Callable:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
+def _given(**options: object) -> dict[str, object]:
+    """The options the user set (not None): what overrides a training config's defaults."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
 @main.group()
 def train() -> None:
     """Train models (classifier, GANMEX baseline generator, inpainter)."""
@@ -140,13 +168,7 @@ def train_classifier_command(dataset: str, out_path: Path, arch: str, epochs: in
 @click.option("--standalone-classifier", is_flag=True,
               help="Ablation: train StarGAN's own class discriminator instead of using the classifier.")
 @click.option("--generator-channels", default=None, type=int, help="Width of the generator's first layer.  [default: 16]")
-@click.option("--samples", "samples_dir", type=click.Path(path_type=Path), default=None,
-              help="Folder for the PNG sample grids.  [default: <out>_samples]")
-@click.option("--sample-every", default=None, type=int, help="[default: 500]")
-@click.option("--checkpoint-every", default=None, type=int, help="[default: 500]")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue the run saved in --out (same classifier and settings).")
-@click.option("--force", is_flag=True, help="Overwrite --out if it exists (starting afresh).")
+@_training_loop_options()
 @_clean_errors
 def train_ganmex_command(dataset: str, classifier_path: Path, out_path: Path, steps: int | None,
                          batch_size: int | None, lambda_cls: float | None, lambda_rec: float | None,
@@ -163,11 +185,11 @@ def train_ganmex_command(dataset: str, classifier_path: Path, out_path: Path, st
     # Train on the classifier's own training split, so the generator never sees its test images.
     split_seed = int(classifier.metadata.get("seed", 0))
     split = load_dataset(dataset, seed=split_seed)
-    given = {"steps": steps, "batch_size": batch_size, "lambda_cls": lambda_cls, "lambda_rec": lambda_rec,
-             "lambda_sim": lambda_sim, "generator_channels": generator_channels, "sample_every": sample_every,
-             "checkpoint_every": checkpoint_every}
+    given = _given(steps=steps, batch_size=batch_size, lambda_cls=lambda_cls, lambda_rec=lambda_rec,
+                   lambda_sim=lambda_sim, generator_channels=generator_channels, sample_every=sample_every,
+                   checkpoint_every=checkpoint_every)
     config = GanmexTrainingConfig(seed=seed, standalone_classifier=standalone_classifier,
-                                  **{k: v for k, v in given.items() if v is not None})
+                                  **given)
     samples = _samples_dir(samples_dir, out_path)
     model, history = train_ganmex(split, classifier, config, out=out_path, samples_dir=samples, resume=resume,
                                   data_spec={"name": dataset, "options": {"seed": split_seed}},
@@ -198,13 +220,7 @@ def train_ganmex_command(dataset: str, classifier_path: Path, out_path: Path, st
 @click.option("--lambda-entropy", default=None, type=float, help="Mask entropy min(m, 1 - m).  [default: 2]")
 @click.option("--no-mask", is_flag=True, help="Ablation: the transformed image is the composite (no mask, no priors).")
 @click.option("--no-reconstruction", is_flag=True, help="Ablation: no reconstruction loss.")
-@click.option("--samples", "samples_dir", type=click.Path(path_type=Path), default=None,
-              help="Folder for the PNG sample grids.  [default: <out>_samples]")
-@click.option("--sample-every", default=None, type=int, help="[default: 500]")
-@click.option("--checkpoint-every", default=None, type=int, help="[default: 500]")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue the run saved in --out (same classifier and settings).")
-@click.option("--force", is_flag=True, help="Overwrite --out if it exists (starting afresh).")
+@_training_loop_options()
 @_clean_errors
 def train_explaingan_command(digits: str | None, classifier_path: Path | None, dataset: str | None, out_path: Path,
                              steps: int | None, batch_size: int | None, lambda_gan: float | None, lambda_cls: float | None,
@@ -246,12 +262,12 @@ def train_explaingan_command(digits: str | None, classifier_path: Path | None, d
         split_seed = int(classifier.metadata.get("seed", 0))
         split = load_dataset(dataset, seed=split_seed)
         data_spec = {"name": dataset, "options": {"seed": split_seed}}
-    given = {"steps": steps, "batch_size": batch_size, "lambda_gan": lambda_gan, "lambda_cls": lambda_cls,
-             "lambda_rec": lambda_rec, "lambda_const": lambda_const, "lambda_count": lambda_count, "kappa": kappa,
-             "lambda_smooth": lambda_smooth, "lambda_entropy": lambda_entropy, "sample_every": sample_every,
-             "checkpoint_every": checkpoint_every}
+    given = _given(steps=steps, batch_size=batch_size, lambda_gan=lambda_gan, lambda_cls=lambda_cls,
+                   lambda_rec=lambda_rec, lambda_const=lambda_const, lambda_count=lambda_count, kappa=kappa,
+                   lambda_smooth=lambda_smooth, lambda_entropy=lambda_entropy, sample_every=sample_every,
+                   checkpoint_every=checkpoint_every)
     config = ExplainGANTrainingConfig(seed=seed, no_mask=no_mask, no_reconstruction=no_reconstruction,
-                                      **{k: v for k, v in given.items() if v is not None})
+                                      **given)
     samples = _samples_dir(samples_dir, out_path)
     _, history = train_explaingan(split, classifier, config, out=out_path, samples_dir=samples, resume=resume,
                                   data_spec=data_spec, progress=sys.stderr.isatty())
@@ -271,13 +287,7 @@ def train_explaingan_command(digits: str | None, classifier_path: Path | None, d
 @click.option("--lambda-cgan", default=None, type=float, help="Hinge cGAN term.  [default: 1]")
 @click.option("--lambda-f", default=None, type=float, help="Compatibility KL(f(x) + delta || f(x_delta)).  [default: 100]")
 @click.option("--lambda-rec", default=None, type=float, help="Reconstruction and cycle L1.  [default: 100]")
-@click.option("--samples", "samples_dir", type=click.Path(path_type=Path), default=None,
-              help="Folder for the PNG sample grids.  [default: <out>_samples]")
-@click.option("--sample-every", default=None, type=int, help="[default: 500]")
-@click.option("--checkpoint-every", default=None, type=int, help="[default: 500]")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue the run saved in --out (same classifier and settings).")
-@click.option("--force", is_flag=True, help="Overwrite --out if it exists (starting afresh).")
+@_training_loop_options()
 @_clean_errors
 def train_exaggeration_command(dataset: str, classifier_path: Path, target_class: str, out_path: Path, n_bins: int | None,
                                steps: int | None, batch_size: int | None, lambda_cgan: float | None, lambda_f: float | None,
@@ -300,9 +310,9 @@ def train_exaggeration_command(dataset: str, classifier_path: Path, target_class
                          f"below {classifier.num_classes}")
     split_seed = int(classifier.metadata.get("seed", 0))
     split = load_dataset(dataset, seed=split_seed)
-    given = {"n_bins": n_bins, "steps": steps, "batch_size": batch_size, "lambda_cgan": lambda_cgan, "lambda_f": lambda_f,
-             "lambda_rec": lambda_rec, "sample_every": sample_every, "checkpoint_every": checkpoint_every}
-    config = ExaggerationTrainingConfig(target_class=index, seed=seed, **{k: v for k, v in given.items() if v is not None})
+    given = _given(n_bins=n_bins, steps=steps, batch_size=batch_size, lambda_cgan=lambda_cgan, lambda_f=lambda_f,
+                   lambda_rec=lambda_rec, sample_every=sample_every, checkpoint_every=checkpoint_every)
+    config = ExaggerationTrainingConfig(target_class=index, seed=seed, **given)
     samples = _samples_dir(samples_dir, out_path)
     _, history = train_exaggeration(split, classifier, config, out=out_path, samples_dir=samples, resume=resume,
                                     data_spec={"name": dataset, "options": {"seed": split_seed}},
@@ -320,13 +330,8 @@ def train_exaggeration_command(dataset: str, classifier_path: Path, target_class
 @click.option("--base-channels", default=None, type=int, help="Width of the U-Net's first layer.  [default: 16]")
 @click.option("--adversarial-weight", default=None, type=float,
               help="Weight of a PatchGAN hinge term (0: L1 only).  [default: 0]")
-@click.option("--samples", "samples_dir", type=click.Path(path_type=Path), default=None,
-              help="Folder for the PNG sample grids.  [default: <out>_samples]")
-@click.option("--sample-every", default=None, type=int, help="[default: 500]")
-@click.option("--checkpoint-every", default=None, type=int, help="[default: 500]")
-@click.option("--seed", default=0, show_default=True, help="Seed of the weights, batches and training masks.")
-@click.option("--resume", is_flag=True, help="Continue the run saved in --out (same settings).")
-@click.option("--force", is_flag=True, help="Overwrite --out if it exists (starting afresh).")
+@_training_loop_options(seed_help="Seed of the weights, batches and training masks.",
+                        resume_help="Continue the run saved in --out (same settings).")
 @_clean_errors
 def train_inpainter_command(dataset: str, out_path: Path, steps: int | None, batch_size: int | None,
                             learning_rate: float | None, base_channels: int | None, adversarial_weight: float | None,
@@ -339,9 +344,9 @@ def train_inpainter_command(dataset: str, out_path: Path, steps: int | None, bat
 
     _check_resume(out_path, resume, force)
     split = load_dataset(dataset)
-    given = {"steps": steps, "batch_size": batch_size, "lr": learning_rate, "base_channels": base_channels,
-             "adversarial_weight": adversarial_weight, "sample_every": sample_every, "checkpoint_every": checkpoint_every}
-    config = InpainterTrainingConfig(seed=seed, **{k: v for k, v in given.items() if v is not None})
+    given = _given(steps=steps, batch_size=batch_size, lr=learning_rate, base_channels=base_channels,
+                   adversarial_weight=adversarial_weight, sample_every=sample_every, checkpoint_every=checkpoint_every)
+    config = InpainterTrainingConfig(seed=seed, **given)
     samples = _samples_dir(samples_dir, out_path)
     model, history = train_inpainter(split, config, out=out_path, samples_dir=samples, resume=resume,
                                      data_spec={"name": dataset, "options": {}}, progress=sys.stderr.isatty())
