@@ -32,6 +32,26 @@ def test_environment_has_no_torch():
         assert importlib.util.find_spec(heavy) is None, f"{heavy} is installed in the slim environment"
 
 
+CORE_PACKAGES = ("xaisdk.runtime", "xaisdk.methods", "xaisdk.baselines")
+CORE_MODULES = ("xaisdk.errors", "xaisdk.limits", "xaisdk.input_files")
+
+
+def test_every_module_of_the_torch_free_core_imports_here():
+    """The import-linter contract says the core never imports torch (statically); this checks it where
+    torch really is absent: every module of layers 1-2 imports, and none pulls in a heavy package."""
+    import pkgutil
+
+    names = list(CORE_MODULES)
+    for package in CORE_PACKAGES:
+        module = importlib.import_module(package)
+        names += [f"{package}.{info.name}" for info in pkgutil.iter_modules(module.__path__)]
+    assert len(names) > 20
+    for name in names:
+        importlib.import_module(name)
+    loaded = {name.split(".")[0] for name in sys.modules}
+    assert not loaded & {"torch", "onnx", "scipy", "matplotlib", "sklearn", "skimage"}
+
+
 def test_import_and_load_without_torch(reference):
     import xaisdk
     from xaisdk import Explainer
