@@ -457,6 +457,43 @@ def explain_command(bundle_path: Path, inputs: tuple[Path, ...], target: str | N
     click.echo(f"wrote {out_dir}")
 
 
+@main.command("serve")
+@click.argument("bundle_path", metavar="BUNDLE", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all interfaces).")
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--name", default=None, help="Model name in the routes.  [default: the bundle folder's name]")
+@click.option("--max-batch", default=512, show_default=True, type=int, help="Rows per merged backend call.")
+@click.option("--max-wait-ms", default=2.0, show_default=True, type=float,
+              help="How long the batcher waits for more rows after the first.")
+@click.option("--no-batching", is_flag=True, help="Run each request's backend calls on their own (no merging).")
+@click.option("--max-queue", default=64, show_default=True, type=int,
+              help="Requests admitted at once; more get 503 with Retry-After.")
+@click.option("--timeout-s", default=30.0, show_default=True, type=float, help="Per-request deadline (504 past it).")
+@click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads.  [default: all cores]")
+@click.option("--max-body-mb", default=16.0, show_default=True, type=float, help="Largest request body (413 above).")
+@click.option("--max-images", default=16, show_default=True, type=int, help="Images per request.")
+@click.option("--max-steps", default=1024, show_default=True, type=int, help="Cap on n_steps.")
+@click.option("--warmup", default=1, show_default=True, type=int,
+              help="Explanations run before the server reports ready.")
+@_clean_errors
+def serve_command(bundle_path: Path, host: str, port: int, name: str | None, max_batch: int, max_wait_ms: float,
+                  no_batching: bool, max_queue: int, timeout_s: float, threads: int | None, max_body_mb: float,
+                  max_images: int, max_steps: int, warmup: int) -> None:
+    """Serve an exported bundle over HTTP: KServe V1 (/v1/models/NAME:predict, :explain) and the Open
+    Inference Protocol V2 (/v2/health/*, /v2/models/NAME/infer), Prometheus metrics on /metrics."""
+    try:
+        from xaisdk.serve import ServerConfig, serve
+    except ImportError as err:
+        raise InputError(f"xaisdk serve needs the server packages ({err.name}): pip install 'xaisdk[serve,server]'") from None
+    if not max_body_mb > 0:
+        raise InputError(f"--max-body-mb: expected a positive number, got {max_body_mb}")
+    config = ServerConfig(bundle=bundle_path, name=name, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                          batching=not no_batching, max_queue=max_queue, timeout_s=timeout_s, threads=threads,
+                          max_body_bytes=int(max_body_mb * 2**20), max_images=max_images, max_steps=max_steps,
+                          warmup=warmup)
+    serve(config, host=host, port=port)
+
+
 def _names(value: str, what: str) -> tuple[str, ...]:
     items = tuple(v.strip() for v in value.split(",") if v.strip())
     if not items:

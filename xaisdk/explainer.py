@@ -355,7 +355,8 @@ class Explainer:
                 **method_options: Any) -> Explanation:
         """Attribute ``S_source - S_target`` (``S_source`` when ``target`` is None) for each input.
 
-        ``source`` defaults to the predicted class. ``method``: ``"ig"`` (default; options
+        ``source`` defaults to the predicted class; ``target="runner-up"`` picks, per image, the class
+        with the highest logit other than the source (the model's closest alternative). ``method``: ``"ig"`` (default; options
         ``n_steps=200``, ``rule``), ``"deeplift"``, ``"deepshap"`` (``baseline`` may also be a set
         (M, C, H, W) or (N, M, C, H, W)), ``"occlusion"`` (``window``, ``stride``),
         ``"expected_gradients"`` (``references=`` images, optional ``reference_labels``; no
@@ -377,7 +378,10 @@ class Explainer:
         n = len(batch)
         logits = self.backend.logits(batch)
         src = logits.argmax(1).astype(np.int64) if source is None else self._classes(source, n, "source")
-        tgt = None if target is None else self._classes(target, n, "target")
+        if isinstance(target, str) and target == RUNNER_UP and RUNNER_UP not in self.class_names:
+            tgt = runner_up(logits, src)
+        else:
+            tgt = None if target is None else self._classes(target, n, "target")
         if tgt is not None and np.any(tgt == src):
             i = int(np.flatnonzero(tgt == src)[0])
             raise InputError(f"target equals source ({self.class_names[src[i]]!r}) for image {i}: a one-vs-one "
@@ -418,6 +422,20 @@ class Explainer:
             if name in COMPLETE:
                 delta = attributions.reshape(n, -1).sum(1) - (score - baseline_score)
         return _squeeze(Explanation(name, attributions, src, tgt, score, base, baseline_score, delta), single)
+
+
+RUNNER_UP = "runner-up"
+
+
+def runner_up(logits: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """Per row, the class with the highest logit other than ``source`` (ties: the lowest index).
+
+    >>> runner_up(np.array([[0.1, 3.0, 2.0], [5.0, 1.0, 1.0]]), np.array([1, 0])).tolist()
+    [2, 1]
+    """
+    others = np.array(logits, dtype=np.float64, copy=True)
+    others[np.arange(len(others)), source] = -np.inf
+    return others.argmax(1).astype(np.int64)
 
 
 def _as_inpainter(inpainter: Any, backend: Backend) -> Any:
