@@ -22,6 +22,7 @@ from torch import nn
 import xaisdk
 from xaisdk import InputError
 from xaisdk.baselines import MDTS
+from xaisdk.data import load_digits
 from xaisdk.deploy.export import export_bundle
 from xaisdk.explainer import Explainer
 from xaisdk.models import CifarCNN, Classifier, load_shipped_ganmex, shipped_classifier_path, shipped_ganmex_path
@@ -608,3 +609,17 @@ def test_counterfactual_matches_the_generator(cases, digits, ganmex):
 
 def test_public_names():
     assert xaisdk.Explainer is Explainer and xaisdk.InputError is InputError
+
+
+def test_runner_up_target_is_the_highest_other_logit(shipped):
+    explainer = Explainer(shipped)
+    x = load_digits().test.x[:8]
+    logits = explainer.logits(x)
+    e = explainer.explain(x, "runner-up", method="gradient")
+    np.testing.assert_array_equal(e.target, np.argsort(logits, axis=1)[:, -2])  # source is the prediction
+    source = np.full(8, 4)
+    e = explainer.explain(x, "runner-up", source=source, method="gradient")
+    masked = logits.copy()
+    masked[:, 4] = -np.inf
+    np.testing.assert_array_equal(e.target, masked.argmax(1))
+    assert not np.any(e.target == 4)

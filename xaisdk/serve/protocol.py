@@ -4,7 +4,8 @@ explanation options, and explanations turned back into JSON.
 
 Images arrive as base64 PNG/JPEG (V1: ``{"b64": "..."}`` or ``{"image_bytes": {"b64": "..."}}``;
 V2: a ``BYTES`` input) or as tensors (V1: nested lists; V2: ``FP32``/``FP64``/``UINT8`` data with a
-shape). Encoded images are checked against the model's size from their header, before any pixel is
+shape; in V1 tensors, all-integer lists are 8-bit levels and lists with decimals are float pixels).
+Encoded images are checked against the model's size from their header, before any pixel is
 decoded. Every malformed request raises :class:`~xaisdk.InputError` with a message for the client.
 Imports numpy and pillow only.
 
@@ -139,12 +140,20 @@ def _b64(text: Any, where: str) -> bytes:
 
 
 def _tensor(value: Any, where: str) -> np.ndarray:
+    """A JSON nested list as one image: all integers are 8-bit levels (uint8, 0-255); any number with a
+    decimal point makes it float pixels in the model's value range (as ``Explainer`` takes them)."""
     try:
-        array = np.asarray(value, dtype=np.float64)
+        array = np.asarray(value)
     except (TypeError, ValueError):
-        raise InputError(f"{where}: expected a nested list of numbers (a tensor) or {{\"b64\": ...}}") from None
+        array = np.asarray(None)
+    if array.dtype.kind not in "iuf" or array.dtype == np.bool_:
+        raise InputError(f"{where}: expected a nested list of numbers (a tensor) or {{\"b64\": ...}}")
     if array.ndim not in (2, 3):
         raise InputError(f"{where}: expected one image (H, W), (C, H, W) or (H, W, C), got shape {array.shape}")
+    if array.dtype.kind in "iu":
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise InputError(f"{where}: integer pixels are 8-bit levels 0..255; send floats for other ranges")
+        return array.astype(np.uint8)
     return array.astype(np.float32)
 
 

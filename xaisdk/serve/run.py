@@ -10,6 +10,7 @@ Example (needs an exported bundle)::
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 from xaisdk.errors import InputError
@@ -34,7 +35,15 @@ def serve(config: ServerConfig, *, host: str = "127.0.0.1", port: int = 8080, lo
     ACCESS_LOG.addHandler(handler)
     ACCESS_LOG.setLevel(logging.INFO)
     ACCESS_LOG.propagate = False
+    # uvicorn drains the requests in flight on SIGINT/SIGTERM, then restores the previous handlers and
+    # raises the signal again; a handler of ours makes that a normal return (exit status 0) after the drain.
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, _drained)
     server = uvicorn.Server(uvicorn.Config(create_app(config), host=host, port=int(port), log_level=log_level,
                                            access_log=False, timeout_graceful_shutdown=int(config.timeout_s) + 5,
                                            lifespan="on"))
     server.run()
+
+
+def _drained(signum: int, frame: object) -> None:
+    """The signal uvicorn raises again once it has shut down: nothing left to do."""
