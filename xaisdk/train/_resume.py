@@ -1,5 +1,6 @@
-"""Resuming a generator's training from its checkpoint (GANMEX, ExplainGAN, Progressive Exaggeration):
-the checks that the run may continue, and the optimizer, RNG and history state every loop restores."""
+"""Resuming a training run from its checkpoint: the checks that the run may continue (it has a training
+state, the same hyper-parameters, the same classifier, finite values) and the restoring of the
+networks, optimizers, RNG and history that every trainer's loop (:mod:`xaisdk.train.loop`) needs."""
 
 from __future__ import annotations
 
@@ -14,13 +15,29 @@ from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import Classifier, weights_hash
 from xaisdk.runtime.atomic_files import remove_stale_temps
 
-__all__ = ["resumable_state", "restore_loop"]
+__all__ = ["resumable_state", "restore_loop", "saved_run_config"]
+
+
+def saved_run_config(payload: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The hyper-parameters a checkpoint's run was started with: those of its training state where it
+    keeps them (Progressive Exaggeration does), else the model's ``training["config"]``.
+
+    >>> saved_run_config({"training": {"config": {"seed": 1}}, "training_state": {"config": {"seed": 2}}})
+    {'seed': 2}
+    >>> saved_run_config({"training": {"config": {"seed": 1}}, "training_state": {"step": 3}})
+    {'seed': 1}
+    """
+    state = payload.get("training_state")
+    if isinstance(state, Mapping) and isinstance(state.get("config"), Mapping):
+        return state["config"]
+    return payload.get("training", {}).get("config", {})
 
 
 def resumable_state(payload: Mapping[str, Any], path: Path, saved_config: Mapping[str, Any], config: Any,
-                    run_keys: Sequence[str], classifier: Classifier) -> dict[str, Any]:
+                    run_keys: Sequence[str], classifier: Classifier | None) -> dict[str, Any]:
     """The checkpoint's training state, after checking the run may continue: it has one, the settings in
-    ``run_keys`` are those it was started with, and ``classifier`` is the one it trained against.
+    ``run_keys`` are those it was started with (``config``: a mapping, or an object with them as
+    attributes), and ``classifier`` (None: a run without one) is the one it trained against.
     Temporary files that a killed save of ``path`` left next to it are removed (the resumed run
     writes ``path`` again).
 
@@ -34,29 +51,44 @@ def resumable_state(payload: Mapping[str, Any], path: Path, saved_config: Mappin
     state = payload.get("training_state")
     if not isinstance(state, dict):
         raise InputError(f"{path}: has no training state to resume from (it was saved for inference only)")
-    changed = [key for key in run_keys if key in saved_config and saved_config[key] != getattr(config, key)]
+    def now(key: str) -> Any:
+        return config[key] if isinstance(config, Mapping) else getattr(config, key)
+
+    changed = [key for key in run_keys if key in saved_config and saved_config[key] != now(key)]
     if changed:
-        details = ", ".join(f"{key}: {saved_config[key]!r} -> {getattr(config, key)!r}" for key in changed)
+        details = ", ".join(f"{key}: {saved_config[key]!r} -> {now(key)!r}" for key in changed)
         raise InputError(f"{path}: cannot resume with different hyper-parameters ({details})")
-    if not np.isclose(state.get("classifier_hash", np.nan), weights_hash(classifier), rtol=1e-9, atol=0):
+    if classifier is not None and not np.isclose(state.get("classifier_hash", np.nan), weights_hash(classifier),
+                                                 rtol=1e-9, atol=0):
         raise InputError(f"{path}: was trained against a different classifier")
     remove_stale_temps(path)
     return state
 
 
-def restore_loop(state: Mapping[str, Any], path: Path, restore_networks: Callable[[], None], opt_g: torch.optim.Optimizer,
-                 opt_d: torch.optim.Optimizer, rng: torch.Generator, history: dict[str, Any]) -> tuple[int, float]:
-    """Load the networks (``restore_networks``), both optimizers, the RNG and the history from ``state``;
-    returns (steps done, seconds spent). A state that does not fit this run is an InputError."""
+def restore_loop(state: Mapping[str, Any], path: Path, restore_networks: Callable[[], None],
+                 optimizers: Mapping[str, torch.optim.Optimizer], rng: torch.Generator,
+                 history: dict[str, Any]) -> tuple[int, float]:
+    """Load the networks (``restore_networks``), the optimizers (each from the state entry of its name),
+    the RNG and the history from ``state``; returns (steps done, seconds spent). A state that does not
+    fit this run is an InputError; so are the InputErrors of ``restore_networks``, unchanged.
+
+    >>> net = torch.nn.Linear(2, 1)
+    >>> opt, rng, history = torch.optim.SGD(net.parameters(), lr=0.1), torch.Generator(), {}
+    >>> state = {"step": 4, "seconds": 1.5, "opt": opt.state_dict(), "rng": rng.get_state(), "history": {"loss": [0.5]}}
+    >>> restore_loop(state, Path("run.pt"), lambda: None, {"opt": opt}, rng, history), history
+    ((4, 1.5), {'loss': [0.5]})
+    """
     broken = _non_finite(state)
     if broken is not None:
         raise InputError(f"{path}: training state {broken} has NaN or infinite values; resume from an earlier checkpoint")
     try:
         restore_networks()
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(state[name])
         rng.set_state(state["rng"])
-    except (KeyError, RuntimeError, ValueError) as err:
+    except InputError:
+        raise
+    except (KeyError, RuntimeError, ValueError, TypeError) as err:
         raise InputError(f"{path}: training state does not fit this run ({type(err).__name__}: {err})") from None
     for key, values in state.get("history", {}).items():
         history[key] = list(values)

@@ -13,6 +13,7 @@ from xaisdk.data import Split
 from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import Classifier
 from xaisdk.models.classifiers import ARCHITECTURES, build_classifier
+from xaisdk.train.loop import seeded_generator
 
 
 @dataclass
@@ -94,8 +95,7 @@ def train_classifier(
     channels, height, width = train.input_shape
     if height != width:
         raise InputError(f"training needs square images, got {height}x{width}")
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = seeded_generator(config.seed)
     arch_config = {"in_channels": channels, "image_size": height, "num_classes": train.num_classes, **config.arch_config}
     model = build_classifier(config.arch, **arch_config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)

@@ -21,19 +21,17 @@ from __future__ import annotations
 
 import copy
 import os
-import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from xaisdk.data import Dataset, Split
 from xaisdk.errors import InputError
-from xaisdk.models.checkpoint import Classifier, weights_hash
+from xaisdk.models.checkpoint import Classifier
 from xaisdk.models.exaggeration import (
     ExaggerationConfig,
     ExaggerationModel,
@@ -46,7 +44,10 @@ from xaisdk.models.exaggeration import (
     save_exaggeration,
     target_probability,
 )
-from xaisdk.train._resume import restore_loop, resumable_state
+from xaisdk.train._classifier import check_input_shape, frozen_classifier
+from xaisdk.train._config import check_counts, check_rates, check_weights, config_from_dict
+from xaisdk.train.grids import save_image_grid
+from xaisdk.train.loop import TrainingLoop, seeded_generator
 
 LOSS_TERMS = ("critic", "adversarial", "compatibility", "reconstruction", "cycle", "bin_accuracy")
 _EPS = 1e-6
@@ -87,26 +88,18 @@ class ExaggerationTrainingConfig:
     checkpoint_every: int = 500
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "base_channels", "disc_channels", "log_every", "sample_every",
-                     "checkpoint_every"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_counts(self, ("steps", "batch_size", "base_channels", "disc_channels", "log_every", "sample_every",
+                            "checkpoint_every"))
         if int(self.n_bins) < 2:
             raise InputError(f"n_bins must be >= 2, got {self.n_bins}")
         if int(self.target_class) < 0:
             raise InputError(f"target_class must be >= 0, got {self.target_class}")
-        for name in ("lr_generator", "lr_discriminator"):
-            if not getattr(self, name) > 0:
-                raise InputError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("lambda_cgan", "lambda_f", "lambda_rec"):
-            value = getattr(self, name)
-            if not np.isfinite(value) or value < 0:
-                raise InputError(f"{name} must be a finite number >= 0, got {value}")
+        check_rates(self, ("lr_generator", "lr_discriminator"))
+        check_weights(self, ("lambda_cgan", "lambda_f", "lambda_rec"))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExaggerationTrainingConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return config_from_dict(cls, data)
 
 
 # Hyper-parameters that define the run; resuming must keep them (step counts and logging may change).
@@ -123,20 +116,6 @@ def bernoulli_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     p = p.clamp(_EPS, 1 - _EPS)
     q = q.clamp(_EPS, 1 - _EPS)
     return p * (p.log() - q.log()) + (1 - p) * ((1 - p).log() - (1 - q).log())
-
-
-def frozen_classifier(classifier: Classifier) -> torch.nn.Module:
-    """A copy of the classifier's module in eval mode with ``requires_grad=False`` on every weight.
-
-    Gradients still flow through it to its *input* (that is how the compatibility term trains G).
-
-    >>> from xaisdk.models import load_shipped_classifier
-    >>> any(p.requires_grad for p in frozen_classifier(load_shipped_classifier()).parameters())
-    False
-    """
-    module = copy.deepcopy(classifier.model).eval()
-    module.requires_grad_(False)
-    return module
 
 
 def generator_losses(net: ExaggerationNet, disc: OrdinalProjectionDiscriminator | None, f: torch.nn.Module,
@@ -173,9 +152,7 @@ def generator_losses(net: ExaggerationNet, disc: OrdinalProjectionDiscriminator 
 
 
 def _check_data(train: Dataset, classifier: Classifier, config: ExaggerationTrainingConfig) -> None:
-    if tuple(train.input_shape) != tuple(classifier.input_shape):
-        raise InputError(f"dataset images are {tuple(train.input_shape)} but the classifier takes "
-                         f"{tuple(classifier.input_shape)}")
+    check_input_shape(train, classifier)
     if not 0 <= int(config.target_class) < classifier.num_classes:
         raise InputError(f"target_class {config.target_class} is not a class of the classifier "
                          f"(0..{classifier.num_classes - 1})")
@@ -217,29 +194,10 @@ def save_series_grid(path: str | os.PathLike, grid: np.ndarray, title: str = "",
     >>> p.exists()
     True
     """
-    from xaisdk.viz import as_displayable, plt  # viz selects the file-only matplotlib backend first
-
     n, cols = grid.shape[:2]
-    fig, axes = plt.subplots(n, cols, figsize=(0.9 * cols, 0.95 * n + 0.4), squeeze=False)
-    for i in range(n):
-        for j in range(cols):
-            ax = axes[i, j]
-            ax.imshow(as_displayable(grid[i, j]), cmap="gray" if grid.shape[2] == 1 else None, vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            label = ("input" if j == 0 else f"bin {j - 1}") if i == 0 else ""
-            if scores is not None:
-                label = (label + "\n" if label else "") + f"f={scores[i, j]:.2f}"
-            if label:
-                ax.set_title(label, fontsize=6)
-    if title:
-        fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    labels = None if scores is None else [[f"f={scores[i, j]:.2f}" for j in range(cols)] for i in range(n)]
+    return save_image_grid(path, grid, column_titles=("input", *(f"bin {j}" for j in range(cols - 1))),
+                           cell_labels=labels, title=title, cell_size=(0.9, 0.95), fontsize=6)
 
 
 def _grid_inputs(train: Dataset, target_class: int, count: int = 6) -> np.ndarray:
@@ -282,19 +240,20 @@ def train_exaggeration(
     n_bins, tc = int(config.n_bins), int(config.target_class)
     net_config = ExaggerationConfig.for_input(classifier.input_shape, n_bins=n_bins, base_channels=config.base_channels,
                                               disc_channels=config.disc_channels, value_range=classifier.value_range)
-    torch.manual_seed(config.seed)
-    rng = torch.Generator().manual_seed(config.seed)
+    rng = seeded_generator(config.seed)
     net = ExaggerationNet(net_config)
     disc = OrdinalProjectionDiscriminator(net_config)
     opt_g = torch.optim.Adam(net.parameters(), lr=config.lr_generator, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=config.lr_discriminator, betas=(0.5, 0.999))
-    history: dict[str, Any] = {term: [] for term in LOSS_TERMS} | {"step": []}
-    start_step, elapsed = 0, 0.0
-    out_path = Path(out) if out is not None else None
+    loop = TrainingLoop("train exaggeration", LOSS_TERMS, config, recorded=asdict(config), rng=rng,
+                        optimizers={"opt_g": opt_g, "opt_d": opt_d}, out=out, samples_dir=samples_dir, progress=progress,
+                        classifier=classifier)
     if resume:
-        if out_path is None:
-            raise InputError("resume needs the checkpoint path (out)")
-        start_step, elapsed = _restore(out_path, classifier, config, net, disc, opt_g, opt_d, rng, history)
+        def restore(payload: dict[str, Any], state: dict[str, Any]) -> None:
+            net.load_state_dict(exaggeration_from_payload(payload, loop.out).net.state_dict())
+            disc.load_state_dict(state["disc"])
+
+        loop.resume(read_exaggeration_file, _RUN_KEYS, restore)
     f = frozen_classifier(classifier)
     x_all = torch.from_numpy(np.ascontiguousarray(train.x, dtype=np.float32))
     with torch.no_grad():
@@ -302,28 +261,19 @@ def train_exaggeration(
                             for s in range(0, len(x_all), 512)])
     grid_x = _grid_inputs(train, tc)
     spec = dict(data_spec or {"name": train.name})
-    running = {term: 0.0 for term in LOSS_TERMS}
-    counted = 0
 
     def snapshot(step: int) -> ExaggerationModel:
-        return ExaggerationModel(classifier, copy.deepcopy(net).eval(), tc, spec, {
-            "config": asdict(config), "steps_done": step, "seconds": elapsed,
-            "final": {t: (history[t][-1] if history[t] else None) for t in LOSS_TERMS}})
+        return ExaggerationModel(classifier, copy.deepcopy(net).eval(), tc, spec, loop.training_info(step))
 
-    def write_checkpoint(step: int) -> None:
-        if out_path is None:
-            return
-        state = {"step": step, "seconds": elapsed, "disc": disc.state_dict(), "opt_g": opt_g.state_dict(),
-                 "opt_d": opt_d.state_dict(), "rng": rng.get_state(), "history": history,
-                 "classifier_hash": weights_hash(classifier), "config": asdict(config)}
-        save_exaggeration(out_path, snapshot(step), training_state=state)
+    def save(path: Path, step: int, state: dict[str, Any]) -> None:
+        # the run's config is kept in the training state too: resume reads it from there
+        save_exaggeration(path, snapshot(step), training_state=state | {"disc": disc.state_dict(), "config": asdict(config)})
 
-    net.train()
-    disc.train()
-    bar = tqdm(range(start_step, config.steps), desc="train exaggeration", unit="step", disable=not progress,
-               initial=start_step, total=config.steps)
-    for step in bar:
-        tick = time.perf_counter()
+    def draw(path: Path, step: int) -> None:
+        save_series_grid(path, series_grid(net, grid_x),
+                         title=f"step {step}: input, then G(E(x), bin) for each bin of f = p(class {tc})")
+
+    def train_step() -> dict[str, torch.Tensor]:
         idx = torch.randint(0, len(x_all), (config.batch_size,), generator=rng)
         k = torch.randint(0, n_bins, (config.batch_size,), generator=rng)
         x, c0 = x_all[idx], c0_all[idx]
@@ -342,44 +292,12 @@ def train_exaggeration(
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
-        elapsed += time.perf_counter() - tick
 
         with torch.no_grad():
             bin_ok = (bin_index(target_probability(f, x_delta, tc), n_bins) == k).float().mean()
         values = (loss_d, adversarial, terms["compatibility"], terms["reconstruction"], terms["cycle"], bin_ok)
-        for term, value in zip(LOSS_TERMS, values):
-            running[term] += float(value.detach())
-        counted += 1
-        done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
-            history["step"].append(done)
-            for term in LOSS_TERMS:
-                history[term].append(running[term] / counted)
-                running[term] = 0.0
-            counted = 0
-            bar.set_postfix(kl=f"{history['compatibility'][-1]:.3f}", rec=f"{history['reconstruction'][-1]:.3f}",
-                            bins=f"{history['bin_accuracy'][-1]:.2f}")
-        if samples_dir is not None and (done % config.sample_every == 0 or done == config.steps):
-            save_series_grid(Path(samples_dir) / f"step_{done:06d}.png", series_grid(net, grid_x),
-                             title=f"step {done}: input, then G(E(x), bin) for each bin of f = p(class {tc})")
-        if done % config.checkpoint_every == 0 or done == config.steps:
-            write_checkpoint(done)
-    net.eval()
-    model = snapshot(max(config.steps, start_step))
-    return model, {"final": model.training["final"], "seconds": elapsed, **history}
+        return dict(zip(LOSS_TERMS, values))
 
-
-def _restore(path: Path, classifier: Classifier, config: ExaggerationTrainingConfig, net: ExaggerationNet,
-             disc: OrdinalProjectionDiscriminator, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
-             rng: torch.Generator, history: dict[str, Any]) -> tuple[int, float]:
-    payload = read_exaggeration_file(path)
-    training_state = payload.get("training_state")
-    saved = training_state.get("config", {}) if isinstance(training_state, dict) else {}
-    state = resumable_state(payload, path, saved, config, _RUN_KEYS, classifier)
-    restored = exaggeration_from_payload(payload, path)
-
-    def networks() -> None:
-        net.load_state_dict(restored.net.state_dict())
-        disc.load_state_dict(state["disc"])
-
-    return restore_loop(state, path, networks, opt_g, opt_d, rng, history)
+    loop.run(train_step, modules=(net, disc), draw=draw, save=save,
+             postfix={"kl": ("compatibility", ".3f"), "rec": ("reconstruction", ".3f"), "bins": ("bin_accuracy", ".2f")})
+    return snapshot(loop.steps_done), loop.result()

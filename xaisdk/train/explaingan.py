@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import os
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -34,12 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from xaisdk.data import Dataset, Split
 from xaisdk.data.digits import binary_digits_split
 from xaisdk.errors import InputError
-from xaisdk.models.checkpoint import Classifier, weights_hash
+from xaisdk.models.checkpoint import Classifier
 from xaisdk.models.explaingan import (
     ExplainGANConfig,
     ExplainGANDecoder,
@@ -53,7 +51,10 @@ from xaisdk.models.explaingan import (
     read_explaingan_file,
     save_explaingan,
 )
-from xaisdk.train._resume import restore_loop, resumable_state
+from xaisdk.train._classifier import check_input_shape, frozen_classifier
+from xaisdk.train._config import check_counts, check_rates, check_weights, config_from_dict
+from xaisdk.train.grids import save_image_grid
+from xaisdk.train.loop import TrainingLoop, seeded_generator
 
 LOSS_TERMS = ("discriminator", "gan", "classifier", "reconstruction", "consistency", "count", "smoothness", "entropy",
               "flip_rate", "mask_area")
@@ -106,25 +107,17 @@ class ExplainGANTrainingConfig:
     checkpoint_every: int = 500
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "base_channels", "code_channels", "critic_channels", "log_every",
-                     "sample_every", "checkpoint_every"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr_generator", "lr_discriminator"):
-            if not getattr(self, name) > 0:
-                raise InputError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("lambda_gan", "lambda_cls", "lambda_rec", "lambda_const", "lambda_count", "lambda_smooth",
-                     "lambda_entropy"):
-            value = getattr(self, name)
-            if not np.isfinite(value) or value < 0:
-                raise InputError(f"{name} must be a finite number >= 0, got {value}")
+        check_counts(self, ("steps", "batch_size", "base_channels", "code_channels", "critic_channels", "log_every",
+                            "sample_every", "checkpoint_every"))
+        check_rates(self, ("lr_generator", "lr_discriminator"))
+        check_weights(self, ("lambda_gan", "lambda_cls", "lambda_rec", "lambda_const", "lambda_count", "lambda_smooth",
+                             "lambda_entropy"))
         if not 0 <= self.kappa <= 1:
             raise InputError(f"kappa must be in [0, 1], got {self.kappa}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExplainGANTrainingConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return config_from_dict(cls, data)
 
 
 # What defines the run; a resumed run must keep them (steps and logging may change).
@@ -177,16 +170,7 @@ def prior_terms(x: torch.Tensor, transformed: torch.Tensor, mask: torch.Tensor, 
     }
 
 
-def _frozen(classifier: Classifier) -> torch.nn.Module:
-    module = copy.deepcopy(classifier.model).eval()
-    module.requires_grad_(False)
-    return module
-
-
-def _check_data(train: Dataset, classifier: Classifier, sides: np.ndarray) -> None:
-    if tuple(train.input_shape) != tuple(classifier.input_shape):
-        raise InputError(f"dataset images are {tuple(train.input_shape)} but the classifier takes "
-                         f"{tuple(classifier.input_shape)}")
+def _check_data(train: Dataset, sides: np.ndarray) -> None:
     if not np.isfinite(train.x).all():
         raise InputError("dataset images contain NaN or infinite values")
     counts = np.bincount(sides, minlength=2)
@@ -196,7 +180,12 @@ def _check_data(train: Dataset, classifier: Classifier, sides: np.ndarray) -> No
 
 
 def sample_rows(model: ExplainGANModel, x: np.ndarray) -> np.ndarray:
-    """``(N, 5, C, H, W)``: input, reconstruction, transformed, mask (as an image), composite per input."""
+    """``(N, 5, C, H, W)``: input, reconstruction, transformed, mask (as an image), composite per input.
+
+    >>> from xaisdk.models.explaingan import load_shipped_explaingan
+    >>> sample_rows(load_shipped_explaingan(), np.zeros((2, 1, 28, 28), np.float32)).shape
+    (2, 5, 1, 28, 28)
+    """
     module = model.inference_module()
     with torch.no_grad():
         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
@@ -206,28 +195,14 @@ def sample_rows(model: ExplainGANModel, x: np.ndarray) -> np.ndarray:
 
 
 def save_sample_rows(path: str | os.PathLike, rows: np.ndarray, title: str = "") -> Path:
-    """Draw :func:`sample_rows` as a PNG grid (one row per input)."""
-    from xaisdk.viz import as_displayable, plt  # viz selects the file-only matplotlib backend first
+    """Draw :func:`sample_rows` as a PNG grid (one row per input).
 
+    >>> import tempfile
+    >>> save_sample_rows(Path(tempfile.mkdtemp()) / "rows.png", np.zeros((1, 5, 1, 8, 8), np.float32)).suffix
+    '.png'
+    """
     names = ("input", "reconstruction", "transformed", "mask", "composite")
-    n = len(rows)
-    fig, axes = plt.subplots(n, 5, figsize=(4.6, 0.95 * n + 0.4), squeeze=False)
-    for i in range(n):
-        for j in range(5):
-            ax = axes[i, j]
-            ax.imshow(as_displayable(rows[i, j]), cmap="gray" if rows.shape[2] == 1 else None, vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(names[j], fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_image_grid(path, rows, column_titles=names, title=title, cell_size=(0.92, 0.95))
 
 
 def _fakes_for(out: list[dict[str, torch.Tensor]], j: int, no_reconstruction: bool, use_mask: bool) -> list[torch.Tensor]:
@@ -273,51 +248,45 @@ def train_explaingan(
     config.validate()
     check_binary(classifier)
     train = split.train if isinstance(split, Split) else split
-    if tuple(train.input_shape) != tuple(classifier.input_shape):
-        raise InputError(f"dataset images are {tuple(train.input_shape)} but the classifier takes "
-                         f"{tuple(classifier.input_shape)}")
+    check_input_shape(train, classifier)
     sides = predicted_sides(classifier, train.x)
-    _check_data(train, classifier, sides)
+    _check_data(train, sides)
     net_config = ExplainGANConfig(classifier.input_shape, config.base_channels, config.code_channels,
                                   config.critic_channels, classifier.value_range)
-    torch.manual_seed(config.seed)
-    rng = torch.Generator().manual_seed(config.seed)
+    rng = seeded_generator(config.seed)
     encoders, decoder = ExplainGANEncoders(net_config), ExplainGANDecoder(net_config)
     critics = ExplainGANDiscriminators(net_config)
     opt_g = torch.optim.Adam([*encoders.parameters(), *decoder.parameters()], lr=config.lr_generator,
                              betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(critics.parameters(), lr=config.lr_discriminator, betas=(0.5, 0.999))
-    history: dict[str, Any] = {term: [] for term in LOSS_TERMS} | {"step": []}
-    start_step, elapsed = 0, 0.0
-    out_path = Path(out) if out is not None else None
+    loop = TrainingLoop("train explaingan", LOSS_TERMS, config, recorded=asdict(config), rng=rng,
+                        optimizers={"opt_g": opt_g, "opt_d": opt_d}, out=out, samples_dir=samples_dir, progress=progress,
+                        classifier=classifier)
     if resume:
-        if out_path is None:
-            raise InputError("resume needs the checkpoint path (out)")
-        start_step, elapsed = _restore(out_path, classifier, config, encoders, decoder, critics, opt_g, opt_d, rng,
-                                       history)
-    frozen = _frozen(classifier)
+        def restore(payload: dict[str, Any], state: dict[str, Any]) -> None:
+            restored = explaingan_from_payload(payload, loop.out)
+            encoders.load_state_dict(restored.encoders.state_dict())
+            decoder.load_state_dict(restored.decoder.state_dict())
+            critics.load_state_dict(state["discriminators"])
+
+        loop.resume(read_explaingan_file, _RUN_KEYS, restore)
+    frozen = frozen_classifier(classifier)
     x_all = torch.from_numpy(np.ascontiguousarray(train.x, dtype=np.float32))
     pools = [x_all[torch.from_numpy(np.flatnonzero(sides == j))] for j in (0, 1)]
     grid_x = np.concatenate([pools[0][:3].numpy(), pools[1][:3].numpy()])
     spec = dict(data_spec or {"name": train.name})
     spec["side_counts"] = np.bincount(sides, minlength=2).tolist()
-    running = {term: 0.0 for term in LOSS_TERMS}
-    counted = 0
     use_mask = not config.no_mask
 
     def snapshot(step: int) -> ExplainGANModel:
         return ExplainGANModel(classifier, net_config, copy.deepcopy(encoders).eval(), copy.deepcopy(decoder).eval(),
-                               use_mask, spec, {"config": asdict(config), "steps_done": step, "seconds": elapsed,
-                                                "final": {t: (history[t][-1] if history[t] else None)
-                                                          for t in LOSS_TERMS}})
+                               use_mask, spec, loop.training_info(step))
 
-    def write_checkpoint(step: int) -> None:
-        if out_path is None:
-            return
-        state = {"step": step, "seconds": elapsed, "discriminators": critics.state_dict(),
-                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "rng": rng.get_state(),
-                 "history": history, "classifier_hash": weights_hash(classifier)}
-        save_explaingan(out_path, snapshot(step), training_state=state)
+    def save(path: Path, step: int, state: dict[str, Any]) -> None:
+        save_explaingan(path, snapshot(step), training_state=state | {"discriminators": critics.state_dict()})
+
+    def draw(path: Path, step: int) -> None:
+        save_sample_rows(path, sample_rows(snapshot(step), grid_x), title=f"step {step}")
 
     def forward_side(x: torch.Tensor, j: int) -> dict[str, torch.Tensor]:
         z = encoders.encode(x, j)
@@ -328,12 +297,7 @@ def train_explaingan(
         return {"x": x, "rec": images[j], "trans": transformed, "mask": mask,
                 "comp": compose(x, transformed, mask)}
 
-    for module in (encoders, decoder, critics):
-        module.train()
-    bar = tqdm(range(start_step, config.steps), desc="train explaingan", unit="step", disable=not progress,
-               initial=start_step, total=config.steps)
-    for step in bar:
-        tick = time.perf_counter()
+    def train_step() -> dict[str, torch.Tensor]:
         batches = [pool[torch.randint(0, len(pool), (config.batch_size,), generator=rng)] for pool in pools]
         out_j = [forward_side(batches[j], j) for j in (0, 1)]
 
@@ -371,43 +335,12 @@ def train_explaingan(
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
-        elapsed += time.perf_counter() - tick
+        return {"discriminator": loss_d, **terms, "flip_rate": sum(flips) / 2, "mask_area": sum(areas) / 2}
 
-        values = {"discriminator": loss_d, **terms, "flip_rate": sum(flips) / 2, "mask_area": sum(areas) / 2}
-        for term in LOSS_TERMS:
-            running[term] += float(values[term].detach())
-        counted += 1
-        done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
-            history["step"].append(done)
-            for term in LOSS_TERMS:
-                history[term].append(running[term] / counted)
-                running[term] = 0.0
-            counted = 0
-            bar.set_postfix(cls=f"{history['classifier'][-1]:.3f}", rec=f"{history['reconstruction'][-1]:.4f}",
-                            flip=f"{history['flip_rate'][-1]:.2f}", area=f"{history['mask_area'][-1]:.3f}")
-        if samples_dir is not None and (done % config.sample_every == 0 or done == config.steps):
-            save_sample_rows(Path(samples_dir) / f"step_{done:06d}.png", sample_rows(snapshot(done), grid_x),
-                             title=f"step {done}")
-        if done % config.checkpoint_every == 0 or done == config.steps:
-            write_checkpoint(done)
-    model = snapshot(max(config.steps, start_step))
-    return model, {"final": model.training["final"], "seconds": elapsed, **history}
-
-
-def _restore(path: Path, classifier: Classifier, config: ExplainGANTrainingConfig, encoders: ExplainGANEncoders,
-             decoder: ExplainGANDecoder, critics: ExplainGANDiscriminators, opt_g: torch.optim.Optimizer,
-             opt_d: torch.optim.Optimizer, rng: torch.Generator, history: dict[str, Any]) -> tuple[int, float]:
-    payload = read_explaingan_file(path)
-    state = resumable_state(payload, path, payload.get("training", {}).get("config", {}), config, _RUN_KEYS, classifier)
-    restored = explaingan_from_payload(payload, path)
-
-    def networks() -> None:
-        encoders.load_state_dict(restored.encoders.state_dict())
-        decoder.load_state_dict(restored.decoder.state_dict())
-        critics.load_state_dict(state["discriminators"])
-
-    return restore_loop(state, path, networks, opt_g, opt_d, rng, history)
+    loop.run(train_step, modules=(encoders, decoder, critics), draw=draw, save=save,
+             postfix={"cls": ("classifier", ".3f"), "rec": ("reconstruction", ".4f"), "flip": ("flip_rate", ".2f"),
+                      "area": ("mask_area", ".3f")})
+    return snapshot(loop.steps_done), loop.result()
 
 
 def train_binary_digits_classifier(first: int = 3, second: int = 8, *, seed: int = 0, epochs: int = 30,

@@ -18,22 +18,23 @@ from __future__ import annotations
 
 import copy
 import os
-import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from xaisdk.data import Dataset, Split
 from xaisdk.errors import InputError
-from xaisdk.models.checkpoint import Classifier, weights_hash
+from xaisdk.models.checkpoint import Classifier
 from xaisdk.models.ganmex import GanmexModel, ganmex_from_payload, read_ganmex_file, save_ganmex
 from xaisdk.models.stargan import CriticConfig, GeneratorConfig, PatchCritic, StarGenerator
-from xaisdk.train._resume import restore_loop, resumable_state
+from xaisdk.train._classifier import check_input_shape, frozen_classifier
+from xaisdk.train._config import check_counts, check_rates, check_weights, config_from_dict
+from xaisdk.train.grids import save_image_grid
+from xaisdk.train.loop import TrainingLoop, seeded_generator
 
 LOSS_TERMS = ("critic", "adversarial", "classification", "reconstruction", "similarity", "target_success")
 
@@ -74,22 +75,14 @@ class GanmexTrainingConfig:
     checkpoint_every: int = 500
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "generator_channels", "generator_res_blocks", "critic_channels",
-                     "log_every", "sample_every", "checkpoint_every"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr_generator", "lr_critic"):
-            if not getattr(self, name) > 0:
-                raise InputError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("lambda_cls", "lambda_rec", "lambda_sim"):
-            value = getattr(self, name)
-            if not np.isfinite(value) or value < 0:
-                raise InputError(f"{name} must be a finite number >= 0, got {value}")
+        check_counts(self, ("steps", "batch_size", "generator_channels", "generator_res_blocks", "critic_channels",
+                            "log_every", "sample_every", "checkpoint_every"))
+        check_rates(self, ("lr_generator", "lr_critic"))
+        check_weights(self, ("lambda_cls", "lambda_rec", "lambda_sim"))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GanmexTrainingConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return config_from_dict(cls, data)
 
 
 # Hyper-parameters that define the model; a resumed run must keep them (step counts and logging may change).
@@ -99,9 +92,7 @@ _ARCHITECTURE_KEYS = ("standalone_classifier", "generator_channels", "generator_
 
 
 def _check_data(train: Dataset, classifier: Classifier) -> None:
-    if tuple(train.input_shape) != tuple(classifier.input_shape):
-        raise InputError(f"dataset images are {tuple(train.input_shape)} but the classifier takes "
-                         f"{tuple(classifier.input_shape)}")
+    check_input_shape(train, classifier)
     if train.num_classes != classifier.num_classes:
         raise InputError(f"dataset has {train.num_classes} classes but the classifier has {classifier.num_classes}")
     labels = np.unique(train.y)
@@ -113,12 +104,6 @@ def _check_data(train: Dataset, classifier: Classifier) -> None:
                          f"classifier's value range {classifier.value_range}")
 
 
-def _frozen_copy(classifier: Classifier) -> torch.nn.Module:
-    module = copy.deepcopy(classifier.model).eval()
-    module.requires_grad_(False)
-    return module
-
-
 def _other_class(labels: torch.Tensor, num_classes: int, rng: torch.Generator) -> torch.Tensor:
     """A class drawn uniformly among the ``num_classes - 1`` classes other than each label."""
     shift = torch.randint(1, num_classes, labels.shape, generator=rng)
@@ -126,7 +111,12 @@ def _other_class(labels: torch.Tensor, num_classes: int, rng: torch.Generator) -
 
 
 def sample_grid(generator: StarGenerator, x: np.ndarray) -> np.ndarray:
-    """``G(x_i, c)`` for every input and every class: an (N, 1 + K, C, H, W) array, inputs first."""
+    """``G(x_i, c)`` for every input and every class: an (N, 1 + K, C, H, W) array, inputs first.
+
+    >>> generator = StarGenerator(GeneratorConfig.for_input((1, 28, 28), 3, base_channels=4, n_res=1))
+    >>> sample_grid(generator, np.zeros((2, 1, 28, 28), np.float32)).shape
+    (2, 4, 1, 28, 28)
+    """
     k = generator.config.num_classes
     was_training = generator.training
     generator.eval()
@@ -140,27 +130,13 @@ def sample_grid(generator: StarGenerator, x: np.ndarray) -> np.ndarray:
 
 
 def save_sample_grid(path: str | os.PathLike, grid: np.ndarray, class_names: tuple[str, ...], title: str = "") -> Path:
-    """Draw :func:`sample_grid`'s output as a PNG: one row per input, columns input, class 0, class 1, ..."""
-    from xaisdk.viz import as_displayable, plt  # viz selects the file-only matplotlib backend first
+    """Draw :func:`sample_grid`'s output as a PNG: one row per input, columns input, class 0, class 1, ...
 
-    n, cols = grid.shape[:2]
-    fig, axes = plt.subplots(n, cols, figsize=(0.9 * cols, 0.9 * n + 0.4), squeeze=False)
-    for i in range(n):
-        for j in range(cols):
-            ax = axes[i, j]
-            ax.imshow(as_displayable(grid[i, j]), cmap="gray" if grid.shape[2] == 1 else None, vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title("input" if j == 0 else class_names[j - 1], fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    >>> import tempfile
+    >>> save_sample_grid(Path(tempfile.mkdtemp()) / "g.png", np.zeros((1, 3, 1, 8, 8)), ("a", "b")).suffix
+    '.png'
+    """
+    return save_image_grid(path, grid, column_titles=("input", *class_names), title=title)
 
 
 def _grid_inputs(train: Dataset, per_class: int = 1) -> np.ndarray:
@@ -204,48 +180,38 @@ def train_ganmex(
                                            input_skip=config.generator_input_skip)
     critic_config = CriticConfig.for_input(classifier.input_shape, num_classes=k if config.standalone_classifier else 0,
                                            base_channels=config.critic_channels)
-    torch.manual_seed(config.seed)
-    rng = torch.Generator().manual_seed(config.seed)
+    rng = seeded_generator(config.seed)
     generator = StarGenerator(gen_config)
     critic = PatchCritic(critic_config)
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_generator, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr_critic, betas=(0.5, 0.999))
-    history: dict[str, Any] = {term: [] for term in LOSS_TERMS} | {"step": []}
-    start_step, elapsed = 0, 0.0
-    out_path = Path(out) if out is not None else None
+    loop = TrainingLoop("train ganmex", LOSS_TERMS, config, recorded=asdict(config), rng=rng,
+                        optimizers={"opt_g": opt_g, "opt_d": opt_d}, out=out, samples_dir=samples_dir, progress=progress,
+                        classifier=classifier)
     if resume:
-        if out_path is None:
-            raise InputError("resume needs the checkpoint path (out)")
-        start_step, elapsed = _restore(out_path, classifier, config, generator, critic, opt_g, opt_d, rng, history)
-    frozen = _frozen_copy(classifier)
+        def restore(payload: dict[str, Any], state: dict[str, Any]) -> None:
+            generator.load_state_dict(ganmex_from_payload(payload, loop.out).generator.state_dict())
+            critic.load_state_dict(state["critic"]["state_dict"])
+
+        loop.resume(read_ganmex_file, _ARCHITECTURE_KEYS, restore)
+    frozen = frozen_classifier(classifier)
     x_all = torch.from_numpy(np.ascontiguousarray(train.x, dtype=np.float32))
     y_all = torch.from_numpy(train.y.astype(np.int64))
     grid_x = _grid_inputs(train)
     spec = dict(data_spec or {"name": train.name})
-    running = {term: 0.0 for term in LOSS_TERMS}
-    counted = 0
 
     def snapshot(step: int) -> GanmexModel:
-        model = GanmexModel(classifier, copy.deepcopy(generator).eval(), spec, {
-            "config": asdict(config), "steps_done": step, "seconds": elapsed,
-            "final": {t: (history[t][-1] if history[t] else None) for t in LOSS_TERMS}})
-        return model
+        return GanmexModel(classifier, copy.deepcopy(generator).eval(), spec, loop.training_info(step))
 
-    def write_checkpoint(step: int) -> None:
-        if out_path is None:
-            return
-        state = {"step": step, "seconds": elapsed, "critic": {"config": critic_config.to_dict(),
-                                                              "state_dict": critic.state_dict()},
-                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "rng": rng.get_state(),
-                 "history": history, "classifier_hash": weights_hash(classifier)}
-        save_ganmex(out_path, snapshot(step), training_state=state)
+    def save(path: Path, step: int, state: dict[str, Any]) -> None:
+        critic_entry = {"config": critic_config.to_dict(), "state_dict": critic.state_dict()}
+        save_ganmex(path, snapshot(step), training_state=state | {"critic": critic_entry})
 
-    generator.train()
-    critic.train()
-    bar = tqdm(range(start_step, config.steps), desc="train ganmex", unit="step", disable=not progress,
-               initial=start_step, total=config.steps)
-    for step in bar:
-        tick = time.perf_counter()
+    def draw(path: Path, step: int) -> None:
+        save_sample_grid(path, sample_grid(generator, grid_x), classifier.class_names,
+                         title=f"step {step}: input, then G(x, c) for each class c")
+
+    def train_step() -> dict[str, torch.Tensor]:
         idx = torch.randint(0, len(x_all), (config.batch_size,), generator=rng)
         x, c_o = x_all[idx], y_all[idx]
         c_t = _other_class(c_o, k, rng)
@@ -277,43 +243,11 @@ def train_ganmex(
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
-        elapsed += time.perf_counter() - tick
 
         with torch.no_grad():
             success = (frozen(fake).argmax(1) == c_t).float().mean()
-        for term, value in zip(LOSS_TERMS, (loss_d, adversarial, classification, reconstruction, similarity, success)):
-            running[term] += float(value.detach())
-        counted += 1
-        done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
-            history["step"].append(done)
-            for term in LOSS_TERMS:
-                history[term].append(running[term] / counted)
-                running[term] = 0.0
-            counted = 0
-            bar.set_postfix(cls=f"{history['classification'][-1]:.3f}", sim=f"{history['similarity'][-1]:.3f}",
-                            success=f"{history['target_success'][-1]:.2f}")
-        if samples_dir is not None and (done % config.sample_every == 0 or done == config.steps):
-            save_sample_grid(Path(samples_dir) / f"step_{done:06d}.png", sample_grid(generator, grid_x),
-                             classifier.class_names, title=f"step {done}: input, then G(x, c) for each class c")
-        if done % config.checkpoint_every == 0 or done == config.steps:
-            write_checkpoint(done)
-    generator.eval()
-    model = snapshot(max(config.steps, start_step))
-    result = {"final": model.training["final"], "seconds": elapsed, **history}
-    return model, result
+        return dict(zip(LOSS_TERMS, (loss_d, adversarial, classification, reconstruction, similarity, success)))
 
-
-def _restore(path: Path, classifier: Classifier, config: GanmexTrainingConfig, generator: StarGenerator,
-             critic: PatchCritic, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, rng: torch.Generator,
-             history: dict[str, Any]) -> tuple[int, float]:
-    payload = read_ganmex_file(path)
-    state = resumable_state(payload, path, payload.get("training", {}).get("config", {}), config, _ARCHITECTURE_KEYS,
-                            classifier)
-    restored = ganmex_from_payload(payload, path)
-
-    def networks() -> None:
-        generator.load_state_dict(restored.generator.state_dict())
-        critic.load_state_dict(state["critic"]["state_dict"])
-
-    return restore_loop(state, path, networks, opt_g, opt_d, rng, history)
+    loop.run(train_step, modules=(generator, critic), draw=draw, save=save,
+             postfix={"cls": ("classification", ".3f"), "sim": ("similarity", ".3f"), "success": ("target_success", ".2f")})
+    return snapshot(loop.steps_done), loop.result()

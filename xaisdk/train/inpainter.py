@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import copy
 import os
-import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from xaisdk.data import Dataset, Split
 from xaisdk.data.masks import MASK_KINDS, random_masks
@@ -41,6 +39,9 @@ from xaisdk.models.inpainter import (
 )
 from xaisdk.models.stargan import CriticConfig, PatchCritic
 from xaisdk.runtime.inpainting import Inpainter, check_images_and_masks, composite
+from xaisdk.train._config import config_from_dict
+from xaisdk.train.grids import save_image_grid
+from xaisdk.train.loop import TrainingLoop, seeded_generator
 
 __all__ = ["InpainterTrainingConfig", "evaluate_inpainter", "heldout_masks", "masked_l1", "mean_colour_fill",
            "save_inpainting_grid",
@@ -113,12 +114,11 @@ class InpainterTrainingConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InpainterTrainingConfig:
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
+        values = dict(data)
         for key in ("mask_kinds", "coverage"):
             if key in values:
                 values[key] = tuple(values[key])
-        return cls(**values)
+        return config_from_dict(cls, values)
 
 
 # Hyper-parameters that define the run; a resumed run must keep them (step counts and logging may change).
@@ -175,28 +175,9 @@ def save_inpainting_grid(path: str | os.PathLike, x: np.ndarray, mask: np.ndarra
     >>> save_inpainting_grid(Path(tempfile.mkdtemp()) / "g.png", x, m, x).suffix
     '.png'
     """
-    from xaisdk.viz import as_displayable, plt  # viz selects the file-only matplotlib backend first
-
-    n = len(x)
     hole_colour = np.array([1.0, 0.0, 1.0] if x.shape[1] == 3 else [0.5], np.float32)[:, None, None]
     shown = x * (1 - mask) + hole_colour * mask
-    fig, axes = plt.subplots(3, n, figsize=(0.9 * n, 0.9 * 3 + 0.4), squeeze=False)
-    for row, (label, images) in enumerate((("input", x), ("holes", shown), ("inpainted", filled))):
-        for i in range(n):
-            ax = axes[row, i]
-            ax.imshow(as_displayable(images[i]), cmap="gray" if x.shape[1] == 1 else None, vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_ylabel(label, fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_image_grid(path, np.stack([x, shown, filled]), row_labels=("input", "holes", "inpainted"), title=title)
 
 
 def _check_data(train: Dataset) -> None:
@@ -255,21 +236,23 @@ def train_inpainter(
     _check_data(train)
     channels, height, width = train.input_shape
     net_config = InpainterConfig.for_input(train.input_shape, base_channels=int(config.base_channels))
-    torch.manual_seed(config.seed)
-    rng = torch.Generator().manual_seed(config.seed)
+    rng = seeded_generator(config.seed)
     network = GatedUNet(net_config)
     adversarial = config.adversarial_weight > 0
     critic_config = CriticConfig.for_input((channels + 1, height, width), base_channels=config.critic_channels)
     critic = PatchCritic(critic_config) if adversarial else None
     opt = torch.optim.Adam(network.parameters(), lr=config.lr)
     opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr_critic, betas=(0.5, 0.999)) if critic else None
-    history: dict[str, Any] = {term: [] for term in LOSS_TERMS} | {"step": []}
-    start_step, elapsed = 0, 0.0
-    out_path = Path(out) if out is not None else None
+    loop = TrainingLoop("train inpainter", LOSS_TERMS, config, recorded=_config_dict(config), rng=rng,
+                        optimizers={"opt": opt} | ({"opt_d": opt_d} if opt_d else {}), out=out, samples_dir=samples_dir,
+                        progress=progress)
     if resume:
-        if out_path is None:
-            raise InputError("resume needs the checkpoint path (out)")
-        start_step, elapsed = _restore(out_path, config, network, critic, opt, opt_d, rng, history)
+        def restore(payload: dict[str, Any], state: dict[str, Any]) -> None:
+            network.load_state_dict(inpainter_from_payload(payload, loop.out).network.state_dict())
+            if critic is not None:
+                critic.load_state_dict(state["critic"]["state_dict"])
+
+        loop.resume(read_inpainter_file, _RUN_KEYS, restore)
     pool_seed = int(np.random.SeedSequence([int(config.seed), 0]).generate_state(1)[0])
     pool = torch.from_numpy(random_masks(config.mask_pool, height, width, kinds=config.mask_kinds,
                                          coverage=config.coverage, seed=pool_seed))
@@ -278,28 +261,23 @@ def train_inpainter(
     grid_m = random_masks(len(grid_x), height, width, kinds=config.mask_kinds, coverage=config.coverage,
                           seed=config.eval_seed)
     spec = dict(data_spec or {"name": train.name})
-    running = {term: 0.0 for term in LOSS_TERMS}
-    counted = 0
 
     def snapshot(step: int, extra: dict[str, Any] | None = None) -> LearnedInpainter:
-        training = {"config": _config_dict(config), "steps_done": step, "seconds": elapsed,
-                    "final": {t: (history[t][-1] if history[t] else None) for t in LOSS_TERMS}, **(extra or {})}
-        return LearnedInpainter(copy.deepcopy(network), spec, training)
+        return LearnedInpainter(copy.deepcopy(network), spec, loop.training_info(step) | (extra or {}))
 
-    def write_checkpoint(step: int) -> None:
-        if out_path is None:
-            return
-        state = {"step": step, "seconds": elapsed, "opt": opt.state_dict(), "rng": rng.get_state(), "history": history}
+    def save(path: Path, step: int, state: dict[str, Any]) -> None:
         if critic is not None:
-            state |= {"critic": {"config": critic_config.to_dict(), "state_dict": critic.state_dict()},
-                      "opt_d": opt_d.state_dict()}
-        save_inpainter(out_path, snapshot(step), training_state=state)
+            state |= {"critic": {"config": critic_config.to_dict(), "state_dict": critic.state_dict()}}
+        save_inpainter(path, snapshot(step), training_state=state)
 
-    network.train()
-    bar = tqdm(range(start_step, config.steps), desc="train inpainter", unit="step", disable=not progress,
-               initial=start_step, total=config.steps)
-    for step in bar:
-        tick = time.perf_counter()
+    def draw(path: Path, step: int) -> None:
+        network.eval()
+        with torch.no_grad():
+            filled = network(torch.from_numpy(grid_x), torch.from_numpy(grid_m)).numpy()
+        network.train()
+        save_inpainting_grid(path, grid_x, grid_m, filled, title=f"step {step}: input, holes, inpainted")
+
+    def train_step() -> dict[str, torch.Tensor]:
         x = x_all[torch.randint(0, len(x_all), (config.batch_size,), generator=rng)]
         m = pool[torch.randint(0, len(pool), (config.batch_size,), generator=rng)]
         if config.flips:
@@ -323,30 +301,11 @@ def train_inpainter(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        elapsed += time.perf_counter() - tick
+        return dict(zip(LOSS_TERMS, (hole, valid, adv_term, loss_d)))
 
-        for term, value in zip(LOSS_TERMS, (hole, valid, adv_term, loss_d)):
-            running[term] += float(value.detach())
-        counted += 1
-        done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
-            history["step"].append(done)
-            for term in LOSS_TERMS:
-                history[term].append(running[term] / counted)
-                running[term] = 0.0
-            counted = 0
-            bar.set_postfix(hole=f"{history['hole_l1'][-1]:.4f}", valid=f"{history['valid_l1'][-1]:.4f}")
-        if samples_dir is not None and (done % config.sample_every == 0 or done == config.steps):
-            network.eval()
-            with torch.no_grad():
-                filled = network(torch.from_numpy(grid_x), torch.from_numpy(grid_m)).numpy()
-            network.train()
-            save_inpainting_grid(Path(samples_dir) / f"step_{done:06d}.png", grid_x, grid_m, filled,
-                                 title=f"step {done}: input, holes, inpainted")
-        if done % config.checkpoint_every == 0 or done == config.steps:
-            write_checkpoint(done)
-    network.eval()
-    steps_done = max(config.steps, start_step)
+    loop.run(train_step, modules=(network,), draw=draw, save=save,
+             postfix={"hole": ("hole_l1", ".4f"), "valid": ("valid_l1", ".4f")})
+    steps_done = loop.steps_done
     heldout = None
     if isinstance(split_or_dataset, Split) and len(split_or_dataset.test):
         x_test, masks = heldout_masks(split_or_dataset.test, config)
@@ -354,7 +313,7 @@ def train_inpainter(
                    "learned": masked_l1(snapshot(steps_done).inpaint(x_test, masks), x_test, masks),
                    "mean_fill": masked_l1(mean_colour_fill(x_test, masks), x_test, masks)}
     model = snapshot(steps_done, {"heldout": heldout} if heldout else None)
-    result = {"final": model.training["final"], "seconds": elapsed, **history}
+    result = loop.result()
     if heldout is not None:
         result["heldout"] = heldout
     return model, result
@@ -379,31 +338,3 @@ def _config_dict(config: InpainterTrainingConfig) -> dict[str, Any]:
     data["mask_kinds"] = list(config.mask_kinds)
     data["coverage"] = list(config.coverage)
     return data
-
-
-def _restore(path: Path, config: InpainterTrainingConfig, network: GatedUNet, critic: PatchCritic | None,
-             opt: torch.optim.Optimizer, opt_d: torch.optim.Optimizer | None, rng: torch.Generator,
-             history: dict[str, Any]) -> tuple[int, float]:
-    payload = read_inpainter_file(path)
-    state = payload.get("training_state")
-    if not isinstance(state, dict):
-        raise InputError(f"{path}: has no training state to resume from (it was saved for inference only)")
-    saved = payload.get("training", {}).get("config", {})
-    now = _config_dict(config)
-    changed = [key for key in _RUN_KEYS if key in saved and saved[key] != now[key]]
-    if changed:
-        details = ", ".join(f"{key}: {saved[key]!r} -> {now[key]!r}" for key in changed)
-        raise InputError(f"{path}: cannot resume with different hyper-parameters ({details})")
-    restored = inpainter_from_payload(payload, path)
-    try:
-        network.load_state_dict(restored.network.state_dict())
-        opt.load_state_dict(state["opt"])
-        if critic is not None:
-            critic.load_state_dict(state["critic"]["state_dict"])
-            opt_d.load_state_dict(state["opt_d"])
-        rng.set_state(state["rng"])
-    except (KeyError, RuntimeError, ValueError, TypeError) as err:
-        raise InputError(f"{path}: training state does not fit this run ({type(err).__name__}: {err})") from None
-    for key, values in state.get("history", {}).items():
-        history[key] = list(values)
-    return int(state["step"]), float(state.get("seconds", 0.0))
