@@ -30,6 +30,22 @@ def saliency_map(attr: np.ndarray) -> np.ndarray:
     return np.asarray(attr, dtype=np.float64).sum(axis=0)
 
 
+def save_figure(fig, path: str | Path, *, dpi: int = 100) -> Path:
+    """Lay out ``fig``, write it to ``path`` (creating the folder) and close it; returns the path.
+
+    >>> import tempfile
+    >>> fig, ax = plt.subplots()
+    >>> save_figure(fig, Path(tempfile.mkdtemp()) / "sub" / "f.png").name
+    'f.png'
+    """
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def _draw_panel(ax, kind: str, value: np.ndarray) -> None:
     """Draw an image in [0, 1] (``kind="image"``) or a signed saliency map on its own symmetric scale."""
     if kind == "image":
@@ -84,12 +100,7 @@ def save_saliency_grid(
             axes[r, 0].set_ylabel(row_titles[r], fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def save_grouped_saliency_grid(

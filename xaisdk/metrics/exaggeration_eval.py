@@ -206,7 +206,7 @@ def save_compatibility_plot(path: str | os.PathLike, desired: np.ndarray, actual
     >>> save_compatibility_plot(Path(tempfile.mkdtemp()) / "c.png", np.ones((2, 3)), np.ones((2, 3))).exists()
     True
     """
-    from xaisdk.viz import plt
+    from xaisdk.viz import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.scatter(desired.ravel(), actual.ravel(), s=4, alpha=0.25, label="explanations")
@@ -220,12 +220,7 @@ def save_compatibility_plot(path: str | os.PathLike, desired: np.ndarray, actual
     ax.legend(fontsize=7, loc="upper left")
     if title:
         ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def save_series_figure(path: str | os.PathLike, ex: Exaggeration, x: np.ndarray, n_steps: int = 8) -> Path:
@@ -236,7 +231,7 @@ def save_series_figure(path: str | os.PathLike, ex: Exaggeration, x: np.ndarray,
     >>> save_series_figure(Path(tempfile.mkdtemp()) / "s.png", Exaggeration.shipped(), load_digits().test.x[:2], 3).exists()
     True
     """
-    from xaisdk.viz import as_displayable, plt
+    from xaisdk.viz import as_displayable, plt, save_figure
 
     arr = ex._check(x, n_steps)
     series = ex.series(arr, n_steps)
@@ -255,12 +250,7 @@ def save_series_figure(path: str | os.PathLike, ex: Exaggeration, x: np.ndarray,
         axes[i, -1].set_title("|last-first|", fontsize=6)
         axes[i, -1].axis("off")
     fig.suptitle(f"input, then the series I(x, delta) from f(x) to the far end; f = p(class {ex.target_class})", fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)
 
 
 def evaluate_exaggeration(ex: Exaggeration, x: np.ndarray, real_reference: np.ndarray | None = None) -> dict[str, Any]:

@@ -180,7 +180,7 @@ def save_explaingan_figure(path: str | Path, models: dict[str, ExplainGANModel |
     >>> p.stat().st_size > 0
     True
     """
-    from xaisdk.viz import plt  # viz selects the file-only matplotlib backend first
+    from xaisdk.viz import plt, save_figure  # viz selects the file-only matplotlib backend first
 
     images = np.asarray(x, dtype=np.float32)
     results = {name: _explainer(m).transform(images) for name, m in models.items()}
@@ -202,9 +202,4 @@ def save_explaingan_figure(path: str | Path, models: dict[str, ExplainGANModel |
                 ax.set_xlabel(note, fontsize=6)
     if title:
         fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)
