@@ -146,7 +146,8 @@ def local(bundle) -> Explainer:
 
 @pytest.fixture(scope="module")
 def server(bundle):
-    srv = Server(bundle, "--max-wait-ms", "20", "--max-body-mb", "1", "--max-images", "8", "--max-steps", "512")
+    srv = Server(bundle, "--max-wait-ms", "20", "--max-body-mb", "1", "--max-images", "8", "--max-steps", "512",
+                 "--direct-rows", "4096")  # every call goes through the batcher (the CPU default sends IG calls direct)
     yield srv
     assert srv.stop() == 0
 
@@ -373,6 +374,7 @@ def test_a_full_house_answers_503_with_retry_after_and_the_deadline_504(bundle, 
         assert srv.request("POST", f"/v1/models/{MODEL}:predict", {"instances": [{"b64": _png_b64(images[0])}]})[0] == 200
     finally:
         assert srv.stop() == 0
+    assert "Traceback" not in srv.log.getvalue().decode()  # an abandoned request is an access-log line, not an error
 
 
 def test_ready_only_after_load_and_warm_up(bundle, images):
@@ -474,3 +476,57 @@ def test_a_request_past_its_deadline_or_cancelled_stops_at_its_next_backend_call
                 with pytest.raises(RequestAborted, match="cancelled"):
                     backend.logits(x)
             assert backend.logits(x).shape == (1, 3)  # outside a request: no deadline
+
+
+def test_the_batcher_does_not_wait_for_rows_that_cannot_come():
+    inner = _Linear()
+    x = np.ones((1, 1, 2, 2), np.float32)
+    with BatchingBackend(inner, max_wait_ms=20_000, callers=lambda: 1) as backend:
+        started = time.monotonic()
+        backend.logits(x)
+        assert time.monotonic() - started < 10  # one request in the house: no 20 s wait for company
+
+
+def test_the_batcher_runs_merged_calls_on_several_workers_at_once():
+    both_inside = threading.Barrier(2, timeout=10)
+
+    class Meeting(_Linear):
+        def logits(self, x):
+            both_inside.wait()  # passes only if two backend calls run at the same time
+            return super().logits(x)
+
+    x = np.ones((1, 1, 2, 2), np.float32)
+    with BatchingBackend(Meeting(), max_batch=1, max_wait_ms=0, workers=2) as backend:
+        with ThreadPoolExecutor(2) as pool:
+            assert [f.result().shape for f in [pool.submit(backend.logits, x) for _ in range(2)]] == [(1, 3), (1, 3)]
+
+
+def test_a_bundle_without_a_generator_gets_ready_and_defaults_to_the_zero_baseline(tmp_path, images, local):
+    from xaisdk.deploy.export import export_bundle
+    from xaisdk.models import shipped_classifier_path
+
+    export_bundle(shipped_classifier_path("digits"), tmp_path / "classifier")
+    srv = Server(tmp_path / "classifier", "--warmup", "2")
+    try:
+        status, _, body = srv.request("POST", f"/v1/models/{MODEL}:explain", {
+            "instances": [{"b64": _png_b64(images[0])}], "parameters": {"n_steps": 32}})
+        assert status == 200 and body["explanations"][0]["baseline"] == "zero", body
+        want = local.explain(images[:1, None], "runner-up", method="ig", baseline="zero", n_steps=32)
+        _close(np.array([body["explanations"][0]["attributions"]], np.float32), want.attributions)
+        assert "Traceback" not in srv.log.getvalue().decode()
+    finally:
+        assert srv.stop() == 0
+
+
+def test_big_calls_skip_the_batcher_and_run_in_the_callers_thread():
+    seen = []
+
+    class Where(_Linear):
+        def logits(self, x):
+            seen.append((len(x), threading.current_thread().name))
+            return super().logits(x)
+
+    with BatchingBackend(Where(), direct_rows=3) as backend:
+        backend.logits(np.ones((2, 1, 2, 2), np.float32))
+        backend.logits(np.ones((3, 1, 2, 2), np.float32))
+    assert seen[0][1].startswith("xaisdk-batcher") and seen[1] == (3, threading.current_thread().name)

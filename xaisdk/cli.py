@@ -466,6 +466,9 @@ def explain_command(bundle_path: Path, inputs: tuple[Path, ...], target: str | N
 @click.option("--max-wait-ms", default=2.0, show_default=True, type=float,
               help="How long the batcher waits for more rows after the first.")
 @click.option("--no-batching", is_flag=True, help="Run each request's backend calls on their own (no merging).")
+@click.option("--batch-workers", default=2, show_default=True, type=int, help="Merged backend calls that run at once.")
+@click.option("--direct-rows", default=None, type=int,
+              help="Calls with this many rows or more skip the batcher.  [default: 64 on a CPU, else --max-batch]")
 @click.option("--max-queue", default=64, show_default=True, type=int,
               help="Requests admitted at once; more get 503 with Retry-After.")
 @click.option("--timeout-s", default=30.0, show_default=True, type=float, help="Per-request deadline (504 past it).")
@@ -474,11 +477,11 @@ def explain_command(bundle_path: Path, inputs: tuple[Path, ...], target: str | N
 @click.option("--max-images", default=16, show_default=True, type=int, help="Images per request.")
 @click.option("--max-steps", default=1024, show_default=True, type=int, help="Cap on n_steps.")
 @click.option("--warmup", default=1, show_default=True, type=int,
-              help="Explanations run before the server reports ready.")
+              help="Passes over every graph before the server reports ready.")
 @_clean_errors
 def serve_command(bundle_path: Path, host: str, port: int, name: str | None, max_batch: int, max_wait_ms: float,
-                  no_batching: bool, max_queue: int, timeout_s: float, threads: int | None, max_body_mb: float,
-                  max_images: int, max_steps: int, warmup: int) -> None:
+                  no_batching: bool, batch_workers: int, direct_rows: int | None, max_queue: int, timeout_s: float,
+                  threads: int | None, max_body_mb: float, max_images: int, max_steps: int, warmup: int) -> None:
     """Serve an exported bundle over HTTP: KServe V1 (/v1/models/NAME:predict, :explain) and the Open
     Inference Protocol V2 (/v2/health/*, /v2/models/NAME/infer), Prometheus metrics on /metrics."""
     try:
@@ -488,7 +491,8 @@ def serve_command(bundle_path: Path, host: str, port: int, name: str | None, max
     if not max_body_mb > 0:
         raise InputError(f"--max-body-mb: expected a positive number, got {max_body_mb}")
     config = ServerConfig(bundle=bundle_path, name=name, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                          batching=not no_batching, max_queue=max_queue, timeout_s=timeout_s, threads=threads,
+                          batching=not no_batching, batch_workers=batch_workers, max_queue=max_queue, timeout_s=timeout_s,
+                          threads=threads, direct_rows=direct_rows,
                           max_body_bytes=int(max_body_mb * 2**20), max_images=max_images, max_steps=max_steps,
                           warmup=warmup)
     serve(config, host=host, port=port)

@@ -3,9 +3,10 @@
 Every attribution method is a driver over the Backend primitives (``logits``, ``score_gradient``,
 ``deeplift_multipliers``, ``generate``), and each row carries its own class weights, so rows of
 different requests (IG path points, occlusion windows, predict inputs) can go to the model in one
-call. Request threads hand their rows to :class:`BatchingBackend`; one dispatcher thread joins the
-waiting calls of the same primitive, up to ``max_batch`` rows or ``max_wait_ms`` after the first
-arrived, runs the real backend once and hands each caller its slice.
+call. Request threads hand their rows to :class:`BatchingBackend`; each of ``workers`` dispatcher
+threads takes the waiting calls of one primitive, up to ``max_batch`` rows or ``max_wait_ms`` after the
+first arrived (no wait when no other request could add rows), runs the real backend once and hands
+each caller its slice. Several workers keep every core busy while merged calls run.
 
 Each request thread runs under a :class:`RequestContext` (deadline, cancellation); a call made
 after the deadline, or after the client went away, raises :class:`RequestAborted` instead of using
@@ -108,22 +109,31 @@ class BatchingBackend:
 
     ``max_batch``: the most rows one merged call takes (a single larger call runs alone, whole);
     ``max_wait_ms``: how long the dispatcher waits for more calls after the first one arrived.
-    With ``enabled=False`` calls go straight to the backend from the caller's thread (no merging),
-    still checked against the request's deadline: the unbatched server. ``on_batch(primitive, rows,
+    ``workers`` merged calls run at once. A call of ``direct_rows`` rows or more (default: ``max_batch``)
+    runs at once from its own thread, unmerged: on a CPU a 50-row gradient call already costs as much
+    per row as an 800-row one, so big calls gain nothing from company and lose the wait.
+    ``callers()``, if given, says how many requests are in the
+    house, so the dispatcher does not wait for rows that cannot come. With ``enabled=False`` calls go
+    straight to the backend from the caller's thread (no merging), still checked against the request's
+    deadline: the unbatched server. ``on_batch(primitive, rows,
     calls)`` is told about every backend call (for metrics). Use as a context manager or call
     :meth:`close` to stop the dispatcher.
     """
 
     def __init__(self, backend: Any, *, max_batch: int = 512, max_wait_ms: float = 2.0, enabled: bool = True,
+                 workers: int = 2, direct_rows: int | None = None, callers: Callable[[], int] | None = None,
                  on_batch: Callable[[str, int, int], None] | None = None) -> None:
         if int(max_batch) < 1:
             raise InputError(f"max_batch: expected an integer >= 1, got {max_batch!r}")
+        if int(workers) < 1:
+            raise InputError(f"workers: expected an integer >= 1, got {workers!r}")
         if not float(max_wait_ms) >= 0:
             raise InputError(f"max_wait_ms: expected a number >= 0, got {max_wait_ms!r}")
         self.backend = backend
         self.max_batch = int(max_batch)
         self.max_wait = float(max_wait_ms) / 1000.0
         self.enabled = bool(enabled)
+        self.direct_rows = self.max_batch if direct_rows is None else int(direct_rows)
         self._on_batch = on_batch
         self._pending: deque[_Call] = deque()
         self._lock = threading.Condition()
@@ -131,10 +141,12 @@ class BatchingBackend:
         for name in _PASSED_THROUGH:
             if hasattr(backend, name):
                 setattr(self, name, getattr(backend, name))
-        self._thread: threading.Thread | None = None
-        if self.enabled:
-            self._thread = threading.Thread(target=self._dispatch, name="xaisdk-batcher", daemon=True)
-            self._thread.start()
+        self._callers = callers
+        self._running = 0  # calls taken by a worker and not yet answered
+        self._threads = [threading.Thread(target=self._dispatch, name=f"xaisdk-batcher-{i}", daemon=True)
+                         for i in range(int(workers) if self.enabled else 0)]
+        for thread in self._threads:
+            thread.start()
 
     # --- the Backend protocol -----------------------------------------------------------------
     def logits(self, x: np.ndarray) -> np.ndarray:
@@ -156,8 +168,8 @@ class BatchingBackend:
         with self._lock:
             self._closed = True
             self._lock.notify_all()
-        if self._thread is not None:
-            self._thread.join()
+        for thread in self._threads:
+            thread.join()
 
     def __enter__(self) -> BatchingBackend:
         return self
@@ -175,7 +187,7 @@ class BatchingBackend:
     def _call(self, primitive: str, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
         _check_current()
         arrays = tuple(np.asarray(a) for a in arrays)
-        if not self.enabled:
+        if not self.enabled or len(arrays[0]) >= self.direct_rows:
             return self._run(primitive, arrays, 1)
         call = _Call(primitive, arrays, len(arrays[0]), getattr(_current, "context", None))
         with self._lock:
@@ -212,14 +224,25 @@ class BatchingBackend:
                         rows += match.rows
                     continue
                 remaining = waited_until - time.monotonic()
-                if remaining <= 0 or self._closed:
+                if remaining <= 0 or self._closed or not self._more_may_come(len(group)):
                     break
                 self._lock.wait(remaining)
+            self._running += len(group)
             return group
+
+    def _more_may_come(self, grouped: int) -> bool:
+        """Whether waiting can bring more calls: with ``callers`` (the requests in the house), only if
+        more of them exist than calls already grouped or running (one request makes one call at a time)."""
+        return self._callers is None or self._callers() > grouped + self._running
 
     def _dispatch(self) -> None:
         while (group := self._take()) is not None:
-            self._execute(group)
+            try:
+                self._execute(group)
+            finally:
+                with self._lock:
+                    self._running -= len(group)
+                    self._lock.notify_all()
 
     def _execute(self, group: list[_Call]) -> None:
         primitive = group[0].primitive

@@ -21,12 +21,15 @@ import numpy as np
 
 from xaisdk.errors import InputError
 from xaisdk.limits import Limits
+from xaisdk.runtime.backend import class_weights
 from xaisdk.serve.batching import BatchingBackend, RequestAborted, RequestContext, request_context
 from xaisdk.serve.observability import ServerMetrics
 
 __all__ = ["ModelService", "Overloaded", "ServerConfig"]
 
 _T = TypeVar("_T")
+# benchmarks/results/serve_*.md: on a CPU the gradient graph costs the same per row from ~50 rows up
+CPU_DIRECT_ROWS = 64
 
 
 @dataclass
@@ -46,16 +49,23 @@ class ServerConfig:
     threads: int | None = None
     """ONNX Runtime intra-op threads (default: its own choice, all cores)."""
     batching: bool = True
+    batch_workers: int = 2
+    direct_rows: int | None = None
+    """Calls with this many rows or more skip the batcher (default: 64 on a CPU, where bigger calls cost
+    the same per row, else ``max_batch``)."""
+    """Merged backend calls that run at once (keep the cores busy; ONNX Runtime splits each call too)."""
     max_body_bytes: int = 16 * 2**20
     max_images: int = 16
     """Images per request."""
     max_steps: int = 1024
-    """Cap on n_steps (IG path points) and the other size-like options' defaults are the Limits'."""
+    """Cap on n_steps (IG path points); the other size-like options keep the Limits' defaults."""
     warmup: int = 1
-    """Explanations run on a blank image before the server reports ready."""
+    """Passes over every graph (logits, an IG chunk's gradient, DeepLIFT, generator) before the server reports ready."""
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_queue", "max_body_bytes", "max_images", "max_steps"):
+        if self.direct_rows is not None and (not isinstance(self.direct_rows, int) or self.direct_rows < 1):
+            raise InputError(f"direct_rows: expected an integer >= 1, got {self.direct_rows!r}")
+        for name in ("max_batch", "max_queue", "max_body_bytes", "max_images", "max_steps", "batch_workers"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"{name}: expected an integer >= 1, got {value!r}")
@@ -106,6 +116,8 @@ class ModelService:
             loaded = Explainer.load(self.config.bundle, intra_op_threads=self.config.threads, limits=limits)
             self._batching = BatchingBackend(loaded.backend, max_batch=self.config.max_batch,
                                              max_wait_ms=self.config.max_wait_ms, enabled=self.config.batching,
+                                             workers=self.config.batch_workers, callers=lambda: self._active,
+                                             direct_rows=self._direct_rows(loaded.backend),
                                              on_batch=self.metrics.observe_batch)
             self.explainer = Explainer(self._batching, class_names=loaded.class_names, inpainter=loaded.inpainter,
                                        explaingan=loaded.explaingan, exaggeration=loaded.exaggeration, limits=limits)
@@ -114,11 +126,30 @@ class ModelService:
         except Exception as err:  # reported by /v2/health/ready and every model route
             self.load_error = f"{type(err).__name__}: {err}"
 
+    def _direct_rows(self, backend: Any) -> int:
+        if self.config.direct_rows is not None:
+            return self.config.direct_rows
+        providers = getattr(backend, "providers", None)
+        on_cpu = bool(providers) and providers[0] == "CPUExecutionProvider"
+        return CPU_DIRECT_ROWS if on_cpu else self.config.max_batch
+
     def _warm_up(self) -> None:
-        blank = np.zeros(self.explainer.backend.input_shape, np.float32)
-        baseline = "ganmex" if self.explainer.backend.has_generator else "zero"
+        """Run every graph a request uses (logits, the gradient at an IG chunk's size, DeepLIFT, the
+        generator) on seeded noise in the model's range: the primitives, not an explanation, which
+        could be refused for its content (an all-zero map of a blank image, say)."""
+        backend = self.explainer.backend
+        low, high = backend.value_range
+        rng = np.random.default_rng(0)
         for _ in range(self.config.warmup):
-            self.explainer.explain(blank, target="runner-up", method="ig", baseline=baseline, n_steps=32)
+            x = (low + (high - low) * rng.random((1, *backend.input_shape))).astype(np.float32)
+            source = backend.logits(x).argmax(1)
+            weights = class_weights(source, (source + 1) % backend.num_classes, backend.num_classes)
+            rows = np.repeat(x, 32, axis=0)
+            backend.score_gradient(rows, np.repeat(weights, 32, axis=0))
+            if backend.supports_deeplift:
+                backend.deeplift_multipliers(x, np.zeros_like(x), weights)
+            if backend.has_generator:
+                backend.generate(x, (source + 1) % backend.num_classes)
 
     def close(self) -> None:
         """Wait for the requests in flight, then stop the batcher."""
@@ -138,6 +169,13 @@ class ModelService:
                 raise Overloaded(f"the server holds {self._active} requests (max_queue {self.config.max_queue})")
             self._active += 1
             self.metrics.queue_depth.set(self._active)
+
+    def _finished(self, future: asyncio.Future) -> None:
+        """A request's work ended: free its place, and take its outcome (an abandoned request's
+        RequestAborted is expected, not an unretrieved error to log)."""
+        self._release()
+        if not future.cancelled():
+            future.exception()
 
     def _release(self) -> None:
         with self._lock:
@@ -161,7 +199,7 @@ class ModelService:
         except RuntimeError:  # the executor is shutting down
             self._release()
             raise Overloaded("the server is shutting down") from None
-        future.add_done_callback(lambda _: self._release())
+        future.add_done_callback(self._finished)
         watcher = asyncio.ensure_future(_watch(disconnected)) if disconnected is not None else None
         try:
             waiting = {future} if watcher is None else {future, watcher}
