@@ -530,3 +530,12 @@ def test_big_calls_skip_the_batcher_and_run_in_the_callers_thread():
         backend.logits(np.ones((2, 1, 2, 2), np.float32))
         backend.logits(np.ones((3, 1, 2, 2), np.float32))
     assert seen[0][1].startswith("xaisdk-batcher") and seen[1] == (3, threading.current_thread().name)
+
+
+def test_per_image_targets_for_some_images_need_one_class_in_parameters(server, local, images):
+    instances = [{"image": images[0].tolist(), "target": 3}, {"image": images[1].tolist()}]
+    status, _, body = server.request("POST", f"/v1/models/{MODEL}:explain", {"instances": instances})
+    assert status == 400 and "target is given for some images only" in body["error"]
+    status, _, body = server.request("POST", f"/v1/models/{MODEL}:explain", {
+        "instances": instances, "parameters": {"target": 7, "n_steps": 16}})
+    assert status == 200 and [r["target"] for r in body["explanations"]] == [3, 7], body

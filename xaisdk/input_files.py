@@ -153,18 +153,32 @@ def open_image(path: PathLike, what: str = "image file", max_pixels: int = MAX_I
     ...     print(str(err).replace(path, "<path>"))
     <path>: image is 7 x 3 = 21 pixels, above the limit of 20 pixels
     """
+    with open_regular_file(path, what) as handle, image_from_stream(handle, os.fspath(path), max_pixels) as img:
+        yield img
+
+
+@contextlib.contextmanager
+def image_from_stream(stream: IO[bytes], name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Iterator[Image.Image]:
+    """:func:`open_image` for bytes already at hand (a file object, ``io.BytesIO``): the header is read
+    and its size checked against ``max_pixels`` before any decoding; refusals name ``name``.
+
+    >>> import io
+    >>> with image_from_stream(io.BytesIO(b"not an image"), "upload") as img:
+    ...     pass
+    Traceback (most recent call last):
+    ...
+    xaisdk.errors.InputError: upload: not an image file pillow can read
+    """
     from PIL import Image, UnidentifiedImageError  # here: `import xaisdk` stays fast
 
-    name = os.fspath(path)
-    with open_regular_file(path, what) as handle:
-        try:
-            img = Image.open(handle)
-        except UnidentifiedImageError:
-            raise InputError(f"{name}: not an image file pillow can read") from None
-        except Image.DecompressionBombError as err:
-            raise InputError(f"{name}: {err}") from None
-        except (OSError, ValueError, SyntaxError, EOFError) as err:  # a header pillow recognises but cannot parse
-            raise InputError(f"{name}: cannot read image header: {err}") from None
-        with img:
-            check_image_size(img.width, img.height, name, max_pixels)
-            yield img
+    try:
+        img = Image.open(stream)
+    except UnidentifiedImageError:
+        raise InputError(f"{name}: not an image file pillow can read") from None
+    except Image.DecompressionBombError as err:
+        raise InputError(f"{name}: {err}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as err:  # a header pillow recognises but cannot parse
+        raise InputError(f"{name}: cannot read image header: {err}") from None
+    with img:
+        check_image_size(img.width, img.height, name, max_pixels)
+        yield img

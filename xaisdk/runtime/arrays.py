@@ -1,5 +1,6 @@
-"""The one conversion every numeric entry point applies to caller arrays: real-valued, float32,
-C-contiguous, finite, with an InputError naming the argument otherwise. Imports numpy only."""
+"""Array helpers of the core: the one conversion every numeric entry point applies to caller arrays
+(real-valued, float32, C-contiguous, finite, with an InputError naming the argument otherwise) and a
+stable softmax. Imports numpy only."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 
 from xaisdk.errors import InputError
 
-__all__ = ["as_float32"]
+__all__ = ["as_float32", "softmax"]
 
 
 def as_float32(value: object, name: str) -> np.ndarray:
@@ -29,3 +30,14 @@ def as_float32(value: object, name: str) -> np.ndarray:
         bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
         raise InputError(f"{name}: contains {bad} NaN or infinite value(s) (after conversion to float32)")
     return arr
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``logits`` (N, K), computed stably in float64.
+
+    >>> softmax(np.array([[0.0, 0.0], [1000.0, 0.0]])).round(3).tolist()
+    [[0.5, 0.5], [1.0, 0.0]]
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)

@@ -23,6 +23,7 @@ import numpy as np
 
 from xaisdk.errors import InputError
 from xaisdk.limits import check_size
+from xaisdk.runtime.arrays import softmax
 from xaisdk.runtime.explaingan_onnx import fixed_dims, graph_source
 from xaisdk.runtime.onnxruntime_backend import load_session, pick_providers, run_session
 
@@ -86,10 +87,7 @@ def softmax_column(logits: np.ndarray, column: int) -> np.ndarray:
     >>> float(softmax_column(np.array([[0.0, 0.0]]), 1)[0])
     0.5
     """
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return (e[:, column] / e.sum(1)).astype(np.float32)
+    return softmax(logits)[:, column].astype(np.float32)
 
 
 MAX_BINS = 10_000

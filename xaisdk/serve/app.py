@@ -26,6 +26,8 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from xaisdk.errors import InputError
+from xaisdk.explainer import RUNNER_UP
+from xaisdk.runtime.arrays import softmax
 from xaisdk.runtime.images import as_model_batch
 from xaisdk.serve.batching import RequestAborted
 from xaisdk.serve.observability import ACCESS_LOG, ServerMetrics, access_line
@@ -77,12 +79,13 @@ def _body_object(body: Any, key: str) -> dict:
     return body
 
 
-def _per_image(value: Any, extras: list[dict], key: str, n: int) -> Any:
+def _per_image(value: Any, extras: list[dict], key: str) -> Any:
+    """The classes of ``key`` per image: the instances' own, the request parameter's for the others."""
     given = [e.get(key) for e in extras]
     if all(v is None for v in given):
         return value
-    if any(v is None for v in given) and value is None:
-        raise InputError(f"instances: {key} is given for some images only; give it for all or in parameters")
+    if any(v is None for v in given) and (value is None or value == RUNNER_UP):
+        raise InputError(f"instances: {key} is given for some images only; give it for all, or one class in parameters")
     return [value if v is None else v for v in given]
 
 
@@ -110,8 +113,7 @@ def _explain(explainer: Any, images: list[np.ndarray], options: Any, target: Any
 
 def _predictions(explainer: Any, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     logits = np.asarray(explainer.logits(_model_batch(explainer, images)), dtype=np.float64)
-    shifted = np.exp(logits - logits.max(1, keepdims=True))
-    return logits, shifted / shifted.sum(1, keepdims=True)
+    return logits, softmax(logits)
 
 
 def create_app(config: ServerConfig, *, service: ModelService | None = None, load: bool = True) -> FastAPI:
@@ -233,8 +235,8 @@ def create_app(config: ServerConfig, *, service: ModelService | None = None, loa
 
         def work(explainer: Any) -> dict:
             images, extras = decode_instances(body.get("instances"), shape, config.max_images)
-            target = _per_image(options.target, extras, "target", len(images))
-            source = _per_image(options.source, extras, "source", len(images))
+            target = _per_image(options.target, extras, "target")
+            source = _per_image(options.source, extras, "source")
             explanation = _explain(explainer, images, options, target, source)
             return {"explanations": explanation_rows(explanation, explainer.class_names, options.baseline, options.output)}
 

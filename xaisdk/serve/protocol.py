@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from xaisdk.errors import InputError
-from xaisdk.input_files import check_image_size
+from xaisdk.input_files import image_from_stream
 
 __all__ = ["ExplainOptions", "decode_instances", "decode_v2_inputs", "explanation_rows", "parse_options", "png_overlay"]
 
@@ -109,18 +109,11 @@ def decode_image_bytes(data: bytes, input_shape: tuple[int, ...], where: str) ->
     """A PNG/JPEG (any format pillow reads) as uint8 pixels (H, W) or (H, W, 3) for a model taking
     ``input_shape`` (C, H, W) with C = 1 (converted to grey) or 3 (to RGB). The header's size must be
     the model's: nothing else is decoded."""
-    from PIL import Image, UnidentifiedImageError
-
     channels, height, width = (int(v) for v in input_shape)
     if channels not in (1, 3):
         raise InputError(f"{where}: encoded images need a 1- or 3-channel model (this one takes {channels} channels); "
                          "send a tensor instead")
-    try:
-        img = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError, EOFError) as err:
-        raise InputError(f"{where}: not an image pillow can read ({type(err).__name__})") from None
-    with img:
-        check_image_size(img.width, img.height, where, max_pixels=max(height * width, 1))
+    with image_from_stream(io.BytesIO(data), where, max_pixels=max(height * width, 1)) as img:
         if (img.width, img.height) != (width, height):
             raise InputError(f"{where}: image is {img.width} x {img.height}, the model takes {width} x {height}")
         try:
