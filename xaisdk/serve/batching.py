@@ -39,13 +39,6 @@ from xaisdk.errors import InputError
 
 __all__ = ["BatchingBackend", "RequestAborted", "RequestContext", "request_context"]
 
-# primitive -> (number of array arguments split by row, number of outputs)
-_PRIMITIVES: dict[str, tuple[int, int]] = {
-    "logits": (1, 1),
-    "score_gradient": (2, 2),
-    "deeplift_multipliers": (3, 1),
-    "generate": (2, 1),
-}
 _PASSED_THROUGH = ("name", "input_shape", "num_classes", "value_range", "supports_deeplift", "has_generator",
                    "class_names", "deeplift_unavailable", "bundle")
 
@@ -250,7 +243,7 @@ class BatchingBackend:
             if len(group) == 1:
                 results = [self._run(primitive, group[0].arrays, 1)]
             else:
-                joined = tuple(np.concatenate([c.arrays[i] for c in group]) for i in range(_PRIMITIVES[primitive][0]))
+                joined = tuple(np.concatenate([c.arrays[i] for c in group]) for i in range(len(group[0].arrays)))
                 out = self._run(primitive, joined, len(group))
                 bounds = np.cumsum([0] + [c.rows for c in group])
                 results = [tuple(o[bounds[i]:bounds[i + 1]] for o in out) for i in range(len(group))]
