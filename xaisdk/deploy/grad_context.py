@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -54,8 +55,8 @@ class Shapes:
         return self.dims[name]
 
 
-def read_shapes(model: onnx.ModelProto) -> Shapes:
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+def _inferred_dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
     dims: dict[str, list[int | None]] = {}
     graph = inferred.graph
     for value in [*graph.input, *graph.value_info, *graph.output]:
@@ -64,6 +65,41 @@ def read_shapes(model: onnx.ModelProto) -> Shapes:
             dims[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
     for init in graph.initializer:
         dims[init.name] = list(init.dims)
+    return dims
+
+
+def _with_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    inits = {t.name for t in fixed.graph.initializer}
+    for value in fixed.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if value.name not in inits and dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = batch
+    return fixed
+
+
+def read_shapes(model: onnx.ModelProto) -> Shapes:
+    """Static shapes of every tensor (None where a size depends on the batch).
+
+    Symbolic inference loses the rank of tensors reshaped to sizes computed at run time from the
+    batch (``nn.MultiheadAttention`` folds batch and heads into one axis). So shapes are inferred with
+    two concrete batches, 7 and 11, with data propagation: a size that differs between them depends on
+    the batch and is None; a size that agrees is static.
+    """
+    symbolic = _inferred_dims(model)
+    inputs = [v for v in model.graph.input if v.name not in {t.name for t in model.graph.initializer}]
+    if not any(v.type.tensor_type.shape.dim and not v.type.tensor_type.shape.dim[0].HasField("dim_value") for v in inputs):
+        return Shapes(symbolic)
+    try:
+        seven, eleven = _inferred_dims(_with_batch(model, 7)), _inferred_dims(_with_batch(model, 11))
+    except Exception:  # inference with a concrete batch can fail where the symbolic one did not
+        return Shapes(symbolic)
+    dims = dict(symbolic)
+    for name, a in seven.items():
+        b = eleven.get(name)
+        if b is not None and len(a) == len(b):
+            dims[name] = [x if x == y else None for x, y in zip(a, b)]
     return Shapes(dims)
 
 
@@ -126,6 +162,8 @@ class GradContext:
         self.constants = constants
         self.active = active
         self.reference = reference  # tensor -> its name in the baseline pass (DeepLIFT only)
+        self.output_grads: dict[str, str] = {}  # the node being differentiated: each output's summed gradient
+        self.islands: Any = None  # DeepLIFT only: the element-wise units (xaisdk.deploy.deeplift_islands.Islands)
 
     @property
     def deeplift(self) -> bool:
@@ -190,9 +228,18 @@ def conv_transpose_padding(node, ctx: GradContext, in_name: str, out_name: str, 
 def window_geometry(node: onnx.NodeProto, ctx: GradContext, kernel: list[int]) -> tuple[list[int], list[int], list[int]]:
     attrs = node_attrs(node)
     spatial = len(kernel)
-    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
-        raise refuse(node, f"auto_pad={attrs['auto_pad']!r} (export with explicit pads)")
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
     strides = list(attrs.get("strides", [1] * spatial))
     pads = list(attrs.get("pads", [0] * (2 * spatial)))
     dilations = list(attrs.get("dilations", [1] * spatial))
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):  # padding="same": the explicit pads ONNX defines for it
+        sizes = ctx.static(node, node.input[0], range(2, 2 + spatial))
+        pads = [0] * (2 * spatial)
+        for i, size in enumerate(sizes):
+            total = max((-(-size // strides[i]) - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - size, 0)
+            small, large = total // 2, total - total // 2
+            pads[i], pads[i + spatial] = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+    elif auto_pad not in ("NOTSET", "VALID"):
+        raise refuse(node, f"auto_pad={auto_pad!r} (export with explicit pads)")
     return strides, pads, dilations

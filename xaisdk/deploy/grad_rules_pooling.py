@@ -1,18 +1,41 @@
 """Gradient rules for pooling: average pooling as a grouped ConvTranspose, max pooling as a routing.
 
+Max pooling (any kernel, stride, padding, dilation, ``ceil_mode``; 1-D, 2-D or 3-D; overlapping
+windows) routes each window's gradient to its first maximum in row-major window order, as torch's
+max-pool backward does: the K window offsets are cut out of the input with strided ``Slice`` into a
+(N, C, K, *out) stack, ``ArgMax`` (first index on ties) becomes a one-hot mask, and one grouped
+``ConvTranspose`` with a one-hot kernel per offset sends every window's value back to its cell,
+adding up where windows overlap. Under DeepLIFT the rule is Captum's (``captum.attr.DeepLift``,
+``maxpool``): with ``top = max(y, y_ref)``, each window sends ``g * (top - y_ref)`` to the maximum of
+the input's window and ``g * (y - top)`` to the maximum of the baseline's window, and the sum at a
+cell, divided by ``x - x_ref``, is its multiplier (the gradient where ``|x - x_ref| < eps``); the
+attributions then add up to ``g * (y - y_ref)`` over the windows (completeness).
+
 >>> sorted(POOLING_RULES)
-['AveragePool', 'MaxPool']
+['AveragePool', 'GlobalMaxPool', 'MaxPool']
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import onnx
 from onnx import TensorProto
 
-from xaisdk.deploy.grad_context import GradContext, conv_transpose_padding, node_attrs, refuse, window_geometry
+from xaisdk.deploy.grad_context import (
+    DEEPLIFT_EPS,
+    GradContext,
+    conv_transpose_padding,
+    node_attrs,
+    refuse,
+    window_geometry,
+)
 
 __all__ = ["POOLING_RULES"]
+
+# Pad value for max pooling's padding and ceil_mode tail: never a maximum, and finite (0 * -inf is NaN).
+LOWEST = float(np.finfo(np.float32).min)
 
 
 def _pool_window(node: onnx.NodeProto, ctx: GradContext) -> tuple[list[int], list[int], list[int], list[int]]:
@@ -20,23 +43,17 @@ def _pool_window(node: onnx.NodeProto, ctx: GradContext) -> tuple[list[int], lis
     kernel = list(attrs["kernel_shape"])
     strides, pads, dilations = window_geometry(node, ctx, kernel)
     if any(d != 1 for d in dilations):
-        raise refuse(node, f"dilated pooling (dilations {dilations})")
+        raise refuse(node, f"dilated average pooling (dilations {dilations})")
     return kernel, strides, pads, dilations
-
-
-def _ceil_is_floor(node: onnx.NodeProto, ctx: GradContext, kernel, strides, pads) -> None:
-    if not int(node_attrs(node).get("ceil_mode", 0)):
-        return
-    sizes = ctx.static(node, node.input[0], range(2, 2 + len(kernel)))
-    for i, size in enumerate(sizes):
-        span = size + pads[i] + pads[i + len(kernel)] - kernel[i]
-        if span % strides[i]:
-            raise refuse(node, "ceil_mode with a partial last window")
 
 
 def _average_pool(ctx: GradContext, node: onnx.NodeProto, g: str) -> dict[str, str]:
     kernel, strides, pads, dilations = _pool_window(node, ctx)
-    _ceil_is_floor(node, ctx, kernel, strides, pads)
+    if int(node_attrs(node).get("ceil_mode", 0)):
+        sizes = ctx.static(node, node.input[0], range(2, 2 + len(kernel)))
+        for i, size in enumerate(sizes):
+            if (size + pads[i] + pads[i + len(kernel)] - kernel[i]) % strides[i]:
+                raise refuse(node, "average pooling in ceil_mode with a partial last window")
     if any(pads) and not int(node_attrs(node).get("count_include_pad", 0)):
         raise refuse(node, "padded average pooling that excludes the padding from the count")
     x = node.input[0]
@@ -48,40 +65,111 @@ def _average_pool(ctx: GradContext, node: onnx.NodeProto, g: str) -> dict[str, s
     return {x: grad}
 
 
-def _max_pool(ctx: GradContext, node: onnx.NodeProto, g: str) -> dict[str, str]:
-    """Route each window's gradient to its first maximum (row-major), as torch's max-pool backward.
+class _Windows:
+    """The windows of one MaxPool node: a (N, C, K, *out) stack of its input, and the way back."""
 
-    Windows must not overlap (kernel == stride, no padding): the input is cropped to the covered
-    area, cut into (Ho, Wo, kh*kw) windows, and ``ArgMax`` (first index on ties) picks the cell.
-    """
-    if len(node.output) > 1 and node.output[1]:
-        raise refuse(node, "max pooling whose indices output is used")
-    kernel, strides, pads, _ = _pool_window(node, ctx)
-    if len(kernel) != 2 or kernel != strides or any(pads):
-        raise refuse(node, f"max pooling with overlapping or padded windows (kernel {kernel}, stride {strides}, "
-                            f"pads {pads}); supported: non-overlapping windows, kernel == stride, no padding")
-    _ceil_is_floor(node, ctx, kernel, strides, pads)
-    x = node.input[0]
-    height, width = ctx.static(node, x, [2, 3])
-    out_h, out_w = ctx.static(node, node.output[0], [2, 3])
-    kh, kw = kernel
+    def __init__(self, ctx: GradContext, node: onnx.NodeProto) -> None:
+        reached = ctx.output_grads
+        if len(node.output) > 1 and node.output[1] in reached:
+            raise refuse(node, "the logits depend on its indices output (only the pooled values can be differentiated)")
+        attrs = node_attrs(node)
+        self.ctx, self.node = ctx, node
+        self.kernel = [int(k) for k in attrs["kernel_shape"]]
+        rank = len(self.kernel)
+        self.strides, pads, self.dilations = window_geometry(node, ctx, self.kernel)
+        self.channels = ctx.static(node, node.input[0], [1])[0]
+        self.sizes = ctx.static(node, node.input[0], range(2, 2 + rank))
+        self.out = ctx.static(node, node.output[0], range(2, 2 + rank))
+        self.begin = pads[:rank]
+        spans = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(self.out, self.strides, self.kernel, self.dilations)]
+        # Cells the last windows reach past the input (padding, or ceil_mode's partial window): > 0 pads,
+        # < 0 is a tail no window covers.
+        self.end = [span - size - b for span, size, b in zip(spans, self.sizes, self.begin)]
+        self.offsets = list(itertools.product(*(range(k) for k in self.kernel)))  # row-major window order
+
+    def stack(self, tensor: str) -> str:
+        w, rank = self.ctx.w, len(self.kernel)
+        if any(self.begin) or any(e > 0 for e in self.end):
+            pads = [0, 0, *self.begin, 0, 0, *(max(e, 0) for e in self.end)]
+            tensor = w.op("Pad", [tensor, w.ints(pads), w.const(LOWEST)], mode="constant")
+        axes = w.ints(range(2, 2 + rank))
+        steps = w.ints(self.strides)
+        pieces = []
+        for offset in self.offsets:
+            starts = [o * d for o, d in zip(offset, self.dilations)]
+            ends = [start + (n - 1) * s + 1 for start, n, s in zip(starts, self.out, self.strides)]
+            piece = w.op("Slice", [tensor, w.ints(starts), w.ints(ends), axes, steps])
+            pieces.append(w.op("Unsqueeze", [piece, w.ints([2])]))
+        return pieces[0] if len(pieces) == 1 else w.op("Concat", pieces, axis=2)
+
+    def first_max(self, tensor: str) -> str:
+        """A float one-hot (N, C, K, *out) of each window's first maximum (torch's tie order)."""
+        w = self.ctx.w
+        index = w.op("ArgMax", [self.stack(tensor)], axis=2, keepdims=1, select_last_index=0)
+        cells = np.arange(len(self.offsets), dtype=np.int64).reshape(1, 1, -1, *([1] * len(self.kernel)))
+        return w.op("Cast", [w.op("Equal", [index, w.const(cells, np.int64, "window_cells")])], to=TensorProto.FLOAT)
+
+    def spread(self, g: str) -> str:
+        return self.ctx.w.op("Unsqueeze", [g, self.ctx.w.ints([2])])
+
+    def route(self, values: str) -> str:
+        """Send (N, C, K, *out) window values back to their input cells, adding up overlaps."""
+        w, k = self.ctx.w, len(self.offsets)
+        flat = w.op("Reshape", [values, w.ints([0, self.channels * k, *self.out])])
+        weight = np.zeros((self.channels * k, 1, *self.kernel), np.float32)
+        for c in range(self.channels):
+            for i, offset in enumerate(self.offsets):
+                weight[(c * k + i, 0, *offset)] = 1.0
+        pads_end = [max(e, 0) for e in self.end]
+        output_padding = [max(-e, 0) for e in self.end]
+        return w.op("ConvTranspose", [flat, w.const(weight, hint="maxpool_route")], group=self.channels,
+                    kernel_shape=self.kernel, strides=self.strides, dilations=self.dilations,
+                    pads=[*self.begin, *pads_end], output_padding=output_padding)
+
+
+class _GlobalWindow(_Windows):
+    """GlobalMaxPool: one window per channel, the whole (flattened) image."""
+
+    def __init__(self, ctx: GradContext, node: onnx.NodeProto) -> None:
+        self.ctx, self.node = ctx, node
+        rank = len(ctx.shapes.of(node.input[0])) - 2
+        self.kernel = []  # the stack's trailing axes: none
+        self.offsets = list(range(int(np.prod(ctx.static(node, node.input[0], range(2, 2 + rank))))))
+
+    def stack(self, tensor: str) -> str:
+        return self.ctx.w.op("Reshape", [tensor, self.ctx.w.ints([0, 0, -1])])
+
+    def spread(self, g: str) -> str:
+        return self.ctx.w.op("Reshape", [g, self.ctx.w.ints([0, 0, 1])])
+
+    def route(self, values: str) -> str:
+        return self.ctx.reshape_like(values, self.node.input[0])
+
+
+def _max_routing(ctx: GradContext, node: onnx.NodeProto, g: str, windows: _Windows) -> dict[str, str]:
     w = ctx.w
-    covered = x
-    if (out_h * kh, out_w * kw) != (height, width):
-        covered = w.op("Slice", [x, w.ints([0, 0]), w.ints([out_h * kh, out_w * kw]), w.ints([2, 3])])
-    windows = w.op("Reshape", [covered, w.ints([0, 0, out_h, kh, out_w, kw])])
-    windows = w.op("Transpose", [windows], perm=[0, 1, 2, 4, 3, 5])
-    windows = w.op("Reshape", [windows, w.ints([0, 0, out_h, out_w, kh * kw])])
-    first_max = w.op("ArgMax", [windows], axis=-1, keepdims=1, select_last_index=0)
-    onehot = w.op("Cast", [w.op("Equal", [first_max, w.ints(np.arange(kh * kw))])], to=TensorProto.FLOAT)
-    routed = w.op("Mul", [onehot, w.op("Unsqueeze", [g, w.ints([-1])])])
-    routed = w.op("Reshape", [routed, w.ints([0, 0, out_h, out_w, kh, kw])])
-    routed = w.op("Transpose", [routed], perm=[0, 1, 2, 4, 3, 5])
-    routed = w.op("Reshape", [routed, w.ints([0, 0, out_h * kh, out_w * kw])])
-    if (out_h * kh, out_w * kw) != (height, width):
-        pad = [0, 0, 0, 0, 0, 0, height - out_h * kh, width - out_w * kw]
-        routed = w.op("Pad", [routed, w.ints(pad)], mode="constant")
-    return {x: routed}
+    x, y = node.input[0], node.output[0]
+    mask = windows.first_max(x)
+    grad = windows.route(w.op("Mul", [mask, windows.spread(g)]))
+    if not ctx.deeplift:
+        return {x: grad}
+    x_ref, y_ref = ctx.reference[x], ctx.reference[y]
+    top = w.op("Max", [y, y_ref])
+    to_input = w.op("Mul", [mask, windows.spread(w.op("Mul", [g, w.op("Sub", [top, y_ref])]))])
+    to_ref = w.op("Mul", [windows.first_max(x_ref), windows.spread(w.op("Mul", [g, w.op("Sub", [y, top])]))])
+    moved = windows.route(w.op("Add", [to_input, to_ref]))
+    d_in = w.op("Sub", [x, x_ref])
+    near = w.op("Less", [w.op("Abs", [d_in]), w.const(DEEPLIFT_EPS)])
+    safe = w.op("Where", [near, w.const(1.0), d_in])
+    return {x: w.op("Where", [near, grad, w.op("Div", [moved, safe])])}
 
 
-POOLING_RULES = {"AveragePool": _average_pool, "MaxPool": _max_pool}
+def _max_pool(ctx: GradContext, node: onnx.NodeProto, g: str) -> dict[str, str]:
+    return _max_routing(ctx, node, g, _Windows(ctx, node))
+
+
+def _global_max_pool(ctx: GradContext, node: onnx.NodeProto, g: str) -> dict[str, str]:
+    return _max_routing(ctx, node, g, _GlobalWindow(ctx, node))
+
+
+POOLING_RULES = {"AveragePool": _average_pool, "MaxPool": _max_pool, "GlobalMaxPool": _global_max_pool}

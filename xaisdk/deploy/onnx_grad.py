@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from xaisdk.deploy.deeplift_islands import Islands, island_gradient
 from xaisdk.deploy.grad_context import (
     GradContext,
     GraphWriter,
@@ -41,6 +42,9 @@ from xaisdk.deploy.grad_context import (
     refuse_deeplift,
     window_geometry,
 )
+from xaisdk.deploy.grad_rules_activations import ACTIVATION_RULES
+from xaisdk.deploy.grad_rules_layout import LAYOUT_RULES, fold_constants
+from xaisdk.deploy.grad_rules_normalization import NORMALIZATION_RULES
 from xaisdk.deploy.grad_rules_pooling import POOLING_RULES
 from xaisdk.errors import InputError
 from xaisdk.methods.deeplift_rules import (
@@ -94,11 +98,41 @@ def _gemm(ctx: GradContext, node: onnx.NodeProto, g: str) -> dict[str, str]:
     return {a: grad}
 
 
+def _add_grad(ctx: GradContext, grads: dict[str, str], name: str, value: str) -> None:
+    """Record ``value`` as a gradient of ``name``, summed with one already there (``Mul(x, x)``)."""
+    grads[name] = ctx.w.op("Add", [grads[name], value]) if name in grads else value
+
+
+def _swap_last_axes(ctx: GradContext, name: str) -> str:
+    rank = len(ctx.shapes.of(name))
+    return ctx.w.op("Transpose", [name], perm=[*range(rank - 2), rank - 1, rank - 2])
+
+
+def _matmul_unbroadcast(ctx: GradContext, grad: str, out_name: str, in_name: str) -> str:
+    """Sum a (batched) MatMul operand's gradient over the batch axes that broadcasting added to it."""
+    out_dims, in_dims = ctx.shapes.of(out_name), ctx.shapes.of(in_name)
+    lead = len(out_dims) - len(in_dims)
+    axes = [*range(lead), *(lead + i for i, d in enumerate(in_dims[:-2]) if d == 1 and out_dims[lead + i] != 1)]
+    if not axes:
+        return grad
+    return ctx.reshape_like(ctx.w.op("ReduceSum", [grad, ctx.w.ints(axes, "axes")], keepdims=1), in_name)
+
+
 def _matmul(ctx: GradContext, node: onnx.NodeProto, g: str) -> dict[str, str]:
+    """Matrices or broadcast batches of matrices, either or both operands input-dependent (attention's
+    Q K^T and A V): dA = g B^T, dB = A^T g, each summed over the batch axes it was broadcast along."""
     a, b = node.input[0], node.input[1]
-    if b in ctx.active or len(ctx.shapes.of(b)) != 2:
-        raise refuse(node, "supported only as (input-dependent tensor) x (2-D constant matrix)")
-    return {a: ctx.w.op("MatMul", [g, ctx.w.op("Transpose", [b], perm=[1, 0])])}
+    if ctx.deeplift and a in ctx.active and b in ctx.active:
+        raise refuse_deeplift(node, PRODUCT)
+    if min(len(ctx.shapes.of(a)), len(ctx.shapes.of(b))) < 2:
+        raise refuse(node, f"a 1-D operand (shapes {ctx.shapes.of(a)} and {ctx.shapes.of(b)}); "
+                           "supported: matrices and batches of matrices")
+    out, grads = node.output[0], {}
+    if a in ctx.active:
+        grads[a] = _matmul_unbroadcast(ctx, ctx.w.op("MatMul", [g, _swap_last_axes(ctx, b)]), out, a)
+    if b in ctx.active:
+        _add_grad(ctx, grads, b, _matmul_unbroadcast(ctx, ctx.w.op("MatMul", [_swap_last_axes(ctx, a), g]), out, b))
+    return grads
 
 
 def _add_sub(ctx: GradContext, node: onnx.NodeProto, g: str) -> dict[str, str]:
@@ -107,28 +141,42 @@ def _add_sub(ctx: GradContext, node: onnx.NodeProto, g: str) -> dict[str, str]:
     for i, name in enumerate(node.input[:2]):
         if name in ctx.active:
             part = g if (i == 0 or node.op_type == "Add") else ctx.w.op("Neg", [g])
-            grads[name] = ctx.unbroadcast(part, out, name)
+            _add_grad(ctx, grads, name, ctx.unbroadcast(part, out, name))  # x + x: both parts
     return grads
+
+
+def _island(ctx: GradContext, node: onnx.NodeProto, g: str, reason: str) -> dict[str, str]:
+    """DeepLIFT through a product or quotient of input-dependent tensors: only as part of an element-wise
+    unit (SiLU, GELU, Mish, softsign...), rescaled as one nonlinearity (:mod:`xaisdk.deploy.deeplift_islands`)."""
+    island = ctx.islands.of(node) if ctx.islands is not None else None
+    if island is None:
+        raise refuse_deeplift(node, reason)
+    return island_gradient(ctx, island, g, GRADIENT_RULES)
 
 
 def _mul(ctx: GradContext, node: onnx.NodeProto, g: str) -> dict[str, str]:
     a, b = node.input[0], node.input[1]
     if a in ctx.active and b in ctx.active and ctx.deeplift:
-        raise refuse_deeplift(node, PRODUCT)
+        return _island(ctx, node, g, PRODUCT)
     out = node.output[0]
-    grads = {}
+    grads: dict[str, str] = {}
     if a in ctx.active:
         grads[a] = ctx.unbroadcast(ctx.w.op("Mul", [g, b]), out, a)
     if b in ctx.active:
-        grads[b] = ctx.unbroadcast(ctx.w.op("Mul", [g, a]), out, b)
+        _add_grad(ctx, grads, b, ctx.unbroadcast(ctx.w.op("Mul", [g, a]), out, b))
     return grads
 
 
 def _div(ctx: GradContext, node: onnx.NodeProto, g: str) -> dict[str, str]:
     a, b = node.input[0], node.input[1]
-    if b in ctx.active:
-        raise refuse_deeplift(node, DIVISION) if ctx.deeplift else refuse(node, "division by an input-dependent tensor")
-    return {a: ctx.unbroadcast(ctx.w.op("Div", [g, b]), node.output[0], a)}
+    if b in ctx.active and ctx.deeplift:
+        return _island(ctx, node, g, DIVISION)
+    out, grads = node.output[0], {}
+    if a in ctx.active:
+        grads[a] = ctx.unbroadcast(ctx.w.op("Div", [g, b]), out, a)
+    if b in ctx.active:  # d(a / b) / db = -(a / b) / b
+        _add_grad(ctx, grads, b, ctx.unbroadcast(ctx.w.op("Neg", [ctx.w.op("Mul", [g, ctx.w.op("Div", [out, b])])]), out, b))
+    return grads
 
 
 def _passthrough(ctx: GradContext, node: onnx.NodeProto, g: str) -> dict[str, str]:
@@ -189,11 +237,9 @@ def _tanh(ctx: GradContext, node: onnx.NodeProto, g: str) -> dict[str, str]:
 
 
 def _softmax_axis(ctx: GradContext, node: onnx.NodeProto) -> int:
+    """The normalized axis (opset >= 13, which :func:`_prepare` requires: one axis, not a flattened block)."""
     rank = len(ctx.shapes.of(node.input[0]))
-    axis = int(node_attrs(node).get("axis", -1))
-    if axis % rank != rank - 1:
-        raise refuse(node, f"softmax over axis {axis} (only the last axis is supported)")
-    return -1
+    return int(node_attrs(node).get("axis", -1)) % rank
 
 
 def _softmax(ctx: GradContext, node: onnx.NodeProto, g: str) -> dict[str, str]:
@@ -251,15 +297,26 @@ def _reduce(ctx: GradContext, node: onnx.NodeProto, g: str) -> dict[str, str]:
 
 
 def _concat(ctx: GradContext, node: onnx.NodeProto, g: str) -> dict[str, str]:
+    """Slice each input's part of ``g`` back out; sizes unknown before run time (a class token
+    ``expand``-ed to the batch) are read with ``Shape`` in the graph."""
     rank = len(ctx.shapes.of(node.output[0]))
     axis = int(node_attrs(node)["axis"]) % rank
-    sizes = [ctx.static(node, name, [axis])[0] for name in node.input]
-    grads, start = {}, 0
+    sizes: list[int | None] = [ctx.shapes.of(name)[axis] if len(ctx.shapes.of(name)) == rank else None
+                               for name in node.input]
+    w = ctx.w
+    grads: dict[str, str] = {}
+    start: int | str = 0
     for name, size in zip(node.input, sizes):
+        if size is None:
+            size_name = w.op("Gather", [w.op("Shape", [name]), w.ints([axis])], axis=0)
+            end: int | str = w.op("Add", [start if isinstance(start, str) else w.ints([start]), size_name])
+        else:
+            end = start + size if isinstance(start, int) else w.op("Add", [start, w.ints([size])])
         if name in ctx.active:
-            piece = ctx.w.op("Slice", [g, ctx.w.ints([start]), ctx.w.ints([start + size]), ctx.w.ints([axis])])
-            grads[name] = piece
-        start += size
+            starts = start if isinstance(start, str) else w.ints([start])
+            ends = end if isinstance(end, str) else w.ints([end])
+            _add_grad(ctx, grads, name, w.op("Slice", [g, starts, ends, w.ints([axis])]))  # cat([a, a]): both pieces
+        start = end
     return grads
 
 
@@ -292,6 +349,9 @@ GRADIENT_RULES: dict[str, Rule] = {
     "ReduceSum": _reduce,
     "Concat": _concat,
     **POOLING_RULES,
+    **LAYOUT_RULES,
+    **ACTIVATION_RULES,
+    **NORMALIZATION_RULES,
 }
 # Element-wise nonlinearities that DeepLIFT rescales (their rules call ``ctx.multiplier``), and the ops
 # it refuses: both from the table the torch reference uses too (:mod:`xaisdk.methods.deeplift_rules`).
@@ -342,11 +402,17 @@ def check_differentiable(model: onnx.ModelProto, *, deeplift: bool = False) -> N
             raise refuse(node, f"no gradient rule for {node.op_type}; supported ops: {', '.join(sorted(GRADIENT_RULES))}")
         if deeplift and op_kind(node.op_type) == REFUSED:
             raise refuse_deeplift(node, ONNX_REASONS.get(node.op_type, NO_RULE))
+    islands: Islands | None = None  # products inside element-wise units (SiLU, GELU...) are rescaled as units
     for node in nodes if deeplift else []:
-        if node.op_type in ("Mul", "MatMul") and all(name in active for name in node.input[:2]):
-            raise refuse_deeplift(node, PRODUCT)
-        if node.op_type == "Div" and node.input[1] in active:
-            raise refuse_deeplift(node, DIVISION)
+        product = node.op_type in ("Mul", "MatMul") and all(name in active for name in node.input[:2])
+        quotient = node.op_type == "Div" and node.input[1] in active
+        if not (product or quotient):
+            continue
+        if node.op_type != "MatMul":
+            islands = islands or Islands(model.graph, active, read_shapes(model).dims)
+            if islands.of(node) is not None:
+                continue
+        raise refuse_deeplift(node, PRODUCT if product else DIVISION)
 
 
 def _baseline_pass(graph: onnx.GraphProto, active: set[str], x_name: str, baseline_name: str) -> tuple[list, dict[str, str]]:
@@ -373,17 +439,23 @@ def _backward(model: onnx.ModelProto, writer: GraphWriter, x_name: str, logits: 
     shapes = read_shapes(model)
     active = _active_tensors(graph, x_name)
     ctx = GradContext(writer, shapes, _constants(graph), active, reference)
+    ctx.islands = Islands(graph, active, shapes.dims) if reference is not None else None
     pending: dict[str, list[str]] = {logits: [w_name]}
     for node in reversed(graph.node):
         if node.op_type in NON_DIFFERENTIABLE or not any(name in active for name in node.input):
             continue
-        parts = pending.pop(node.output[0], None)
-        if parts is None:
-            continue  # does not reach the logits
         writer.scope = f"grad{node.name}" if node.name.startswith("/") else f"grad/{node.name}"
-        grad = parts[0]
-        for extra in parts[1:]:
-            grad = writer.op("Add", [grad, extra])
+        # Every output's summed gradient; a multi-output rule (Split) reads them all from ctx.output_grads.
+        ctx.output_grads = {}
+        for out in node.output:
+            parts = pending.pop(out, None) if out else None
+            if parts:
+                ctx.output_grads[out] = parts[0]
+                for extra in parts[1:]:
+                    ctx.output_grads[out] = writer.op("Add", [ctx.output_grads[out], extra])
+        if not ctx.output_grads:
+            continue  # does not reach the logits
+        grad = ctx.output_grads.get(node.output[0])
         for name, value in GRADIENT_RULES[node.op_type](ctx, node, grad).items():
             if name in active:
                 pending.setdefault(name, []).append(value)
@@ -440,6 +512,7 @@ def gradient_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     >>> [i.name for i in grad_model.graph.input], [o.name for o in grad_model.graph.output]
     (['x', 'w'], ['score', 'grad'])
     """
+    model = fold_constants(model)
     x_name, logits, x_dims, logit_dims = _prepare(model, deeplift=False)
     writer = GraphWriter({n for node in model.graph.node for n in [*node.input, *node.output]} | {"w", "score", "grad"})
     grad = _backward(model, writer, x_name, logits, "w", None)
@@ -468,6 +541,7 @@ def deeplift_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     >>> [o.name for o in dl.graph.output]
     ['multipliers', 'score', 'score_baseline']
     """
+    model = fold_constants(model)
     x_name, logits, x_dims, logit_dims = _prepare(model, deeplift=True)
     taken = {n for node in model.graph.node for n in [*node.input, *node.output]}
     writer = GraphWriter(taken | {"w", "baseline", "multipliers", "score", "score_baseline"} | {f"ref/{n}" for n in taken})

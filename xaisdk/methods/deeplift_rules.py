@@ -8,8 +8,8 @@ and tensor methods; ONNX node types) onto the op kinds below and refuse DeepLIFT
 sentence, from :func:`refusal`, for anything else. This module imports nothing, so a serving image
 can read it without torch or onnx.
 
->>> op_kind("Clip"), op_kind("Mul"), op_kind("MaxPool")
-('rescaled', 'bilinear', 'refused')
+>>> op_kind("Clip"), op_kind("Mul"), op_kind("MaxPool"), op_kind("Softmax")
+('rescaled', 'bilinear', 'max_pool', 'refused')
 >>> refusal(PRODUCT, "op Mul at node '/se/Mul'").split("; ")[0]
 "DeepLIFT's rescale rule does not cover products of two input-dependent tensors (op Mul at node '/se/Mul')"
 """
@@ -20,6 +20,8 @@ __all__ = [
     "AFFINE",
     "BILINEAR",
     "DIVISION",
+    "INPUT_CONDITION",
+    "MAX_POOL",
     "ONNX_OPS",
     "ONNX_REASONS",
     "PRODUCT",
@@ -35,6 +37,7 @@ AFFINE = "affine"  # affine in its input-dependent operands: multipliers pass th
 BILINEAR = "bilinear"  # Mul / MatMul / Div: affine only while at most one operand (Div: the numerator) depends on x
 RESCALED = "rescaled"  # element-wise nonlinearity: the rescale rule replaces its derivative
 REFUSED = "refused"  # not affine and not element-wise: no DeepLIFT
+MAX_POOL = "max_pool"  # Captum's max-pooling rule: window differences routed to the maxima of input and baseline
 
 # Why an op is refused (the words after "does not cover").
 PRODUCT = "products of two input-dependent tensors"
@@ -42,6 +45,7 @@ DIVISION = "division by an input-dependent tensor"
 MAX_POOLING = "max pooling"
 SOFTMAX = "softmax"
 NORMALIZATION = "normalization across features"
+INPUT_CONDITION = "a selection whose condition depends on the input"
 NO_RULE = "this op (it is neither affine nor an element-wise nonlinearity)"
 
 # ONNX op type -> kind. Ops missing here have no DeepLIFT rule; ops with no gradient rule at all
@@ -53,11 +57,25 @@ ONNX_OPS: dict[str, str] = {
         AFFINE),
     **dict.fromkeys(["Mul", "MatMul", "Div"], BILINEAR),
     **dict.fromkeys(["Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh"], RESCALED),
-    **dict.fromkeys(["MaxPool", "GlobalMaxPool", "Softmax", "LogSoftmax", "LayerNormalization", "GroupNormalization",
+    **dict.fromkeys(["Softmax", "LogSoftmax", "LayerNormalization", "GroupNormalization",
                      "InstanceNormalization"], REFUSED),
 }
+# Layout ops, and max pooling under Captum's rule. The torch reference (xaisdk.attribution.deeplift_trace)
+# classifies its own ops and still refuses max pooling (MAX_POOLING).
+_LAYOUT_OPS: dict[str, str] = {
+    **dict.fromkeys(["Pad", "Slice", "Gather", "Split", "Expand", "Tile", "Where", "Cast", "Resize"], AFFINE),
+    **dict.fromkeys(["MaxPool", "GlobalMaxPool"], MAX_POOL),
+}
+ONNX_OPS = {**ONNX_OPS, **_LAYOUT_OPS}
+# Element-wise activations and functions: rescaled. The ONNX builder rescales a product or quotient of
+# functions of one tensor (SiLU as Mul(t, Sigmoid(t)), GELU, Mish, softsign) as one element-wise unit.
+_ACTIVATION_OPS: dict[str, str] = dict.fromkeys(
+    ["HardSwish", "HardSigmoid", "Elu", "Selu", "Celu", "PRelu", "Softplus", "Softsign", "Mish", "Gelu", "Erf", "Exp",
+     "Log", "Sqrt", "Reciprocal", "Pow", "Abs"],
+    RESCALED)
+ONNX_OPS = {**ONNX_OPS, **_ACTIVATION_OPS}
 ONNX_REASONS: dict[str, str] = {
-    "MaxPool": MAX_POOLING, "GlobalMaxPool": MAX_POOLING, "Softmax": SOFTMAX, "LogSoftmax": SOFTMAX,
+    "Softmax": SOFTMAX, "LogSoftmax": SOFTMAX,
     "LayerNormalization": NORMALIZATION, "GroupNormalization": NORMALIZATION, "InstanceNormalization": NORMALIZATION,
 }
 
