@@ -33,6 +33,7 @@ from xaisdk.methods.meaningful_perturbation import meaningful_perturbation
 from xaisdk.methods.sliding_patch import sliding_patch
 from xaisdk.runtime.backend import Backend, class_weights
 from xaisdk.runtime.images import as_model_batch
+from xaisdk.runtime.preprocessing import fit_images
 
 __all__ = ["METHODS", "Explainer", "Explanation"]
 
@@ -75,6 +76,8 @@ class Explanation:
     baseline: np.ndarray | None = None
     baseline_score: np.ndarray | float | None = None
     convergence_delta: np.ndarray | float | None = None
+    baseline_name: str | None = None
+    """Which baseline was used: "ganmex", "zero", "uniform", "blur", "number", "image" or "callable" (None: no baseline)."""
 
     def to_dict(self, class_names: tuple[str, ...] | None = None) -> dict[str, Any]:
         """A JSON-serialisable dict (arrays as nested lists), with class names when given."""
@@ -207,7 +210,10 @@ class Explainer:
 
     # ---- inputs -------------------------------------------------------------------------
     def _batch(self, x: Any, name: str = "x") -> tuple[np.ndarray, bool]:
+        pipeline = getattr(self.backend, "preprocessing", None)
         try:
+            if pipeline is not None:
+                return fit_images(x, self.backend.input_shape, pipeline)
             return as_model_batch(x, self.backend.input_shape, self.backend.value_range)
         except InputError as err:
             message = str(err)
@@ -237,7 +243,8 @@ class Explainer:
         if isinstance(baseline, str):
             if baseline == "ganmex":
                 if target is None:
-                    raise InputError("baseline='ganmex' needs a target class (the generator makes an image of it)")
+                    raise InputError("baseline='ganmex' needs a target class (the generator makes an image of it): give "
+                                     "target=K or target='runner-up', or use baseline='zero'")
                 return self.counterfactual_batch(x, target)
             if baseline == "zero":
                 return np.full_like(x, 0.0)
@@ -307,7 +314,8 @@ class Explainer:
     def counterfactual_batch(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
         if not self.backend.has_generator:
             raise InputError("no GANMEX generator: load a GANMEX checkpoint or a bundle exported from one "
-                             "(or pass generator=), or choose another baseline")
+                             "(or pass generator=; `xaisdk train ganmex` makes one), or use a non-generative baseline: "
+                             "baseline='zero' (the black image), 'blur' or 'uniform'")
         return self.backend.generate(x, target)
 
     def counterfactual(self, x: Any, target: Any = None, *, kind: str = "ganmex", target_class: Any = None,
@@ -351,7 +359,7 @@ class Explainer:
         with self.limits.applied():
             return engine.series(batch, n_steps, None if classes is None else int(classes))
 
-    def explain(self, x: Any, target: Any, source: Any = None, method: str = "ig", baseline: Any = "ganmex",
+    def explain(self, x: Any, target: Any, source: Any = None, method: str = "ig", baseline: Any = "auto",
                 **method_options: Any) -> Explanation:
         """Attribute ``S_source - S_target`` (``S_source`` when ``target`` is None) for each input.
 
@@ -363,9 +371,11 @@ class Explainer:
         baseline), ``"gradient"``, ``"grad_x_input"``; the removal methods ``"sliding_patch"``
         (``"sp"``), ``"lime"`` and ``"meaningful_perturbation"`` (``"mp"``) take no baseline but a
         ``filler=`` (``"gray"``, ``"zero"``, ``"blur"``, ``"noise"``, or ``"inpaint"``: the Explainer's
-        inpainter, e.g. the bundle's) and return one map per pixel (N, 1, H, W). ``baseline``: ``"ganmex"`` (default),
-        ``"zero"``, ``"uniform"``, ``"blur"``, a number, an image or one per input, or a callable
-        ``(x, target) -> images``. Size-like options (``n_steps``, ``n_samples``, ``steps``, ``chunk_size``,
+        inpainter, e.g. the bundle's) and return one map per pixel (N, 1, H, W). ``baseline``: ``"auto"``
+        (default: ``"ganmex"`` when the model has a GANMEX generator and a target is given, else ``"zero"``, the
+        black image for pixel-space bundles), ``"ganmex"``, ``"zero"``, ``"uniform"``, ``"blur"``, a number, an image
+        or one per input, or a callable ``(x, target) -> images``; ``Explanation.baseline_name`` says which was used.
+        Size-like options (``n_steps``, ``n_samples``, ``steps``, ``chunk_size``,
         ...) are integers bounded by the Explainer's ``limits`` (:class:`~xaisdk.limits.Limits`).
         A number given as ``baseline`` must lie in the model's value range, as float pixels must.
         """
@@ -390,6 +400,10 @@ class Explainer:
         score = (logits * weights).sum(1)
         args: tuple = (self.backend, batch, weights)
         base = None
+        if isinstance(baseline, str) and baseline == "auto":
+            baseline = "ganmex" if self.backend.has_generator and tgt is not None and baseline_use else "zero"
+            baseline = baseline if baseline_use else None
+        baseline_name = _baseline_name(baseline) if baseline_use else None
         if baseline_use is None:
             if not (baseline is None or isinstance(baseline, str) and baseline == "ganmex"):
                 shown = f"an array of shape {np.shape(baseline)}" if isinstance(baseline, np.ndarray) else repr(baseline)
@@ -421,10 +435,20 @@ class Explainer:
             baseline_score = base_scores.reshape(n, -1).mean(1)
             if name in COMPLETE:
                 delta = attributions.reshape(n, -1).sum(1) - (score - baseline_score)
-        return _squeeze(Explanation(name, attributions, src, tgt, score, base, baseline_score, delta), single)
+        return _squeeze(Explanation(name, attributions, src, tgt, score, base, baseline_score, delta, baseline_name), single)
 
 
 RUNNER_UP = "runner-up"
+
+
+def _baseline_name(baseline: Any) -> str:
+    if isinstance(baseline, str):
+        return baseline
+    if callable(baseline):
+        return "callable"
+    if isinstance(baseline, (int, float, np.integer, np.floating)):
+        return "number"
+    return "image"
 
 
 def runner_up(logits: np.ndarray, source: np.ndarray) -> np.ndarray:
@@ -498,7 +522,7 @@ def _squeeze(e: Explanation, single: bool) -> Explanation:
         return item.item() if isinstance(item, np.generic) else item
 
     return Explanation(e.method, e.attributions[0], first(e.source), first(e.target), first(e.score),
-                       first(e.baseline), first(e.baseline_score), first(e.convergence_delta))
+                       first(e.baseline), first(e.baseline_score), first(e.convergence_delta), e.baseline_name)
 
 
 def _model_class_names(model: Any) -> tuple[str, ...] | None:

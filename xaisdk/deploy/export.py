@@ -28,7 +28,6 @@ staged and verified next to ``out`` and swapped in so that ``out`` always holds 
 from __future__ import annotations
 
 import copy
-import datetime as _dt
 import io
 import json
 import os
@@ -45,7 +44,6 @@ import onnx
 import torch
 from torch import nn
 
-from xaisdk import __version__
 from xaisdk.deploy.allowlist import disallowed_nodes
 from xaisdk.deploy.bundle_folder import (
     ACTIVE_TOKENS,
@@ -57,17 +55,20 @@ from xaisdk.deploy.bundle_folder import (
     target_folder,
 )
 from xaisdk.deploy.export_errors import VerificationError
+from xaisdk.deploy.manifest import COMPUTES, bundle_manifest
 from xaisdk.deploy.onnx_grad import UnsupportedOpError, deeplift_graph, gradient_graph
+from xaisdk.deploy.torch_intake import classifier_from_module, load_torch_classifier
 from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import Classifier
-from xaisdk.models.ganmex import GanmexModel, load_model
+from xaisdk.models.ganmex import GanmexModel
 from xaisdk.models.inpainter import LearnedInpainter, load_inpainter
 from xaisdk.models.score import WeightedScore, class_weights
 from xaisdk.runtime.atomic_files import (
     atomic_file,
     output_error,
 )
-from xaisdk.runtime.bundle import MANIFEST, ROLES, SCHEMA, SCHEMA_VERSION, read_bundle, sha256_bytes
+from xaisdk.runtime.bundle import MANIFEST, read_bundle, sha256_bytes
+from xaisdk.runtime.preprocessing import Preprocessing
 
 __all__ = ["DEFAULT_OPSET", "ExportReport", "VerificationError", "export_bundle", "export_inpainter_onnx",
            "recover_bundle_folder"]
@@ -77,22 +78,6 @@ OPSETS = range(13, 21)
 TOLERANCE = 1e-4
 FD_STEP = 1e-6  # float64 central differences; small so that few ReLUs change state inside the step
 DEEPLIFT_FLOOR_FACTOR = 4.0  # DeepLIFT graph vs float64: at most this times torch float32's own error
-COMPUTES = {
-    "classifier": "logits[n, k] of the classifier",
-    "classifier_grad": "score[n] = sum_k w[n, k] * logits[n, k] and grad = d score / d x",
-    "deeplift_grad": "DeepLIFT rescale-rule multipliers of sum_k w[n, k] * logits[n, k] for x relative to "
-                     "baseline (attributions = (x - baseline) * multipliers), and the scores of x and baseline",
-    "generator_ganmex": "GANMEX generator G(x, target): the image of class target closest to x",
-    "inpainter": "learned inpainter: x with the pixels where mask == 1 replaced by plausible content "
-                 "(x exactly where mask == 0)",
-    "explaingan": "ExplainGAN with its own binary classifier: source = its class of x, transformed = the image of the "
-                  "other class, mask in [0, 1], composite = x (1 - mask) + transformed mask, flipped_prob = its "
-                  "probability of the other class on the composite",
-    "exaggeration": "Progressive Exaggeration generator G(E(x), condition): the image whose probability of the target "
-                    "class lies in the bin one-hot encoded by condition",
-}
-
-
 @dataclass
 class ExportReport:
     """What :func:`export_bundle` wrote and measured."""
@@ -210,7 +195,12 @@ def _verify(folder: Path, model: nn.Module, generator: nn.Module | None, x: np.n
     if backend.supports_deeplift:
         base = np.roll(x, 1, axis=0)
         attr = (x - base) * backend.deeplift_multipliers(x, base, weights.numpy())
-        checks.update(_deeplift_checks(model, x, base, weights, attr))
+        try:
+            checks.update(_deeplift_checks(model, x, base, weights, attr))
+        except InputError:  # the torch reference cannot analyse the model (e.g. TorchScript): check completeness
+            s_gap = (backend.logits(x) - backend.logits(base)) * weights.numpy()
+            gap = attr.reshape(len(x), -1).sum(1, dtype=np.float64) - s_gap.sum(1)
+            checks["deeplift_completeness_rel_err"] = float(np.abs(gap).max() / max(float(np.abs(s_gap.sum(1)).max()), 1e-12))
     if generator is not None:
         with torch.no_grad():
             want_img = generator(xt, torch.from_numpy(target)).numpy()
@@ -248,6 +238,22 @@ def _failed_checks(checks: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in checks.items() if k not in about_reference and not v <= limits.get(k, TOLERANCE)}
 
 
+def _drop_failed_deeplift(staging: Path, manifest: dict[str, Any], files: dict[str, Any], checks: dict[str, float]) -> str | None:
+    """A DeepLIFT graph that misses its check costs only itself: removed from the staged bundle, with the reason."""
+    missed = {k: v for k, v in _failed_checks(checks).items() if k.startswith("deeplift")}
+    if not missed:
+        return None
+    reason = (f"the DeepLIFT graph failed verification ({', '.join(f'{k} {v:.3g}' for k, v in missed.items())}, "
+              f"tolerance {checks.get('deeplift_tolerance', TOLERANCE):.3g}); use integrated gradients")
+    (staging / "deeplift_grad.onnx").unlink()
+    files.pop("deeplift_grad.onnx")
+    manifest["graphs"].pop("deeplift_grad")
+    manifest["deeplift_unavailable"] = reason
+    for key in [k for k in checks if k.startswith("deeplift")]:
+        checks.pop(key)
+    return reason
+
+
 def _finite_difference_error(model: nn.Module, x: np.ndarray, weights: torch.Tensor, grad: np.ndarray,
                              rng: np.random.Generator, directions: int = 3) -> float:
     """Largest relative gap between the graph's directional derivatives and float64 central differences."""
@@ -266,16 +272,26 @@ def _finite_difference_error(model: nn.Module, x: np.ndarray, weights: torch.Ten
     return _rel_err(np.concatenate(analytic), np.concatenate(fd))
 
 
-def _resolve(model: Classifier | GanmexModel | str | os.PathLike) -> tuple[Classifier, GanmexModel | None, str | None]:
+def _resolve(model: Classifier | GanmexModel | nn.Module | str | os.PathLike, input_shape: Any, class_names: Any,
+             preprocessing: Preprocessing | None) -> tuple[Classifier, GanmexModel | None, str | None]:
+    """The classifier (and GANMEX model) to export: loaded from a path, built around a plain module, or as given."""
     source = None
+    user_options = input_shape is not None or class_names is not None or preprocessing is not None
     if isinstance(model, (str, os.PathLike)):
         source = str(model)
-        model = load_model(model)
+        model = load_torch_classifier(model, input_shape=input_shape, class_names=class_names, preprocessing=preprocessing)
+    elif isinstance(model, nn.Module):
+        if input_shape is None:
+            raise InputError("input_shape: a torch module does not state it; pass input_shape=(C, H, W)")
+        model = classifier_from_module(model, input_shape=input_shape, class_names=class_names, preprocessing=preprocessing)
+    elif user_options:
+        raise InputError("input_shape, class_names and preprocessing apply to a plain nn.Module or a model file; "
+                         f"a {type(model).__name__} carries its own")
     if isinstance(model, GanmexModel):
         return model.classifier, model, source
     if isinstance(model, Classifier):
-        return model, None, source
-    raise InputError(f"model: expected a Classifier, a GanmexModel or a checkpoint path, got {type(model).__name__}")
+        return model, None, source or model.metadata.get("source")
+    raise InputError(f"model: expected an nn.Module, Classifier, GanmexModel or checkpoint path, got {type(model).__name__}")
 
 
 def _check_arguments(opset: Any, batch: Any) -> tuple[int, int | None]:
@@ -298,12 +314,20 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def export_bundle(model: Classifier | GanmexModel | str | os.PathLike, out: str | os.PathLike, *,
+def export_bundle(model: nn.Module | Classifier | GanmexModel | str | os.PathLike, out: str | os.PathLike, *,
                   opset: int = DEFAULT_OPSET, batch: int | None = None, force: bool = False,
                   verify_inputs: np.ndarray | None = None, seed: int = 0,
                   inpainter: LearnedInpainter | str | os.PathLike | None = None,
-                  explaingan: Any = None, exaggeration: Any = None) -> ExportReport:
-    """Export ``model`` (a classifier or GANMEX checkpoint, path or loaded) to the bundle folder ``out``.
+                  explaingan: Any = None, exaggeration: Any = None, input_shape: Any = None,
+                  class_names: Any = None, preprocessing: Preprocessing | None = None) -> ExportReport:
+    """Export ``model`` to the bundle folder ``out``.
+
+    ``model``: any ``torch.nn.Module`` returning logits (with ``input_shape=(C, H, W)``, optional
+    ``class_names`` and ``preprocessing``, a :class:`~xaisdk.runtime.preprocessing.Preprocessing`
+    whose per-channel mean/std, channel order and resize policy become part of the bundle: its graphs
+    then take RGB pixels in [0, 1]), a TorchScript file (same options), or an xaisdk classifier or
+    GANMEX checkpoint (path or loaded). ONNX files go through
+    :func:`xaisdk.deploy.onnx_intake.export_onnx_classifier`.
 
     ``inpainter`` (a checkpoint path or a loaded :class:`~xaisdk.models.inpainter.LearnedInpainter`)
     adds ``inpainter.onnx``; its input shape and value range must match the classifier's.
@@ -334,7 +358,7 @@ def export_bundle(model: Classifier | GanmexModel | str | os.PathLike, out: str 
         prepare_out(out, force)
     except OSError as err:
         raise output_error(err, out) from None
-    classifier, ganmex, source = _resolve(model)
+    classifier, ganmex, source = _resolve(model, input_shape, class_names, preprocessing)
     inpainter_model, inpainter_source = _resolve_inpainter(inpainter, classifier)
     counterfactuals = _resolve_counterfactuals(explaingan, exaggeration, classifier)
     module = copy.deepcopy(classifier.model).cpu().eval()
@@ -361,7 +385,7 @@ def export_bundle(model: Classifier | GanmexModel | str | os.PathLike, out: str 
     token = uuid.uuid4().hex[:12]
     ACTIVE_TOKENS.add(token)
     try:
-        files, checks, kept = _write_bundle(out, token, graphs, classifier, ganmex, module, generator, inpainter_model,
+        files, checks, kept, dropped = _write_bundle(out, token, graphs, classifier, ganmex, module, generator, inpainter_model,
                                             inpainter_source, counterfactuals, opset, batch, source, deeplift_unavailable,
                                             verify_inputs, seed)
         sizes = {name: (out / name).stat().st_size for name in [*files, MANIFEST]}
@@ -369,15 +393,16 @@ def export_bundle(model: Classifier | GanmexModel | str | os.PathLike, out: str 
         raise output_error(err, out) from None
     finally:
         ACTIVE_TOKENS.discard(token)
-    return ExportReport(out, sizes, time.perf_counter() - started, checks, deeplift_unavailable, kept, recovered)
+    return ExportReport(out, sizes, time.perf_counter() - started, checks, dropped or deeplift_unavailable, kept, recovered)
 
 
 def _write_bundle(out: Path, token: str, graphs: dict[str, bytes], classifier: Classifier, ganmex: GanmexModel | None,
                   module: nn.Module, generator: nn.Module | None, inpainter_model: LearnedInpainter | None,
                   inpainter_source: str | None, counterfactuals: dict[str, Any], opset: int, batch: int | None,
                   source: str | None, deeplift_unavailable: str | None, verify_inputs: np.ndarray | None,
-                  seed: int) -> tuple[dict[str, Any], dict[str, float], list[str]]:
-    """Write, verify and install the bundle (staged under ``token``); returns its files, checks and the kept names."""
+                  seed: int) -> tuple[dict[str, Any], dict[str, float], list[str], str | None]:
+    """Write, verify and install the bundle (staged under ``token``); returns its files, checks, the kept names and
+    why a DeepLIFT graph that failed its check was dropped (None when none was)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = swap_folder(out, "new", token)
     staging.mkdir()  # mode 0o777 less the umask, like any folder the user makes
@@ -398,6 +423,7 @@ def _write_bundle(out: Path, token: str, graphs: dict[str, bytes], classifier: C
         checks = {**_verify(staging, module, generator, x, seed), **counterfactual_checks}
         if inpainter_model is not None:
             checks["inpainter_rel_err"] = _verify_inpainter(staging / "inpainter.onnx", inpainter_model, x, seed)
+        dropped = _drop_failed_deeplift(staging, manifest, files, checks)
         failed = _failed_checks(checks)
         if failed:
             raise VerificationError(f"exported graphs disagree with torch beyond {TOLERANCE:g} (relative): {failed}")
@@ -409,7 +435,7 @@ def _write_bundle(out: Path, token: str, graphs: dict[str, bytes], classifier: C
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return files, checks, kept
+    return files, checks, kept, dropped
 
 
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
@@ -419,35 +445,11 @@ def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 
 def _manifest(classifier: Classifier, ganmex: GanmexModel | None, graphs: dict[str, bytes], files: dict,
               opset: int, batch: int | None, source: str | None, deeplift_unavailable: str | None) -> dict[str, Any]:
-    rows = batch if batch else "N"
-    c, h, w = classifier.input_shape
-    shapes = {"x": [rows, c, h, w], "baseline": [rows, c, h, w], "w": [rows, classifier.num_classes],
-              "target": [rows, classifier.num_classes], "logits": [rows, classifier.num_classes], "score": [rows],
-              "score_baseline": [rows], "grad": [rows, c, h, w], "multipliers": [rows, c, h, w], "image": [rows, c, h, w],
-              "mask": [rows, 1, h, w]}
-    entries = {}
-    for role in graphs:
-        inputs, outputs = ROLES[role]
-        entries[role] = {"file": f"{role}.onnx", "computes": COMPUTES[role],
-                         "inputs": {name: shapes[name] for name in inputs},
-                         "outputs": {name: shapes[name] for name in outputs}}
-    manifest: dict[str, Any] = {
-        "schema": SCHEMA,
-        "schema_version": SCHEMA_VERSION,
-        "xaisdk_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "opset": opset,
-        "input": {"shape": [c, h, w], "layout": "NCHW", "dtype": "float32",
-                  "value_range": list(classifier.value_range), "batch": batch},
-        "class_names": list(classifier.class_names),
-        "model": {"arch": classifier.arch, "source": source, "ganmex": ganmex is not None,
-                  "inpainter": "inpainter" in graphs},
-        "graphs": entries,
-        "files": files,
-    }
-    if deeplift_unavailable:
-        manifest["deeplift_unavailable"] = deeplift_unavailable
-    return manifest
+    pipeline = classifier.metadata.get("preprocessing")
+    return bundle_manifest(input_shape=classifier.input_shape, value_range=classifier.value_range,
+                           class_names=classifier.class_names, arch=classifier.arch, roles=list(graphs), files=files,
+                           opset=opset, batch=batch, source=source, deeplift_unavailable=deeplift_unavailable,
+                           ganmex=ganmex is not None, preprocessing=pipeline)
 
 
 def _resolve_counterfactuals(explaingan: Any, exaggeration: Any, classifier: Classifier) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import numpy as np
 
 from xaisdk.errors import InputError
 from xaisdk.limits import check_size
-from xaisdk.methods.common import chunks, occlusion_covers, reference_indices
+from xaisdk.methods.common import chunks, default_occlusion_window, occlusion_covers, reference_indices
 from xaisdk.methods.quadrature import path_rule
 from xaisdk.runtime import integrated_gradients_loop
 from xaisdk.runtime.arrays import as_float32
@@ -367,13 +367,15 @@ def occlusion(
     weights: np.ndarray,
     baseline: np.ndarray | float,
     *,
-    window: int | tuple[int, int] = 1,
-    stride: int | tuple[int, int] = 1,
+    window: int | tuple[int, int] | None = None,
+    stride: int | tuple[int, int] | None = None,
     chunk_size: int = 256,
     progress: bool = False,
 ) -> np.ndarray:
     """Occlusion (as :func:`xaisdk.attribution.occlusion`): each pixel gets the mean, over the windows
     covering it, of ``S(x) - S(x with the window replaced by the baseline)``; all channels together.
+    Without ``window``, :func:`~xaisdk.methods.common.default_occlusion_window` sizes it to the image
+    and its stride (window 1 is the GANMEX paper's Occlusion-1); a given window without ``stride`` slides by 1.
 
     >>> backend = _LinearBackend(np.array([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0]]), input_shape=(1, 2, 2))
     >>> x, w = np.ones((1, 1, 2, 2), np.float32), np.array([[1.0, -1.0]], np.float32)
@@ -385,6 +387,11 @@ def occlusion(
     xs, w, base = _resolve(backend, x, weights, baseline)
     if xs.ndim != 4:
         raise InputError(f"x: occlusion needs images (N, C, H, W), got shape {xs.shape}")
+    if window is None:
+        window, default_stride = default_occlusion_window(*xs.shape[2:])
+        stride = default_stride if stride is None else stride
+    elif stride is None:
+        stride = 1
     rows_in, cols_in = occlusion_covers(*xs.shape[2:], window, stride)  # (positions, H), (positions, W)
     n_pos = len(rows_in) * len(cols_in)
     size = _chunk_size(chunk_size)

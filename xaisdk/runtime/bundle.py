@@ -1,6 +1,8 @@
 """The bundle format written by ``xaisdk export``: a folder of ONNX graphs and ``manifest.json``.
 
-The manifest states the schema version, the input (shape, layout, dtype, value range, batch),
+The manifest states the schema version, the input (shape, layout, dtype, value range, batch), the
+pixel pipeline of models that take normalised tensors (``preprocessing``, optional: see
+:mod:`xaisdk.runtime.preprocessing`),
 the class names, every graph with what it computes and its input/output names, the opset, the
 sha256 of every file and the xaisdk version that wrote it. Only the classifier and its gradient
 graph are required; the DeepLIFT graph, the GANMEX generator and the learned inpainter
@@ -39,6 +41,7 @@ from typing import Any
 
 from xaisdk.errors import InputError
 from xaisdk.runtime.bundle_integrity import MAX_GRAPH_BYTES, MAX_MANIFEST_BYTES, load_json, read_inside, scan_onnx
+from xaisdk.runtime.preprocessing import Preprocessing
 
 __all__ = ["MANIFEST", "SCHEMA", "SCHEMA_VERSION", "Bundle", "GraphSpec", "read_bundle", "sha256_bytes"]
 
@@ -102,6 +105,8 @@ class Bundle:
     class_names: tuple[str, ...]
     batch: int | None
     graphs: dict[str, GraphSpec]
+    preprocessing: Preprocessing | None = None
+    """The model's pixel pipeline (manifest ``"preprocessing"``), None for bundles that take model-range inputs."""
 
     @property
     def num_classes(self) -> int:
@@ -250,4 +255,11 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
     if missing:
         raise InputError(f"{where}: the bundle lacks the required graphs {missing}")
     graphs = {role: _read_graph(folder, role, entry, files, where) for role, entry in graphs_entry.items()}
-    return Bundle(folder, manifest, input_shape, value_range, names, batch, graphs)
+    preprocessing = None
+    if manifest.get("preprocessing") is not None:
+        preprocessing = Preprocessing.from_manifest(manifest["preprocessing"], f"{where}: preprocessing")
+        preprocessing.check_channels(input_shape[0])
+        if value_range != (0.0, 1.0):
+            raise InputError(f"{where}: a bundle with a pixel pipeline takes [0, 1] pixels, but its value_range is "
+                             f"{list(value_range)}")
+    return Bundle(folder, manifest, input_shape, value_range, names, batch, graphs, preprocessing)

@@ -235,8 +235,13 @@ def load_image(
     path: PathLike,
     input_shape: tuple[int, int, int],
     value_range: tuple[float, float] = (0.0, 1.0),
+    *,
+    any_size: bool = False,
 ) -> np.ndarray:
     """Read one image file (PNG, JPEG, anything pillow reads) as the model's float32 (C, H, W) input.
+
+    ``any_size=True`` keeps the file's size (for bundles with a resize policy, which
+    :func:`xaisdk.runtime.preprocessing.fit_images` applies); otherwise other sizes are refused.
 
     The image is converted to grayscale ("L") for a 1-channel model and to "RGB" for a 3-channel one
     (alpha is dropped); other channel counts are refused. The EXIF orientation is applied, as image viewers
@@ -259,14 +264,16 @@ def load_image(
     if c not in (1, 3):
         raise InputError(f"load_image: image files give 1 (grayscale) or 3 (RGB) channels, but the model takes {c}")
     with open_image(path, "file") as opened:  # regular files only; the header's size is checked before decoding
-        if opened.size not in ((w, h), (h, w)):  # (h, w): an EXIF rotation by 90 degrees may still make it fit
+        if not any_size and opened.size not in ((w, h), (h, w)):  # (h, w): an EXIF rotation may still make it fit
             _refuse_size(path, opened.size, (w, h))
         try:
             opened.load()
             img = ImageOps.exif_transpose(opened)
         except (OSError, ValueError, SyntaxError, EOFError) as err:  # corrupt or truncated pixel data
             raise InputError(f"{os.fspath(path)}: cannot read image: {err}") from None
-    if img.size != (w, h):
+    if any_size:
+        w, h = img.size
+    elif img.size != (w, h):
         _refuse_size(path, img.size, (w, h))
 
     if img.mode.startswith("I;16"):  # 16-bit grayscale: convert("L") would clip, not scale

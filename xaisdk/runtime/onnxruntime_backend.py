@@ -127,6 +127,7 @@ class OnnxRuntimeBackend(BundleGraphs):
         self.num_classes = self.bundle.num_classes
         self.value_range = self.bundle.value_range
         self.class_names = self.bundle.class_names
+        self.preprocessing = self.bundle.preprocessing
         self.rows = self.bundle.batch or int(max_batch)
         options = ort.SessionOptions()
         if intra_op_threads is not None:

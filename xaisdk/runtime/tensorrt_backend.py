@@ -203,6 +203,7 @@ class _DeviceBackend(BundleGraphs):
         self.num_classes = bundle.num_classes
         self.value_range = bundle.value_range
         self.class_names = bundle.class_names
+        self.preprocessing = bundle.preprocessing
         self.rows = int(rows)
         self.device = int(device)
         self._cuda = cuda

@@ -21,6 +21,7 @@ from xaisdk.models.checkpoint import Classifier
 from xaisdk.models.ganmex import GanmexModel, generate_baselines
 from xaisdk.models.module_state import FX_TRACING
 from xaisdk.runtime.backend import Backend
+from xaisdk.runtime.preprocessing import Preprocessing
 from xaisdk.torch_runtime.model_spec import model_generator, model_input_shape, model_value_range
 from xaisdk.torch_runtime.relu_path_ig import (
     ReluConvPrefix,
@@ -83,6 +84,8 @@ class TorchBackend:
         meta = classifier if isinstance(classifier, Classifier) else None
         self.input_shape = model_input_shape(input_shape, meta)
         self.value_range = model_value_range(value_range, meta)
+        pipeline = meta.metadata.get("preprocessing") if meta is not None else None
+        self.preprocessing = Preprocessing.from_manifest(pipeline) if pipeline is not None else None
         if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
             raise InputError(f"max_batch: expected a positive integer, got {max_batch!r}")
         self.max_batch = int(max_batch)

@@ -1,0 +1,315 @@
+"""Any production classifier in: torch modules built by code, TorchScript, ONNX files from any framework,
+with their pixel pipeline (per-channel mean/std, channel order, resize) in the bundle. Checked against
+torch autograd and Captum on the user's own (normalised) model, and the completeness axiom."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from captum.attr import IntegratedGradients
+from PIL import Image
+from torch import nn
+
+from xaisdk import Explainer
+from xaisdk.deploy.export import export_bundle
+from xaisdk.deploy.onnx_intake import export_onnx_classifier
+from xaisdk.deploy.torch_intake import load_torch_classifier, read_class_names
+from xaisdk.errors import InputError
+from xaisdk.runtime.preprocessing import Preprocessing, fit_images
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET = Preprocessing(mean=MEAN, std=STD, resize="shorter-side-crop")
+
+
+def user_net(seed: int = 0, flatten_batch_one: bool = False) -> nn.Module:
+    """A small normalised-input classifier with BN statistics away from the identity."""
+    torch.manual_seed(seed)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                          nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2))
+            self.head = nn.Linear(32, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.features(x)
+            return self.head(h.reshape(1, -1) if flatten_batch_one else h.flatten(1))
+
+    net = Net()
+    with torch.no_grad():
+        bn = net.features[1]
+        bn.running_mean.uniform_(-0.3, 0.3)
+        bn.running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+def normalise(pixels: np.ndarray, spec: Preprocessing = IMAGENET) -> torch.Tensor:
+    mean, std = spec.per_channel(pixels.shape[1])
+    ordered = pixels[:, ::-1].copy() if spec.channel_order == "BGR" else pixels
+    return torch.from_numpy((ordered - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1)).float()
+
+
+def captum_ig(net: nn.Module, z: torch.Tensor, zb: torch.Tensor, source: int, target: int, n_steps: int) -> np.ndarray:
+    """Captum IG of S_source - S_target w.r.t. the model's own (normalised) input."""
+    ig = IntegratedGradients(lambda t: net(t)[:, source] - net(t)[:, target])
+    return ig.attribute(z, zb, n_steps=n_steps, method="gausslegendre", internal_batch_size=1).detach().numpy()
+
+
+def rel(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+# --- the pixel pipeline --------------------------------------------------------------------------
+
+
+def test_fit_images_reads_every_layout_and_dtype_alike():
+    rng = np.random.default_rng(0)
+    hwc = (rng.random((20, 30, 3)) * 255).astype(np.uint8)
+    spec = Preprocessing(resize="stretch")
+    want, single = fit_images(hwc, (3, 10, 12), spec)
+    assert single and want.shape == (1, 3, 10, 12)
+    for variant in (hwc.transpose(2, 0, 1), hwc[None], hwc.transpose(2, 0, 1)[None], hwc.astype(np.float64) / 255):
+        got, _ = fit_images(variant, (3, 10, 12), spec)
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    # the resize is Pillow's antialiased bilinear filter, channel by channel
+    reference = np.stack([np.asarray(Image.fromarray(hwc[..., c].astype(np.float32) / 255, "F").resize((12, 10), Image.BILINEAR))
+                          for c in range(3)])
+    np.testing.assert_allclose(want[0], reference, atol=1e-6)
+
+
+def test_shorter_side_crop_is_resize_then_centre_crop():
+    image = np.zeros((3, 100, 200), np.float32)
+    image[:, :, 100:] = 1.0  # right half white
+    batch, _ = fit_images(image, (3, 28, 28), Preprocessing(resize="shorter-side-crop", resize_shorter_to=28))
+    # 100x200 -> 28x56, centre 28 columns = columns 14..41: the left 14 black, the right 14 white (one blended column each side)
+    assert batch.shape == (1, 3, 28, 28)
+    assert batch[0, :, :, :13].max() < 1e-6 and batch[0, :, :, 15:].min() > 1 - 1e-6
+
+
+def test_pixel_pipeline_refusals():
+    with pytest.raises(InputError, match="float pixels must lie in"):
+        fit_images(np.full((3, 8, 8), 2.0, np.float32), (3, 8, 8), IMAGENET)
+    with pytest.raises(InputError, match="no resize policy"):
+        fit_images(np.zeros((3, 9, 8), np.float32), (3, 8, 8), Preprocessing(mean=MEAN, std=STD))
+    with pytest.raises(InputError, match="give both"):
+        Preprocessing(mean=MEAN)
+    with pytest.raises(InputError, match="positive"):
+        Preprocessing(mean=MEAN, std=(0.2, 0.0, 0.2))
+    with pytest.raises(InputError, match="4 values for a model with 3"):
+        load_torch_classifier(factory="torch.nn:Flatten", input_shape=(3, 1, 1),
+                              preprocessing=Preprocessing(mean=(0.1,) * 4, std=(1.0,) * 4))
+
+
+# --- torch modules: export_bundle(nn.Module) ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def normalised_bundle(tmp_path_factory):
+    net = user_net()
+    out = tmp_path_factory.mktemp("intake") / "bundle"
+    report = export_bundle(net, out, input_shape=(3, 32, 32), class_names=("a", "b", "c", "d"), preprocessing=IMAGENET)
+    return net, out, report
+
+
+def test_normalised_module_exports_and_maps_are_in_pixel_space(normalised_bundle):
+    net, out, report = normalised_bundle
+    assert report.checks["grad_rel_err"] < 1e-4 and report.checks["grad_fd_rel_err"] < 1e-4
+    explainer = Explainer.load(out)
+    assert explainer.backend.preprocessing == IMAGENET and explainer.class_names == ("a", "b", "c", "d")
+    pixels = np.random.default_rng(1).random((2, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(explainer.logits(pixels), net(normalise(pixels)).detach().numpy(), rtol=1e-4, atol=1e-5)
+    e = explainer.explain(pixels, target="runner-up", method="ig", baseline="zero", n_steps=64, rule="gausslegendre")
+    assert e.baseline_name == "zero"
+    # IG w.r.t. pixels equals Captum's IG w.r.t. the normalised input from the normalised black image
+    for i in range(2):
+        want = captum_ig(net, normalise(pixels[i:i + 1]), normalise(np.zeros((1, 3, 32, 32), np.float32)),
+                         int(e.source[i]), int(e.target[i]), 64)
+        assert rel(e.attributions[i], want[0]) < 1e-4
+    gap = e.score - e.baseline_score
+    assert np.all(np.abs(e.convergence_delta) < 1e-2 * np.abs(gap))  # 64 nodes over ReLU kinks
+
+
+def test_images_of_any_size_are_resized_by_the_bundle_policy(normalised_bundle):
+    net, out, _ = normalised_bundle
+    explainer = Explainer.load(out)
+    photo = (np.random.default_rng(2).random((48, 64, 3)) * 255).astype(np.uint8)
+    fitted, _ = fit_images(photo, (3, 32, 32), IMAGENET)
+    np.testing.assert_allclose(explainer.logits(photo), net(normalise(fitted)).detach().numpy()[0], rtol=1e-4, atol=1e-5)
+    e = explainer.explain(photo, target=1, source=0, method="occlusion", baseline="zero")
+    assert e.attributions.shape == (3, 32, 32)
+    with pytest.raises(InputError, match="float pixels must lie in"):
+        explainer.explain(normalise(fitted).numpy(), target=1)  # a normalised tensor is not a picture
+
+
+def test_torch_backend_applies_the_same_pipeline(normalised_bundle):
+    net, out, _ = normalised_bundle
+    clf = load_torch_classifier(factory="torch.nn:Flatten", input_shape=(4, 1, 1))  # factories build any module
+    assert clf.num_classes == 4
+    from xaisdk.deploy.torch_intake import classifier_from_module
+
+    torch_explainer = Explainer(classifier_from_module(net, input_shape=(3, 32, 32), preprocessing=IMAGENET))
+    onnx_explainer = Explainer.load(out)
+    photo = (np.random.default_rng(3).random((40, 50, 3)) * 255).astype(np.uint8)
+    a = torch_explainer.explain(photo, target=2, source=0, n_steps=32)
+    b = onnx_explainer.explain(photo, target=2, source=0, n_steps=32)
+    assert rel(b.attributions, a.attributions) < 1e-4 and a.baseline_name == b.baseline_name == "zero"
+
+
+def test_bgr_models_get_rgb_pixels(tmp_path):
+    net = user_net(seed=5)
+    spec = Preprocessing(mean=MEAN, std=STD, channel_order="BGR")
+    report = export_bundle(net, tmp_path / "bgr", input_shape=(3, 16, 16), preprocessing=spec)
+    explainer = Explainer.load(report.path)
+    pixels = np.random.default_rng(4).random((2, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(explainer.logits(pixels), net(normalise(pixels, spec)).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+# --- files: factory + weights, TorchScript, refusals ------------------------------------------------
+
+
+@pytest.fixture()
+def user_files(tmp_path, monkeypatch):
+    (tmp_path / "user_models.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+        def tiny():
+            return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(4, 3))
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    torch.manual_seed(7)
+    import importlib
+
+    module = importlib.import_module("user_models")
+    net = module.tiny().eval()
+    torch.save(net.state_dict(), tmp_path / "sd.pt")
+    torch.save(net, tmp_path / "pickled.pt")
+    torch.jit.script(net).save(str(tmp_path / "scripted.pt"))
+    (tmp_path / "labels.txt").write_text("cat\ndog\nbird\n")
+    return tmp_path, net
+
+
+def test_factory_weights_and_torchscript_give_the_same_model(user_files):
+    folder, net = user_files
+    x = torch.rand(2, 3, 8, 8)
+    from_factory = load_torch_classifier(factory="user_models:tiny", weights=folder / "sd.pt", input_shape=(3, 8, 8),
+                                         class_names=read_class_names(folder / "labels.txt"))
+    scripted = load_torch_classifier(folder / "scripted.pt", input_shape=(3, 8, 8))
+    assert from_factory.class_names == ("cat", "dog", "bird")
+    with torch.no_grad():
+        torch.testing.assert_close(from_factory.model(x), net(x))
+        torch.testing.assert_close(scripted.model(x), net(x))
+    report = export_bundle(scripted, folder / "bundle")  # DeepLIFT is checked by completeness where fx cannot trace
+    assert report.checks["deeplift_completeness_rel_err"] < 1e-4 and report.deeplift_unavailable is None
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"path": "pickled.pt"}, "never loads because unpickling runs code"),
+    ({"path": "sd.pt"}, "--factory module:function --weights"),
+    ({"path": "labels.txt"}, "not a readable torch checkpoint"),
+    ({"factory": "user_models:nothing"}, "has no callable 'nothing'"),
+    ({"factory": "user_models"}, "expected 'module:function'"),
+    ({"factory": "torch.nn:Flatten", "weights": "sd.pt"}, "do not fit the model"),
+    ({"path": "scripted.pt", "input_shape": None}, "give --input-shape"),
+    ({"path": "scripted.pt", "input_shape": (3, 8)}, "three positive integers"),
+    ({"factory": "user_models:tiny", "input_shape": (1, 8, 8)}, "does not run on inputs of shape"),
+])
+def test_refusals_name_the_way_that_works(user_files, kwargs, message):
+    folder, _ = user_files
+    options = {"input_shape": (3, 8, 8), **kwargs}
+    for key in ("path", "weights"):
+        if key in options:
+            options[key] = folder / options[key]
+    path = options.pop("path", None)
+    with pytest.raises(InputError, match=message):
+        load_torch_classifier(path, **options)
+
+
+# --- ONNX files from any framework -------------------------------------------------------------------
+
+
+def onnx_file(net: nn.Module, path, shape=(3, 32, 32), dynamic: bool = True) -> None:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, torch.zeros(1, *shape), buffer, dynamo=False, opset_version=17, input_names=["images"],
+                          output_names=["scores"], dynamic_axes={"images": {0: "b"}, "scores": {0: "b"}} if dynamic else None)
+    path.write_bytes(buffer.getvalue())
+
+
+@pytest.mark.parametrize("fixed_batch", [False, True])
+def test_onnx_file_exports_and_agrees_with_captum_on_the_original(tmp_path, fixed_batch):
+    net = user_net(seed=3, flatten_batch_one=fixed_batch)  # a hard-coded batch of 1, as some exporters write
+    onnx_file(net, tmp_path / "model.onnx", dynamic=not fixed_batch)
+    report = export_onnx_classifier(tmp_path / "model.onnx", tmp_path / "bundle", preprocessing=IMAGENET)
+    assert report.batch == (1 if fixed_batch else None)
+    assert report.checks["grad_fd_rel_err"] < 2e-3 and report.checks["logits_rel_err"] < 1e-5
+    explainer = Explainer.load(report.path)
+    pixels = np.random.default_rng(5).random((3, 3, 32, 32)).astype(np.float32)
+    e = explainer.explain(pixels, target="runner-up", n_steps=32, rule="gausslegendre")
+    for i in range(3):
+        want = captum_ig(net, normalise(pixels[i:i + 1]), normalise(np.zeros((1, 3, 32, 32), np.float32)),
+                         int(e.source[i]), int(e.target[i]), 32)
+        assert rel(e.attributions[i], want[0]) < 1e-4
+    d = explainer.explain(pixels, target="runner-up", method="deeplift", baseline=0.5)
+    assert np.all(np.abs(d.convergence_delta) < 1e-4 * np.abs(d.score - d.baseline_score).max() + 1e-6)
+
+
+def test_onnx_intake_runs_without_torch(tmp_path):
+    onnx_file(user_net(seed=4), tmp_path / "model.onnx")
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None  # any attempt to import torch fails
+        from xaisdk.deploy.onnx_intake import export_onnx_classifier
+        from xaisdk.runtime.preprocessing import Preprocessing
+        from xaisdk import Explainer
+        import numpy as np
+        report = export_onnx_classifier({str(tmp_path / "model.onnx")!r}, {str(tmp_path / "bundle")!r},
+                                        preprocessing=Preprocessing(mean={MEAN}, std={STD}))
+        e = Explainer.load(report.path).explain(np.zeros((32, 32, 3), np.uint8) + 100, target="runner-up", n_steps=16)
+        print(sorted(report.files), e.attributions.shape)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "'classifier_grad.onnx'" in result.stdout and "(3, 32, 32)" in result.stdout
+
+
+def test_onnx_refusals(tmp_path):
+    (tmp_path / "junk.onnx").write_bytes(b"\x08\x07 not protobuf at all \xff\xff")
+    with pytest.raises(InputError, match="not an ONNX model"):
+        export_onnx_classifier(tmp_path / "junk.onnx", tmp_path / "b")
+    onnx_file(user_net(), tmp_path / "m.onnx")
+    with pytest.raises(InputError, match="contradicts"):
+        export_onnx_classifier(tmp_path / "m.onnx", tmp_path / "b", input_shape=(3, 28, 28))
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    model.graph.node[2].domain = "com.microsoft"
+    onnx.save(model, str(tmp_path / "contrib.onnx"))
+    with pytest.raises(InputError):
+        export_onnx_classifier(tmp_path / "contrib.onnx", tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+# --- defaults for user models ------------------------------------------------------------------------
+
+
+def test_defaults_without_a_generator(normalised_bundle):
+    _, out, _ = normalised_bundle
+    explainer = Explainer.load(out)
+    photo = (np.random.default_rng(6).random((32, 32, 3)) * 255).astype(np.uint8)
+    e = explainer.explain(photo, target="runner-up", n_steps=16)
+    assert e.baseline_name == "zero" and np.all(e.baseline == 0)
+    with pytest.raises(InputError, match="baseline='zero'"):
+        explainer.explain(photo, target=1, source=0, baseline="ganmex")
+    default = explainer.explain(photo, target=1, source=0, method="occlusion", baseline="zero")
+    explicit = explainer.explain(photo, target=1, source=0, method="occlusion", baseline="zero", window=2, stride=1)
+    np.testing.assert_array_equal(default.attributions, explicit.attributions)  # 32 px: window 2, stride 1

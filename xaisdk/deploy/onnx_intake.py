@@ -1,0 +1,425 @@
+"""A classifier exported to ONNX by any framework, as an xaisdk bundle, without torch.
+
+The gradient pass works on ONNX (:mod:`xaisdk.deploy.onnx_grad`), so a model from TensorFlow
+(tf2onnx), JAX, PaddlePaddle or torch gets IG, DeepLIFT and Occlusion with onnx and ONNX Runtime
+alone. :func:`export_onnx_classifier`:
+
+1. reads the file (one graph, tensors inside it; external data is refused), converts opsets below
+   13 to 17, fixes the image size (``input_shape`` where the file leaves it symbolic) and makes the
+   batch axis dynamic when the graph allows it (else the bundle keeps the file's fixed batch);
+2. puts the pixel pipeline (:class:`~xaisdk.runtime.preprocessing.Preprocessing`: channel order,
+   per-channel mean/std) in front, so the bundle takes RGB pixels in [0, 1], and names the ends
+   ``x`` and ``logits``;
+3. builds the gradient and DeepLIFT graphs and verifies them with ONNX Runtime before anything
+   reaches ``out``: the bundle's logits equal the file's on the normalised pixels; the gradient
+   graph's directional derivatives match float32 central differences of the forward graph (best of four
+   step sizes, within ``FD_TOLERANCE`` of the gradient's norm: without a float64 runtime for
+   every op, float32 differences are the independent reference here); DeepLIFT attributions are
+   complete (``sum = S(x) - S(baseline)`` within ``TOLERANCE`` of the scores). A DeepLIFT miss drops
+   only the DeepLIFT graph, and the manifest says why.
+
+Example (needs an ONNX file)::
+
+    report = export_onnx_classifier("resnet.onnx", "bundle/", input_shape=(3, 224, 224),
+                                    preprocessing=Preprocessing(mean=(0.485, 0.456, 0.406),
+                                                                std=(0.229, 0.224, 0.225),
+                                                                resize="shorter-side-crop"))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from xaisdk.deploy.allowlist import disallowed_nodes
+from xaisdk.deploy.bundle_folder import (
+    ACTIVE_TOKENS,
+    carry_user_files,
+    install_bundle,
+    prepare_out,
+    recover_bundle_folder,
+    swap_folder,
+    target_folder,
+)
+from xaisdk.deploy.export_errors import VerificationError
+from xaisdk.deploy.grad_context import UnsupportedOpError
+from xaisdk.deploy.manifest import bundle_manifest
+from xaisdk.deploy.onnx_grad import deeplift_graph, gradient_graph
+from xaisdk.errors import InputError
+from xaisdk.input_files import open_regular_file
+from xaisdk.runtime.atomic_files import atomic_file, output_error
+from xaisdk.runtime.bundle import MANIFEST, read_bundle, sha256_bytes
+from xaisdk.runtime.bundle_integrity import MAX_GRAPH_BYTES
+from xaisdk.runtime.preprocessing import Preprocessing
+
+__all__ = ["FD_TOLERANCE", "OnnxExportReport", "export_onnx_classifier", "read_onnx_classifier"]
+
+TOLERANCE = 1e-4
+FD_TOLERANCE = 2e-3
+FD_STEPS = (1e-2, 3e-3, 1e-3, 3e-4)  # lengths of the (unit) directions in [0, 1] pixel units: long ones cross ReLU kinks
+TARGET_OPSET = 17
+
+
+@dataclass
+class OnnxExportReport:
+    """What :func:`export_onnx_classifier` wrote and measured (``batch``: None for a dynamic batch)."""
+
+    path: Path
+    files: dict[str, int]
+    seconds: float
+    checks: dict[str, float]
+    batch: int | None
+    deeplift_unavailable: str | None
+    kept: list[str] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.files.values())
+
+
+def _read_model(path: str | os.PathLike) -> onnx.ModelProto:
+    with open_regular_file(path, "ONNX file") as handle:
+        data = handle.read(MAX_GRAPH_BYTES + 1)
+    if len(data) > MAX_GRAPH_BYTES:
+        raise InputError(f"{path}: larger than {MAX_GRAPH_BYTES} bytes, the most a bundle graph may hold")
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception as err:  # protobuf raises its own DecodeError types
+        raise InputError(f"{path}: not an ONNX model ({type(err).__name__})") from None
+    if not model.graph.node:
+        raise InputError(f"{path}: not an ONNX model (no graph nodes)")
+    external = [t.name for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL]
+    if external:
+        raise InputError(f"{path}: tensors stored as external data ({external[0]!r}...); save the model with its "
+                         "weights inside (onnx.save(model, path, save_as_external_data=False))")
+    return model
+
+
+def _opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    version = max((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), default=0)
+    if version >= 13:
+        return model
+    try:
+        return onnx.version_converter.convert_version(model, TARGET_OPSET)
+    except Exception as err:
+        raise InputError(f"the model uses ONNX opset {version}; converting it to {TARGET_OPSET} failed "
+                         f"({type(err).__name__}: {err}); re-export it at opset 13 or later") from None
+
+
+def _io_names(model: onnx.ModelProto) -> tuple[onnx.ValueInfoProto, onnx.ValueInfoProto]:
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1 or len(model.graph.output) != 1:
+        raise InputError(f"expected a classifier graph with one input (images) and one output (logits), got inputs "
+                         f"{[i.name for i in inputs]} and outputs {[o.name for o in model.graph.output]}")
+    if inputs[0].type.tensor_type.elem_type != TensorProto.FLOAT:
+        raise InputError(f"the model's input {inputs[0].name!r} must be float32 images, got element type "
+                         f"{TensorProto.DataType.Name(inputs[0].type.tensor_type.elem_type)}")
+    return inputs[0], model.graph.output[0]
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | None]:
+    return [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+
+
+def _image_shape(given: Sequence[int] | None, dims: list[int | None]) -> tuple[int, int, int]:
+    if len(dims) != 4:
+        raise InputError(f"the model's input must be images (N, C, H, W), got rank {len(dims)} ({dims}); "
+                         "channels-last graphs (N, H, W, C) need a Transpose in front: export them channels-first")
+    stated = dims[1:]
+    if given is None:
+        if any(d is None for d in stated):
+            raise InputError(f"the model's input size is symbolic ({dims}); give --input-shape C,H,W")
+        return int(stated[0]), int(stated[1]), int(stated[2])  # type: ignore[arg-type]
+    shape = tuple(int(v) for v in given)
+    if len(shape) != 3 or min(shape) < 1:
+        raise InputError(f"input shape: expected three positive integers C,H,W, got {given!r}")
+    clash = [(s, d) for s, d in zip(shape, stated) if d is not None and d != s]
+    if clash:
+        raise InputError(f"input shape {shape} contradicts the model's input {dims[1:]}")
+    return shape  # type: ignore[return-value]
+
+
+def _set_dims(value: onnx.ValueInfoProto, dims: Sequence[int | str]) -> None:
+    shape = value.type.tensor_type.shape
+    del shape.dim[:]
+    for d in dims:
+        entry = shape.dim.add()
+        if isinstance(d, str):
+            entry.dim_param = d
+        else:
+            entry.dim_value = int(d)
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]
+    for value in [*graph.input, *graph.output]:
+        if value.name == old:
+            value.name = new
+
+
+def _with_pipeline(model: onnx.ModelProto, spec: Preprocessing, shape: tuple[int, int, int], batch: int | str,
+                   classes: int) -> onnx.ModelProto:
+    """A copy of ``model`` taking RGB pixels ``x`` in [0, 1] and returning ``logits``."""
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    graph = result.graph
+    image, logits = _io_names(result)
+    taken = {n for node in graph.node for n in [*node.input, *node.output]} | {t.name for t in graph.initializer}
+    for name in ("x", "logits", "pixels/normalised", "pixels/mean", "pixels/std", "pixels/order", "pixels/centred",
+                 "pixels/ordered"):
+        if name in taken and name not in (image.name, logits.name):
+            _rename(graph, name, f"user/{name}")
+    model_input, model_output = image.name, logits.name
+    _rename(graph, model_input, "pixels/normalised")
+    _rename(graph, model_output, "user/logits")
+    mean, std = spec.per_channel(shape[0])
+    nodes = []
+    start = "x"
+    if spec.channel_order == "BGR":
+        graph.initializer.append(numpy_helper.from_array(np.array([2, 1, 0], np.int64), "pixels/order"))
+        nodes.append(helper.make_node("Gather", ["x", "pixels/order"], ["pixels/ordered"], axis=1, name="pixels/Gather"))
+        start = "pixels/ordered"
+    graph.initializer.extend([numpy_helper.from_array(mean.reshape(1, -1, 1, 1), "pixels/mean"),
+                              numpy_helper.from_array(std.reshape(1, -1, 1, 1), "pixels/std")])
+    nodes += [helper.make_node("Sub", [start, "pixels/mean"], ["pixels/centred"], name="pixels/Sub"),
+              helper.make_node("Div", ["pixels/centred", "pixels/std"], ["pixels/normalised"], name="pixels/Div")]
+    old_nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + old_nodes + [helper.make_node("Identity", ["user/logits"], ["logits"], name="out/logits")])
+    graph.input.remove(next(i for i in graph.input if i.name == "pixels/normalised"))
+    graph.input.insert(0, helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, *shape]))
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes]))
+    del graph.value_info[:]  # stale shapes (e.g. a fixed batch of 1); inference recomputes them
+    return onnx.shape_inference.infer_shapes(result, strict_mode=True)
+
+
+def _session(model: onnx.ModelProto | bytes) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def _run(session: Any, feeds: dict[str, np.ndarray], batch: int | None) -> list[np.ndarray]:
+    """Run ``session``; with a fixed batch, row by row in runs of ``batch`` (the last padded)."""
+    if batch is None:
+        return session.run(None, feeds)
+    n = len(next(iter(feeds.values())))
+    parts: list[list[np.ndarray]] = []
+    for start in range(0, n, batch):
+        chunk = {k: v[start:start + batch] for k, v in feeds.items()}
+        rows = len(next(iter(chunk.values())))
+        padded = {k: np.concatenate([v, np.repeat(v[-1:], batch - rows, 0)]) for k, v in chunk.items()}
+        parts.append([out[:rows] for out in session.run(None, padded)])
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
+def read_onnx_classifier(path: str | os.PathLike, *, input_shape: Sequence[int] | None = None,
+                         preprocessing: Preprocessing | None = None) -> tuple[onnx.ModelProto, onnx.ModelProto, int | None]:
+    """(the file's graph with fixed sizes, the bundle's classifier graph with the pixel pipeline, fixed batch or None)."""
+    model = _opset(_read_model(path))
+    image, logits = _io_names(model)
+    dims = _dims(image)
+    shape = _image_shape(input_shape, dims)
+    spec = preprocessing or Preprocessing()
+    spec.check_channels(shape[0])
+    out_dims = _dims(logits)
+    if len(out_dims) != 2 or out_dims[1] is None or out_dims[1] < 2:
+        probe = _session(_sized(model, image.name, logits.name, dims[0] or 1, shape, None))
+        out = probe.run(None, {image.name: np.zeros((dims[0] or 1, *shape), np.float32)})[0]
+        if out.ndim != 2 or out.shape[1] < 2:
+            raise InputError(f"the model's output must be logits (N, K) with K >= 2, got shape {out.shape}")
+        classes = int(out.shape[1])
+    else:
+        classes = int(out_dims[1])
+    for batch in ("N", dims[0] or 1):
+        sized = _sized(model, image.name, logits.name, batch, shape, classes)
+        try:
+            rows = 2 if batch == "N" else int(batch)
+            _session(sized).run(None, {image.name: np.zeros((rows, *shape), np.float32)})
+        except Exception:
+            if batch == "N":
+                continue  # e.g. a Reshape to a hard-coded batch of 1: keep the file's fixed batch
+            raise
+        return sized, _with_pipeline(sized, spec, shape, batch, classes), None if batch == "N" else int(batch)
+    raise AssertionError("unreachable")
+
+
+def _sized(model: onnx.ModelProto, image: str, logits: str, batch: int | str, shape: tuple[int, int, int],
+           classes: int | None) -> onnx.ModelProto:
+    sized = onnx.ModelProto()
+    sized.CopyFrom(model)
+    _set_dims(next(i for i in sized.graph.input if i.name == image), [batch, *shape])
+    if classes is not None:
+        _set_dims(sized.graph.output[0], [batch, classes])
+    else:
+        sized.graph.output[0].type.tensor_type.ClearField("shape")
+    del sized.graph.value_info[:]
+    try:
+        return onnx.shape_inference.infer_shapes(sized, strict_mode=True)
+    except Exception as err:
+        raise InputError(f"ONNX shape inference fails on the model at input size {list(shape)}: {err}") from None
+
+
+def _check(model: onnx.ModelProto, role: str) -> bytes:
+    onnx.checker.check_model(model, full_check=True)
+    problems = disallowed_nodes(model)
+    if problems:
+        raise UnsupportedOpError(f"{role}: the graph uses ops outside TensorRT's ONNX op set: " + "; ".join(problems[:5]))
+    return model.SerializeToString()
+
+
+def _rel(got: np.ndarray, want: np.ndarray) -> float:
+    scale = max(float(np.abs(want).max()), 1e-12)
+    return float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max() / scale)
+
+
+def _weights(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    source = rng.integers(0, k, n)
+    target = (source + rng.integers(1, k, n)) % k
+    w = np.zeros((n, k), np.float32)
+    w[np.arange(n), source] = 1.0
+    w[np.arange(n), target] = -1.0
+    return w
+
+
+def _fd_error(forward: Any, x: np.ndarray, w: np.ndarray, grad: np.ndarray, rng: np.random.Generator,
+              batch: int | None) -> float:
+    """Largest gap, over directions, between the gradient's directional derivative and float32 central
+    differences of the forward graph (best of ``FD_STEPS``), relative to the gradient's norm."""
+    norms = np.sqrt((grad.astype(np.float64) ** 2).reshape(len(x), -1).sum(1))
+    directions = [grad / np.maximum(norms, 1e-30).reshape(-1, 1, 1, 1)]
+    for _ in range(2):
+        v = rng.standard_normal(x.shape)
+        directions.append(v / np.sqrt((v ** 2).reshape(len(x), -1).sum(1)).reshape(-1, 1, 1, 1))
+    worst = 0.0
+    for v in directions:
+        analytic = (grad.astype(np.float64) * v).reshape(len(x), -1).sum(1)
+        best = np.full(len(x), np.inf)
+        for h in FD_STEPS:
+            plus = (_run(forward, {"x": (x + h * v).astype(np.float32)}, batch)[0] * w).sum(1, dtype=np.float64)
+            minus = (_run(forward, {"x": (x - h * v).astype(np.float32)}, batch)[0] * w).sum(1, dtype=np.float64)
+            best = np.minimum(best, np.abs((plus - minus) / (2 * h) - analytic))
+        worst = max(worst, float((best / np.maximum(norms, 1e-12)).max()))
+    return worst
+
+
+def _verify(user: onnx.ModelProto, graphs: dict[str, bytes], spec: Preprocessing, shape: tuple[int, int, int],
+            classes: int, batch: int | None, extra: np.ndarray | None, seed: int) -> tuple[dict[str, float], str | None]:
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.0, 1.0, (6, *shape)).astype(np.float32)
+    if extra is not None:
+        x = np.concatenate([np.asarray(extra, np.float32).reshape(-1, *shape), x])
+    forward, grad_session = _session(graphs["classifier"]), _session(graphs["classifier_grad"])
+    mean, std = spec.per_channel(shape[0])
+    ordered = x[:, ::-1] if spec.channel_order == "BGR" else x
+    normalised = ((ordered - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1)).astype(np.float32)
+    user_session = _session(user)
+    want = _run(user_session, {user_session.get_inputs()[0].name: normalised}, batch)[0]
+    logits = _run(forward, {"x": x}, batch)[0]
+    w = _weights(rng, len(x), classes)
+    score, grad = _run(grad_session, {"x": x, "w": w}, batch)
+    checks = {"logits_rel_err": _rel(logits, want), "score_rel_err": _rel(score, (logits * w).sum(1)),
+              "grad_fd_rel_err": _fd_error(forward, x, w, grad, rng, batch)}
+    failed = {k: v for k, v in checks.items() if not v <= (FD_TOLERANCE if k == "grad_fd_rel_err" else TOLERANCE)}
+    if failed:
+        raise VerificationError(f"the exported graphs disagree with the ONNX model (tolerances {TOLERANCE:g}, finite "
+                                f"differences {FD_TOLERANCE:g}): {failed}")
+    if "deeplift_grad" not in graphs:
+        return checks, None
+    base = np.roll(x, 1, axis=0)
+    multipliers, s_x, s_b = _run(_session(graphs["deeplift_grad"]), {"x": x, "baseline": base, "w": w}, batch)
+    gap = ((x - base) * multipliers).reshape(len(x), -1).sum(1, dtype=np.float64) - (s_x - s_b)
+    checks["deeplift_completeness_rel_err"] = float(np.abs(gap).max() / max(float(np.abs(s_x - s_b).max()), 1e-12))
+    if not checks["deeplift_completeness_rel_err"] <= TOLERANCE:
+        return checks, (f"the DeepLIFT graph failed verification: completeness error "
+                        f"{checks['deeplift_completeness_rel_err']:.3g} > {TOLERANCE:g}; use integrated gradients")
+    return checks, None
+
+
+def export_onnx_classifier(path: str | os.PathLike, out: str | os.PathLike, *, input_shape: Sequence[int] | None = None,
+                           class_names: Sequence[str] | None = None, preprocessing: Preprocessing | None = None,
+                           force: bool = False, verify_inputs: np.ndarray | None = None, seed: int = 0) -> OnnxExportReport:
+    """Export the ONNX classifier at ``path`` as a verified bundle in ``out`` (see the module docstring).
+
+    ``verify_inputs``: extra RGB pixel images in [0, 1], (N, C, H, W), for the checks. Errors as
+    :func:`xaisdk.deploy.export_bundle`: :class:`~xaisdk.InputError` (including
+    :class:`UnsupportedOpError` naming op and node) or :class:`VerificationError`.
+    """
+    started = time.perf_counter()
+    out = target_folder(out)
+    try:
+        recovered = recover_bundle_folder(out)
+        prepare_out(out, force)
+    except OSError as err:
+        raise output_error(err, out) from None
+    spec = preprocessing or Preprocessing()
+    user, forward, batch = read_onnx_classifier(path, input_shape=input_shape, preprocessing=spec)
+    shape = tuple(d.dim_value for d in forward.graph.input[0].type.tensor_type.shape.dim[1:])
+    classes = forward.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    names = tuple(str(n) for n in class_names) if class_names is not None else tuple(str(i) for i in range(classes))
+    if len(names) != classes:
+        raise InputError(f"class names: {len(names)} given for a model with {classes} outputs")
+    graphs = {"classifier": _check(forward, "classifier"), "classifier_grad": _check(gradient_graph(forward), "classifier_grad")}
+    deeplift_unavailable = None
+    try:
+        graphs["deeplift_grad"] = _check(deeplift_graph(forward), "deeplift_grad")
+    except UnsupportedOpError as err:
+        deeplift_unavailable = str(err)
+    checks, miss = _verify(user, graphs, spec, shape, classes, batch, verify_inputs, seed)
+    if miss:
+        graphs.pop("deeplift_grad")
+        deeplift_unavailable = miss
+    token = uuid.uuid4().hex[:12]
+    ACTIVE_TOKENS.add(token)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = swap_folder(out, "new", token)
+        staging.mkdir()
+        try:
+            files = {}
+            for role, data in graphs.items():
+                (staging / f"{role}.onnx").write_bytes(data)
+                files[f"{role}.onnx"] = {"sha256": sha256_bytes(data), "bytes": len(data)}
+            manifest = bundle_manifest(input_shape=shape, value_range=(0.0, 1.0), class_names=names, arch="onnx",
+                                       roles=list(graphs), files=files, opset=_opset_of(forward), batch=batch,
+                                       source=str(path), deeplift_unavailable=deeplift_unavailable,
+                                       preprocessing=None if spec.is_identity else spec.to_manifest())
+            manifest["verification"] = {"tolerance": TOLERANCE, "fd_tolerance": FD_TOLERANCE, **checks}
+            with atomic_file(staging / MANIFEST) as handle:
+                handle.write((json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+            read_bundle(staging)
+            kept = carry_user_files(out, staging)
+            install_bundle(staging, out, token)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        sizes = {name: (out / name).stat().st_size for name in [*files, MANIFEST]}
+    except OSError as err:
+        raise output_error(err, out) from None
+    finally:
+        ACTIVE_TOKENS.discard(token)
+    return OnnxExportReport(path=Path(out), files=sizes, seconds=time.perf_counter() - started, checks=checks, batch=batch,
+                            deeplift_unavailable=deeplift_unavailable, kept=kept, recovered=recovered)
+
+
+def _opset_of(model: onnx.ModelProto) -> int:
+    return max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
