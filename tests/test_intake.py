@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -313,3 +314,14 @@ def test_defaults_without_a_generator(normalised_bundle):
     default = explainer.explain(photo, target=1, source=0, method="occlusion", baseline="zero")
     explicit = explainer.explain(photo, target=1, source=0, method="occlusion", baseline="zero", window=2, stride=1)
     np.testing.assert_array_equal(default.attributions, explicit.attributions)  # 32 px: window 2, stride 1
+
+
+def test_the_readme_example_runs(tmp_path):
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("## Explain your own model"):]
+    block = section[section.index("```python") + len("```python"):]
+    block = block[:block.index("```")]
+    result = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    name, shape, target = result.stdout.strip().rsplit(" ", 1)[0].split(" ", 1) + [result.stdout.split()[-1]]
+    assert name == "zero" and shape == "(3, 64, 64)" and target in ("cat", "dog", "bird")
