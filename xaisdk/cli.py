@@ -359,11 +359,44 @@ def train_inpainter_command(dataset: str, out_path: Path, steps: int | None, bat
     click.echo(f"wrote {out_path} (samples in {samples})")
 
 
+def _pixel_pipeline(mean: str | None, std: str | None, resize: str, resize_shorter_to: int | None,
+                    channel_order: str) -> object:
+    from xaisdk.runtime.preprocessing import Preprocessing
+
+    def numbers(text: str | None, name: str) -> tuple[float, ...] | None:
+        if text is None:
+            return None
+        try:
+            return tuple(float(v) for v in text.split(","))
+        except ValueError:
+            raise click.ClickException(f"--{name}: expected comma-separated numbers (e.g. 0.5,0.4,0.4), got {text!r}") from None
+
+    return Preprocessing(mean=numbers(mean, "mean"), std=numbers(std, "std"), resize=resize,
+                         resize_shorter_to=resize_shorter_to, channel_order=channel_order)
+
+
 @main.command("export")
-@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
-              help="A GANMEX checkpoint (xaisdk train ganmex) or a classifier checkpoint.")
+@click.option("--model", "model_path", default=None, type=click.Path(path_type=Path),
+              help="The classifier: an xaisdk checkpoint (classifier or GANMEX), a TorchScript file, or an ONNX file "
+                   "from any framework (.onnx: no torch needed).")
+@click.option("--factory", default=None, help="Instead of --model: 'module:function' (or 'file.py:function') returning "
+                                              "the torch module, e.g. a torchvision/timm-style builder.")
+@click.option("--weights", "weights_path", default=None, type=click.Path(path_type=Path),
+              help="A state dict for --factory's module (read with torch.load(weights_only=True)).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")
-@click.option("--opset", default=17, show_default=True, help="ONNX opset (13-20).")
+@click.option("--input-shape", default=None, help="C,H,W of the model's input (e.g. 3,224,224); torch models need it.")
+@click.option("--classes", "classes_path", default=None, type=click.Path(path_type=Path),
+              help="A text file of class names, one per line (default: 0, 1, ...).")
+@click.option("--mean", default=None, help="Per-channel mean of the model's normalisation, on [0, 1] pixels "
+                                           "(e.g. 0.485,0.456,0.406). The bundle then takes RGB pixels in [0, 1].")
+@click.option("--std", default=None, help="Per-channel std of the normalisation (e.g. 0.229,0.224,0.225).")
+@click.option("--resize", default="none", show_default=True, type=click.Choice(["none", "stretch", "shorter-side-crop"]),
+              help="How explain/serve bring images of other sizes to the input size.")
+@click.option("--resize-shorter-to", default=None, type=int,
+              help="For shorter-side-crop: the shorter side before the centre crop (default: H * 256 / 224).")
+@click.option("--channel-order", default="RGB", show_default=True, type=click.Choice(["RGB", "BGR"]),
+              help="The channel order the model expects; images are always given as RGB.")
+@click.option("--opset", default=17, show_default=True, help="ONNX opset (13-20) for torch models.")
 @click.option("--batch", default=None, type=int, help="Fix the graphs' batch size (default: dynamic).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle in --out.")
 @click.option("--inpainter", "inpainter_path", type=click.Path(path_type=Path), default=None,
@@ -373,19 +406,43 @@ def train_inpainter_command(dataset: str, out_path: Path, steps: int | None, bat
 @click.option("--exaggeration", "exaggeration_path", type=click.Path(path_type=Path), default=None,
               help="Also export this Progressive Exaggeration checkpoint (xaisdk train exaggeration) of the same classifier.")
 @_clean_errors
-def export_command(model_path: Path, out_dir: Path, opset: int, batch: int | None, force: bool,
+def export_command(model_path: Path | None, factory: str | None, weights_path: Path | None, out_dir: Path,
+                   input_shape: str | None, classes_path: Path | None, mean: str | None, std: str | None, resize: str,
+                   resize_shorter_to: int | None, channel_order: str, opset: int, batch: int | None, force: bool,
                    inpainter_path: Path | None, explaingan_path: Path | None, exaggeration_path: Path | None) -> None:
     """Export a model to an ONNX bundle: classifier, its input-gradient and DeepLIFT graphs, the GANMEX
     generator, the inpainter / ExplainGAN / Exaggeration graphs when given, and manifest.json, each verified
-    against torch before the bundle is written."""
-    from xaisdk.deploy.export import export_bundle
+    (against torch, or for an ONNX file against the file itself) before the bundle is written."""
+    from xaisdk.deploy.torch_intake import read_class_names, read_input_shape
 
-    report = export_bundle(model_path, out_dir, opset=opset, batch=batch, force=force, inpainter=inpainter_path,
-                           explaingan=explaingan_path, exaggeration=exaggeration_path)
+    if (model_path is None) == (factory is None):
+        raise click.ClickException("give exactly one of --model FILE or --factory module:function")
+    pipeline = _pixel_pipeline(mean, std, resize, resize_shorter_to, channel_order)
+    user_options = {"input_shape": None if input_shape is None else read_input_shape(input_shape),
+                    "class_names": None if classes_path is None else read_class_names(classes_path),
+                    "preprocessing": None if pipeline.is_identity else pipeline}
+    if model_path is not None and model_path.suffix.lower() == ".onnx":
+        from xaisdk.deploy.onnx_intake import export_onnx_classifier
+
+        if inpainter_path or explaingan_path or exaggeration_path or batch is not None or opset != 17:
+            raise click.ClickException("an ONNX file is exported as it is: --batch, --opset, --inpainter, --explaingan "
+                                       "and --exaggeration apply to torch models")
+        report = export_onnx_classifier(model_path, out_dir, force=force, **user_options)
+        reference = "the ONNX file"
+    else:
+        from xaisdk.deploy.export import export_bundle
+        from xaisdk.deploy.torch_intake import load_torch_classifier
+
+        plain = factory is None and weights_path is None and not any(v is not None for v in user_options.values())
+        model = model_path if plain else load_torch_classifier(model_path, factory=factory, weights=weights_path,
+                                                                **user_options)
+        report = export_bundle(model, out_dir, opset=opset, batch=batch, force=force, inpainter=inpainter_path,
+                               explaingan=explaingan_path, exaggeration=exaggeration_path)
+        reference = "torch"
     for name, size in report.files.items():
         click.echo(f"  {name:<24} {size / 1e6:7.2f} MB")
     checks = ", ".join(f"{k} {v:.1e}" for k, v in report.checks.items())
-    click.echo(f"verified against torch ({checks})")
+    click.echo(f"verified against {reference} ({checks})")
     if report.deeplift_unavailable:
         click.echo(f"no DeepLIFT graph: {report.deeplift_unavailable}")
     for note in report.recovered:
@@ -399,12 +456,15 @@ def export_command(model_path: Path, out_dir: Path, opset: int, batch: int | Non
 @click.option("--bundle", "bundle_path", required=True, type=click.Path(path_type=Path),
               help="A bundle folder (xaisdk export), or a .pt checkpoint to run with torch.")
 @click.option("--input", "inputs", required=True, multiple=True, type=click.Path(path_type=Path),
-              help="Image file (PNG, JPEG...) of the model's size; repeatable.")
-@click.option("--target", default=None, help="The class B of 'why A and not B' (index or name); omit for one-vs-all.")
+              help="Image file (PNG, JPEG...) of the model's size, or any size when the bundle has a resize policy; "
+                   "repeatable.")
+@click.option("--target", default=None, help="The class B of 'why A and not B' (index, name or 'runner-up'); omit for "
+                                             "one-vs-all.")
 @click.option("--source", default=None, help="The class A (default: the prediction).")
 @click.option("--method", default="ig", show_default=True,
               type=click.Choice(["ig", "deeplift", "deepshap", "occlusion", "gradient", "grad_x_input"]))
-@click.option("--baseline", default=None, help="'ganmex' (default with --target), 'zero', 'uniform', 'blur' or a number.")
+@click.option("--baseline", default=None, help="'ganmex' (default with --target when the bundle has a generator), 'zero' "
+                                               "(the other default: the black image), 'uniform', 'blur' or a number.")
 @click.option("--steps", default=200, show_default=True, help="Integration steps for ig.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for PNGs and explanation.json.")
 @click.option("--backend", default="auto", show_default=True,
@@ -421,15 +481,19 @@ def explain_command(bundle_path: Path, inputs: tuple[Path, ...], target: str | N
 
     from xaisdk.explainer import Explainer
     from xaisdk.runtime.images import load_image, save_attribution_png, save_image_png
+    from xaisdk.runtime.preprocessing import fit_images
 
     _refuse_overwrite(out_dir, force, "output folder")
     explainer = Explainer.load(bundle_path, backend=backend)
     shape, value_range = explainer.backend.input_shape, explainer.backend.value_range
-    images = [load_image(path, shape, value_range) for path in inputs]
+    pipeline = getattr(explainer.backend, "preprocessing", None)
+    any_size = pipeline is not None and pipeline.resize != "none"
+    images = [load_image(path, shape, value_range, any_size=any_size) for path in inputs]
     stems = [path.stem for path in inputs]
     if len(set(stems)) != len(stems):
         raise click.ClickException("--input: two files share a name; their outputs would overwrite each other")
-    chosen_baseline = baseline if baseline is not None else ("ganmex" if target is not None else "zero")
+    generated = explainer.backend.has_generator and target is not None
+    chosen_baseline = baseline if baseline is not None else ("ganmex" if generated else "zero")
     options = {"n_steps": steps} if method == "ig" else {}
     # Explain every image before writing anything, so that a bad input leaves no half-written output folder.
     explanations = []
@@ -442,7 +506,8 @@ def explain_command(bundle_path: Path, inputs: tuple[Path, ...], target: str | N
             raise InputError(f"{path}: {err}" if len(inputs) > 1 else str(err)) from None
     records = []
     for path, image, e in zip(inputs, images, explanations):
-        save_image_png(image, out_dir / f"{path.stem}_input.png", value_range)
+        shown = image if pipeline is None else fit_images(image, shape, pipeline)[0][0]  # the model's frame, as the map
+        save_image_png(shown, out_dir / f"{path.stem}_input.png", value_range)
         save_attribution_png(e.attributions, out_dir / f"{path.stem}_attribution.png")
         if e.baseline is not None and np.ndim(e.baseline) == len(shape):
             save_image_png(e.baseline, out_dir / f"{path.stem}_baseline.png", value_range)
@@ -454,6 +519,47 @@ def explain_command(bundle_path: Path, inputs: tuple[Path, ...], target: str | N
     meta = {"bundle": str(bundle_path), "backend": explainer.backend.name, "method": method,
             "baseline": chosen_baseline, "class_names": list(explainer.class_names), "explanations": records}
     (out_dir / "explanation.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    click.echo(f"wrote {out_dir}")
+
+
+@main.command("explain-dataset")
+@click.option("--bundle", "bundle_path", type=click.Path(path_type=Path), default=None, help="An exported bundle folder.")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="A .pt checkpoint run with torch (instead of --bundle).")
+@click.option("--input", "input_spec", required=True,
+              help="A folder of images, of .parquet or of .npz files, or a glob such as 'data/*.parquet'.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Output folder (results/, errors/, job.json, summary.json); rerunning continues it.")
+@click.option("--method", default="ig", show_default=True,
+              type=click.Choice(["ig", "deeplift", "deepshap", "occlusion", "gradient", "grad_x_input"]))
+@click.option("--baseline", default="ganmex", show_default=True, help="'ganmex', 'zero', 'uniform', 'blur' or a number.")
+@click.option("--target", default="runner-up", show_default=True, help="'runner-up', or a class index or name.")
+@click.option("--steps", default=200, show_default=True, help="Integration steps for ig.")
+@click.option("--address", default=None, help="Join this Ray cluster ('auto', 'ray://host:10001').  [default: start one here]")
+@click.option("--actors", default=None, type=int, help="Explainers in the pool.  [default: CPUs / --cpus-per-actor]")
+@click.option("--batch-size", default=64, show_default=True, help="Images per Explainer call.")
+@click.option("--shard-size", default=256, show_default=True, help="Inputs per shard (one output file each).")
+@click.option("--cpus-per-actor", default=1.0, show_default=True, help="CPUs each actor reserves (its ONNX Runtime threads).")
+@click.option("--num-gpus-per-actor", default=0.0, show_default=True, help="GPUs each actor reserves (0.5: two per GPU).")
+@click.option("--thumbnails", is_flag=True, help="Also write a PNG of every attribution map under OUT/thumbnails/.")
+@_clean_errors
+def explain_dataset_command(bundle_path: Path | None, model_path: Path | None, input_spec: str, out_dir: Path, method: str,
+                            baseline: str, target: str, steps: int, address: str | None, actors: int | None,
+                            batch_size: int, shard_size: int, cpus_per_actor: float, num_gpus_per_actor: float,
+                            thumbnails: bool) -> None:
+    """Explain every image of a dataset on Ray Data: Parquet results per shard, resumable, each image once."""
+    from xaisdk.cluster.dataset_job import DatasetJob, run_dataset_job
+
+    if (model_path is None) == (bundle_path is None):
+        raise click.ClickException("give exactly one of --bundle (an exported folder) or --model (a .pt checkpoint)")
+    job = DatasetJob(str(bundle_path or model_path), input_spec, str(out_dir), method=method,
+                     baseline=_number_or_name(baseline), target=target if target == "runner-up" else _class_arg(target),
+                     n_steps=steps, batch_size=batch_size, shard_size=shard_size, thumbnails=thumbnails)
+    summary = run_dataset_job(job, address=address, actors=actors, cpus_per_actor=cpus_per_actor,
+                              gpus_per_actor=num_gpus_per_actor, progress=sys.stderr.isatty())
+    click.echo(summary.text())
+    if summary.errors_total:
+        click.echo(f"{summary.errors_total} inputs could not be explained: see {out_dir / 'errors'}")
     click.echo(f"wrote {out_dir}")
 
 
@@ -530,11 +636,14 @@ def _names(value: str, what: str) -> tuple[str, ...]:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for the report.")
 @click.option("--force", is_flag=True, help="Write into --out even if it holds files.")
+@click.option("--ray", "use_ray", is_flag=True, help="Run the per-image work on Ray (same report; pip install 'xaisdk[ray]').")
+@click.option("--address", default=None, help="With --ray: join this cluster ('auto', 'ray://host:10001').")
+@click.option("--actors", default=None, type=int, help="With --ray: workers in the pool.  [default: the cluster's CPUs]")
 @_clean_errors
 def evaluate_command(model_path: Path | None, bundle_path: Path | None, dataset: str, methods: str, baselines: str,
                      metric_names: str, samples: int, targets: str, ig_steps: int, single_feature_samples: int,
                      randomization_ganmex_steps: int, roar_methods: str, roar_epochs: int, workers: int, seed: int,
-                     out_dir: Path, force: bool) -> None:
+                     out_dir: Path, force: bool, use_ray: bool, address: str | None, actors: int | None) -> None:
     """Score attribution methods x baselines with the papers' metrics: metrics.json, report.md, PNG figures."""
     import shlex
 
@@ -568,8 +677,17 @@ def evaluate_command(model_path: Path | None, bundle_path: Path | None, dataset:
     if explainer.backend.input_shape != split.test.x.shape[1:]:
         raise click.ClickException(f"--dataset {dataset}: images are {split.test.x.shape[1:]}, the model takes "
                                    f"{explainer.backend.input_shape}")
-    result = evaluate(explainer, split, config, torch_model=torch_model, dataset_name=dataset,
-                      model_name=str(model_path or bundle_path))
+    if use_ray:
+        from xaisdk.cluster.evaluate_ray import evaluate_on_ray
+
+        model = {"bundle": str(bundle_path)} if bundle_path is not None else {"model": str(model_path)}
+        result = evaluate_on_ray(explainer, split, config, model=model, dataset=dataset, torch_model=torch_model,
+                                 dataset_name=dataset, model_name=str(model_path or bundle_path), address=address, actors=actors)
+    elif address is not None or actors is not None:
+        raise click.ClickException("--address and --actors go with --ray")
+    else:
+        result = evaluate(explainer, split, config, torch_model=torch_model, dataset_name=dataset,
+                          model_name=str(model_path or bundle_path))
     command = "xaisdk " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     paths = write_report(result, out_dir, command)
     click.echo((out_dir / "report.md").read_text())
