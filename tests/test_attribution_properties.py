@@ -172,10 +172,14 @@ def test_bad_inputs_raise_input_error(shipped, batch):
         occlusion(shipped, batch, window=40)
 
 
-def test_deeplift_refuses_max_pooling():
+def test_deeplift_covers_max_pooling_and_refuses_softmax(rng):
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(2 * 3 * 3, 2))
-    with pytest.raises(InputError, match="MaxPool2d"):
-        deeplift(net, np.zeros((1, 1, 8, 8), np.float32), source=0)
+    x = rng.normal(size=(2, 1, 8, 8)).astype(np.float32)
+    attr, delta = deeplift(net.eval(), x, source=0, target=1, return_convergence_delta=True)
+    assert np.abs(delta).max() < 1e-5 and np.abs(attr).max() > 0
+    net.insert(1, torch.nn.Softmax(dim=1))  # softmax across channels, then the same pooling
+    with pytest.raises(InputError, match=r"softmax \(Softmax module '1'\)"):
+        deeplift(net, x, source=0)
 
 
 def test_deeplift_handles_inplace_relu_and_restores_it(rng):

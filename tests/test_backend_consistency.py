@@ -1,4 +1,5 @@
-"""The torch and ONNX Runtime backends give the same DeepLIFT, or the same refusal, on the same model;
+"""The torch and ONNX Runtime backends give the same DeepLIFT, or the same refusal, on the same model
+(self-gated units and max pooling included);
 the export's DeepLIFT check passes float32-faithful graphs and still catches a different rule; the
 ONNX Runtime serving path imports no torch for any baseline or filler."""
 
@@ -24,7 +25,7 @@ from xaisdk import Explainer
 from xaisdk.attribution import deeplift
 from xaisdk.attribution.deeplift import deeplift_refusal, rescale_multipliers
 from xaisdk.baselines import Blur
-from xaisdk.deploy.export import VerificationError, export_bundle
+from xaisdk.deploy.export import export_bundle
 from xaisdk.errors import InputError
 from xaisdk.models import CifarCNN, Classifier, WeightedScore, class_weights, load_ganmex, shipped_ganmex_path
 from xaisdk.runtime.onnxruntime_backend import OnnxRuntimeBackend
@@ -80,17 +81,42 @@ class FunctionalSoftmax(nn.Module):
         return self.fc(F.softmax(self.conv(x), dim=-1).flatten(1))
 
 
+# --------------------------------------------------------------------------- models both backends cover
+
+
 class SiLUNet(nn.Module):
-    """SiLU is x * sigmoid(x): ONNX writes it as a product, so neither backend rescales it."""
+    """SiLU is x * sigmoid(x): ONNX writes it as a product of functions of one tensor, which the ONNX builder
+    rescales as one element-wise unit, as the torch reference rescales ``nn.SiLU``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(1, 4, 3, stride=2, padding=1)
         self.act = nn.SiLU()
         self.fc = nn.Linear(4 * 5 * 5, 3)
+        with torch.no_grad():
+            self.conv.weight.mul_(4.0)  # units well into SiLU's curved part
 
     def forward(self, x):
         return self.fc(self.act(self.conv(x)).flatten(1))
+
+
+class GatedPoolNet(nn.Module):
+    """GELU (exported as a product with Erf), overlapping max pooling (Captum's rule), Mish, Hardswish."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.gelu = nn.GELU()
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 5 * 5, 3)
+        with torch.no_grad():
+            self.conv1.weight.mul_(4.0)
+            self.conv2.weight.mul_(2.0)
+
+    def forward(self, x):
+        h = self.pool(self.gelu(self.conv1(x)))
+        return self.fc(F.hardswish(F.mish(self.conv2(h))).flatten(1))
 
 
 # --------------------------------------------------------------------------- functional nonlinearities
@@ -202,7 +228,6 @@ def functional_bundle(tmp_path_factory):
 @pytest.mark.parametrize(("model_type", "reason"), [
     (SqueezeExcitation, "products of two input-dependent tensors"),
     (AttentionLike, "products of two input-dependent tensors"),
-    (SiLUNet, "products of two input-dependent tensors"),
     (FunctionalSoftmax, "softmax"),
 ])
 def test_uncovered_models_are_refused_with_the_same_reason_on_both_backends(model_type, reason, tmp_path, images):
@@ -232,7 +257,7 @@ def test_uncovered_models_are_refused_with_the_same_reason_on_both_backends(mode
 @pytest.mark.parametrize("forward", [
     lambda m, x: m.fc(m.conv(x).flatten(1)) / m.fc(m.conv(x).flatten(1)).sum(1, keepdim=True),  # division by x
     lambda m, x: m.fc(torch.matmul(m.conv(x), m.conv(x).transpose(2, 3)).flatten(1)),  # matmul of two
-    lambda m, x: m.fc(F.max_pool2d(m.conv(x), 1).flatten(1)),  # functional max pooling
+    lambda m, x: m.fc(torch.maximum(m.conv(x), -m.conv(x)).flatten(1)),  # maximum of two input-dependent tensors
     lambda m, x: m.fc(F.layer_norm(m.conv(x), (5, 5)).flatten(1)),  # normalization across features
     lambda m, x: m.fc(torch.clamp(m.conv(x), min=m.conv(x).mean()).flatten(1)),  # input-dependent bound
     lambda m, x: m.fc(m.conv(x).cumsum(1).flatten(1)),  # an op with no rule at all
@@ -304,6 +329,36 @@ def test_in_place_functional_nonlinearity_reused_input_is_refused_single_use_is_
     net.reuse = False
     _, delta = deeplift(net, x, source=0, target=1, return_convergence_delta=True)
     assert np.abs(delta).max() < 1e-5
+
+
+# --------------------------------------------------------------------------- self-gated units and max pooling agree
+
+
+@pytest.mark.parametrize("model_type", [SiLUNet, GatedPoolNet])
+def test_self_gated_units_and_max_pooling_get_deeplift_on_both_backends_and_agree(model_type, tmp_path, images):
+    model = seeded(model_type, 2)
+    x, base = images
+    assert deeplift_refusal(model) is None
+    report = export_bundle(classifier(model), tmp_path / "bundle")
+    assert report.deeplift_unavailable is None and (tmp_path / "bundle" / "deeplift_grad.onnx").exists()
+    assert report.checks["deeplift_rel_err"] <= report.checks["deeplift_tolerance"]
+    w = class_weights(np.array([0, 1, 2, 0]), np.array([1, 2, 0, 2]), 3).numpy()
+    torch_m = TorchBackend(classifier(model)).deeplift_multipliers(x, base, w)
+    onnx = OnnxRuntimeBackend(report.path, providers=CPU)
+    onnx_m = onnx.deeplift_multipliers(x, base, w)
+    x64, b64 = torch.from_numpy(x).double(), torch.from_numpy(base).double()
+    exact = ((x64 - b64) * rescale_multipliers(copy.deepcopy(model).double(), x64, b64, torch.from_numpy(w).double())).numpy()
+    scale = np.abs(exact).max()
+    for m in (torch_m, onnx_m):
+        assert np.abs((x - base) * m - exact).max() <= 1e-4 * scale
+    gap = (onnx.logits(x) * w).sum(1) - (onnx.logits(base) * w).sum(1)
+    assert np.abs(gap).min() > 1e-3  # the test is not trivially complete
+    np.testing.assert_allclose(exact.reshape(len(x), -1).sum(1), gap, atol=1e-5 * max(1.0, np.abs(gap).max()))
+    # the Explainer on either backend gives the same DeepLIFT explanation
+    explained = [explainer.explain(x, np.array([1, 2, 0, 2]), source=np.array([0, 1, 2, 0]), method="deeplift",
+                                   baseline=base).attributions
+                 for explainer in (Explainer(classifier(model)), Explainer.load(report.path))]
+    np.testing.assert_allclose(explained[1], explained[0], rtol=0, atol=1e-4 * scale)
 
 
 # --------------------------------------------------------------------------- functional nonlinearities agree
@@ -406,9 +461,12 @@ class InvarianceCounterexample(nn.Module):
 
 
 def test_deeplift_check_still_rejects_a_graph_with_a_different_rule(tmp_path):
-    with pytest.raises(VerificationError, match="deeplift_rel_err"):
-        export_bundle(classifier(seeded(InvarianceCounterexample, 4)), tmp_path / "bundle")
-    assert not (tmp_path / "bundle").exists()
+    """A DeepLIFT graph that misses the check is dropped from the bundle, with the reason; the rest is kept."""
+    report = export_bundle(classifier(seeded(InvarianceCounterexample, 4)), tmp_path / "bundle")
+    assert not (tmp_path / "bundle" / "deeplift_grad.onnx").exists()
+    why = json.loads((tmp_path / "bundle" / "manifest.json").read_text())["deeplift_unavailable"]
+    assert "failed verification" in why and "deeplift_rel_err" in why and report.deeplift_unavailable == why
+    assert not OnnxRuntimeBackend(report.path, providers=CPU).supports_deeplift
 
 
 # --------------------------------------------------------------------------- blur and the torch-free serving path

@@ -134,14 +134,22 @@ def test_driver_matches_torch_reference(case, method):
     np.testing.assert_allclose(got, want, **TOL)
 
 
-def test_deeplift_on_max_pooling_names_the_layer():
-    backend = TorchBackend(bn_pool_net(), input_shape=(2, 10, 10))
+def test_deeplift_refusal_names_the_layer():
+    """Max pooling has a DeepLIFT rule (the bn-pool case above); normalization across features has none."""
+
+    def norm_net() -> nn.Module:
+        net = bn_pool_net()
+        net[1] = nn.GroupNorm(2, 4)
+        return net
+
+    assert TorchBackend(bn_pool_net(), input_shape=(2, 10, 10)).supports_deeplift
+    backend = TorchBackend(norm_net(), input_shape=(2, 10, 10))
     assert not backend.supports_deeplift
     x = np.zeros((1, 2, 10, 10), np.float32)
-    with pytest.raises(InputError, match="MaxPool2d"):
+    with pytest.raises(InputError, match="normalization across features \\(GroupNorm module '1'\\)"):
         backend.deeplift_multipliers(x, x, np.ones((1, 5), np.float32))
-    with pytest.raises(InputError, match="MaxPool2d"):
-        attribution.deeplift(bn_pool_net(), x, source=0)  # the reference raises the same message
+    with pytest.raises(InputError, match="GroupNorm module '1'"):
+        attribution.deeplift(norm_net(), x, source=0)  # the reference raises the same message
 
 
 def test_convergence_deltas_match_reference_and_ig_is_complete(shipped, digits):

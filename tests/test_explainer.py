@@ -58,7 +58,7 @@ def bn_classifier() -> Classifier:
 
 
 class PoolNet(nn.Module):
-    """Batch norm and max pooling: a gradient graph but no DeepLIFT graph."""
+    """Batch norm and max pooling: a gradient graph, and a DeepLIFT graph under Captum's max-pool rule."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -77,6 +77,20 @@ def pool_classifier() -> Classifier:
     net = PoolNet()
     randomize_batch_norms(net)
     return Classifier(net.eval(), "pool_net", {}, tuple(f"c{i}" for i in range(5)), (1, 12, 12))
+
+
+class LayerNormNet(nn.Module):
+    """Normalization across features (LayerNorm): a gradient graph but no DeepLIFT on either backend."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, stride=2, padding=1)
+        self.norm = nn.LayerNorm([4, 6, 6])
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.relu(self.norm(self.conv(x))).flatten(1))
 
 
 @dataclass
@@ -142,8 +156,8 @@ def cases(tmp_path_factory, digits, ganmex, digits_bundle) -> dict[str, Case]:
         train_y = np.arange(40) % classifier.num_classes
         x = rng.uniform(0, 1, (n, *shape)).astype(np.float32)
         out[name] = _case(name, classifier, classifier, report.path, x, train_x, train_y, False)
-    assert not out["maxpool"].onnx.backend.supports_deeplift
-    assert out["batchnorm"].onnx.backend.supports_deeplift and out["digits"].onnx.backend.has_generator
+    assert out["maxpool"].onnx.backend.supports_deeplift and out["batchnorm"].onnx.backend.supports_deeplift
+    assert out["digits"].onnx.backend.has_generator
     return out
 
 
@@ -194,9 +208,8 @@ PARITY = [
     for model in ("digits", "batchnorm", "maxpool")
     for method_key in SINGLE_BASELINE_METHODS
     for kind in BASELINE_KINDS
-    # only the digits model has a generator (the others' InputError: test_input_errors_name_the_problem);
-    # the max-pooling model has no DeepLIFT (test_no_deeplift_graph_raises_why)
-    if (kind != "ganmex" or model == "digits") and (method_key != "deeplift" or model != "maxpool")
+    # only the digits model has a generator (the others' InputError: test_input_errors_name_the_problem)
+    if kind != "ganmex" or model == "digits"
 ]
 
 
@@ -239,7 +252,7 @@ def _deepshap_sets(case: Case) -> dict[str, Any]:
     return {**sets, **case.baselines}
 
 
-@pytest.mark.parametrize("model", ["digits", "batchnorm"])
+@pytest.mark.parametrize("model", ["digits", "batchnorm", "maxpool"])
 def test_parity_deepshap(cases, model):
     from xaisdk.attribution import deepshap
 
@@ -287,16 +300,26 @@ def test_expected_gradients_draws_references_of_the_target_class(cases):
     assert_close(both.attributions, only.attributions, "expected gradients, target-class references")
 
 
+@pytest.fixture(scope="module")
+def layer_norm_explainers(tmp_path_factory) -> tuple[Explainer, Explainer]:
+    torch.manual_seed(5)
+    classifier = Classifier(LayerNormNet().eval(), "layer_norm_net", {}, ("a", "b", "c"), (1, 12, 12))
+    bundle = export_bundle(classifier, tmp_path_factory.mktemp("layer_norm") / "bundle").path
+    return Explainer.load(bundle), Explainer(classifier)
+
+
 @pytest.mark.parametrize("method", ["deeplift", "deepshap"])
-def test_no_deeplift_graph_raises_why(cases, method):
-    case = cases["maxpool"]
-    reason = case.onnx.backend.bundle.deeplift_unavailable
-    assert reason and "MaxPool" in reason
-    baseline = np.zeros((2, *case.x.shape[1:]), np.float32) if method == "deepshap" else "zero"
-    for explainer in (case.onnx, case.torch):
+def test_no_deeplift_graph_raises_why(layer_norm_explainers, method):
+    onnx_explainer, torch_explainer = layer_norm_explainers
+    reason = onnx_explainer.backend.bundle.deeplift_unavailable
+    assert reason and "LayerNormalization" in reason and "normalization across features" in reason
+    x = np.random.default_rng(6).uniform(0, 1, (2, 1, 12, 12)).astype(np.float32)
+    baseline = np.zeros((2, *x.shape[1:]), np.float32) if method == "deepshap" else "zero"
+    for explainer in (onnx_explainer, torch_explainer):
         with pytest.raises(InputError, match=f"{method}: the {explainer.backend.name} backend offers no DeepLIFT") as err:
-            explainer.explain(case.x, case.target, method=method, baseline=baseline)
-        assert "MaxPool" in str(err.value) and "integrated" in str(err.value)  # what is in the way, and what to use
+            explainer.explain(x, np.array([1, 2]), source=0, method=method, baseline=baseline)
+        # what is in the way (LayerNormalization node / LayerNorm module), and what to use
+        assert "LayerNorm" in str(err.value) and "integrated" in str(err.value)
 
 
 # --- 2. what an Explanation holds -------------------------------------------------------------------
@@ -338,7 +361,7 @@ def test_one_vs_all_with_zero_baseline(cases):
         assert d["target"] is None and "target_name" not in d
         json.dumps(d)
     with pytest.raises(InputError, match="needs a target"):
-        case.onnx.explain(case.x, None)  # the default GANMEX baseline needs one
+        case.onnx.explain(case.x, None, baseline="ganmex")  # the GANMEX baseline needs one
 
 
 def test_single_image_and_class_names(cases):
@@ -421,8 +444,9 @@ def _error_cases(case: Case, no_generator: Explainer) -> list[tuple[str, Any, st
          r"references: expected .*got \(4, 3, 28, 28\)"),
         ("deepshap set shape", lambda: e.explain(x, t, method="deepshap", baseline=np.zeros((3, 2, 1, 20, 20), np.float32)),
          "baseline: a per-input set must be"),
-        ("no generator", lambda: no_generator.explain(x, t), "no GANMEX generator"),
-        ("no generator, deepshap", lambda: no_generator.explain(x, t, method="deepshap"), "no GANMEX generator"),
+        ("no generator", lambda: no_generator.explain(x, t, baseline="ganmex"), "no GANMEX generator"),
+        ("no generator, deepshap", lambda: no_generator.explain(x, t, method="deepshap", baseline="ganmex"),
+         "no GANMEX generator"),
         ("counterfactual without generator", lambda: no_generator.counterfactual(x, t), "no GANMEX generator"),
     ]
 

@@ -38,7 +38,7 @@ EXPECTED_IO = {
 
 
 class PoolNet(nn.Module):
-    """Conv + ReLU + non-overlapping 2x2 max pooling: gradients yes, DeepLIFT no."""
+    """Conv + ReLU + non-overlapping 2x2 max pooling: gradients, and DeepLIFT under Captum's max-pool rule."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -52,12 +52,19 @@ class PoolNet(nn.Module):
 
 
 class OverlapNet(PoolNet):
-    """Overlapping max pooling (kernel 3, stride 2): no gradient rule."""
+    """Overlapping max pooling (kernel 3, stride 2): windows share cells, whose contributions add up."""
 
     def __init__(self) -> None:
         super().__init__()
         self.pool = nn.MaxPool2d(3, stride=2)
         self.fc = nn.Linear(4 * 4 * 4, 3)
+
+
+class CumsumNet(PoolNet):
+    """A cumulative sum over the rows (CumSum): no gradient rule."""
+
+    def forward(self, x):
+        return self.fc(self.pool(torch.cumsum(self.relu(self.conv(x)), dim=2)).flatten(1))
 
 
 class MeanNet(nn.Module):
@@ -274,26 +281,34 @@ def test_fixed_batch_bundle_pads_and_matches_dynamic(exports, images):
 # --------------------------------------------------------------------------- other models and opsets
 
 
-def test_max_pool_model_exports_without_deeplift(tmp_path):
-    clf = classifier(PoolNet)
+@pytest.mark.parametrize("model_type", [PoolNet, OverlapNet])
+def test_max_pool_model_exports_with_deeplift_and_it_verifies(tmp_path, model_type):
+    """Max pooling (non-overlapping and overlapping windows) gets a DeepLIFT graph under Captum's rule, checked
+    at export against the float64 torch reference, and the bundle's attributions match torch's DeepLIFT."""
+    clf = classifier(model_type)
     report = export_bundle(clf, tmp_path / "pool")
-    assert not (tmp_path / "pool" / "deeplift_grad.onnx").exists()
-    assert sorted(report.files) == ["classifier.onnx", "classifier_grad.onnx", "manifest.json"]
+    assert sorted(report.files) == ["classifier.onnx", "classifier_grad.onnx", "deeplift_grad.onnx", "manifest.json"]
     manifest = json.loads((tmp_path / "pool" / "manifest.json").read_text())
-    assert "deeplift_grad" not in manifest["graphs"]
-    why = manifest["deeplift_unavailable"]
-    assert "MaxPool" in why and "'/pool/MaxPool'" in why and "DeepLIFT" in why
-    assert report.deeplift_unavailable == why
-    assert manifest["verification"]["grad_rel_err"] <= TOL and "deeplift_rel_err" not in manifest["verification"]
+    assert "deeplift_grad" in manifest["graphs"] and not manifest.get("deeplift_unavailable")
+    assert report.deeplift_unavailable is None
+    checks = manifest["verification"]
+    assert checks["grad_rel_err"] <= TOL and checks["deeplift_rel_err"] <= checks["deeplift_tolerance"]
+    forward_ops = {node.op_type for node in onnx.load(tmp_path / "pool" / "classifier.onnx").graph.node}
+    assert "MaxPool" in forward_ops
 
     backend = OnnxRuntimeBackend(tmp_path / "pool", providers=CPU)
-    assert not backend.supports_deeplift
-    x = np.random.default_rng(0).uniform(0, 1, (3, 1, 10, 10)).astype(np.float32)
+    assert backend.supports_deeplift
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (3, 1, 10, 10)).astype(np.float32)
+    base = (x * rng.uniform(0, 0.5, x.shape)).astype(np.float32)
     w = class_weights(np.array([0, 1, 2]), np.array([1, 2, 0]), 3)
     _, grad = backend.score_gradient(x, w)
     assert rel_err(grad, torch_score_grad(clf.model, x, w)[1]) <= TOL
-    with pytest.raises(InputError, match="MaxPool"):
-        backend.deeplift_multipliers(x, x * 0, w)
+    attr = (x - base) * backend.deeplift_multipliers(x, base, w)
+    want = deeplift(clf.model, x, source=np.array([0, 1, 2]), target=np.array([1, 2, 0]), baseline=base)
+    assert rel_err(attr, want) <= TOL
+    gap = torch_score_grad(clf.model, x, w)[0] - torch_score_grad(clf.model, base, w)[0]
+    assert np.abs(attr.reshape(3, -1).sum(1) - gap).max() <= TOL * max(np.abs(gap).max(), 1.0)
 
 
 @pytest.mark.parametrize("opset", [13, 18])
@@ -321,9 +336,9 @@ def test_unsupported_model_raises_and_leaves_nothing(tmp_path):
     parent = tmp_path / "parent"
     parent.mkdir()
     with pytest.raises(UnsupportedOpError) as info:
-        export_bundle(classifier(OverlapNet), parent / "bundle")
+        export_bundle(classifier(CumsumNet), parent / "bundle")
     message = str(info.value)
-    assert "MaxPool" in message and "'/pool/MaxPool'" in message and "overlapping" in message
+    assert "op CumSum at node '/CumSum'" in message and "no gradient rule for CumSum" in message
     assert isinstance(info.value, InputError)
     assert list(parent.iterdir()) == []  # neither the bundle folder nor a temporary one
 
@@ -387,11 +402,11 @@ def test_export_into_empty_existing_folder(tmp_path):
     assert read_bundle(tmp_path / "empty").num_classes == 3
 
 
-@pytest.mark.parametrize("bad", [OverlapNet, ExportDiffers])
+@pytest.mark.parametrize("bad", [CumsumNet, ExportDiffers])
 def test_failed_export_leaves_previous_bundle_intact(existing_bundle, bad):
     """Failing before the graphs are written (unsupported op) or after (verification) changes nothing."""
     before = snapshot(existing_bundle)
-    expected = UnsupportedOpError if bad is OverlapNet else VerificationError
+    expected = UnsupportedOpError if bad is CumsumNet else VerificationError
     with pytest.raises(expected) as info:
         export_bundle(classifier(bad), existing_bundle, force=True)
     if bad is ExportDiffers:

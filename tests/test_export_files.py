@@ -63,18 +63,18 @@ class SmallCNN(nn.Module):
     def forward(self, x):
         return self.fc(self.relu(self.conv(x)).flatten(1))
 
-class PoolNet(nn.Module):
-    """Conv + ReLU + 2x2 max pooling: gradient graphs but no DeepLIFT graph."""
+class NormNet(nn.Module):
+    """Conv + LayerNorm + ReLU (normalization across features): gradient graphs but no DeepLIFT graph."""
 
     def __init__(self):
         super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv = nn.Conv2d(1, 4, 3, stride=2, padding=1)
+        self.norm = nn.LayerNorm([4, 5, 5])
         self.relu = nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
         self.fc = nn.Linear(4 * 5 * 5, 3)
 
     def forward(self, x):
-        return self.fc(self.pool(self.relu(self.conv(x))).flatten(1))
+        return self.fc(self.relu(self.norm(self.conv(x))).flatten(1))
 
 def tiny(which, module_type=SmallCNN):
     torch.manual_seed(0 if which == "a" else 1)
@@ -83,7 +83,7 @@ def tiny(which, module_type=SmallCNN):
 '''
 _space: dict = {}
 exec(MODELS, _space)  # the same source the subprocesses run
-tiny, PoolNet = _space["tiny"], _space["PoolNet"]
+tiny, NormNet = _space["tiny"], _space["NormNet"]
 
 
 def dead_pid() -> int:
@@ -310,9 +310,10 @@ def test_force_through_a_symbolic_link_replaces_the_folder_it_points_to(bundles,
 
 
 def test_force_refuses_a_user_file_with_a_name_the_new_bundle_writes(tmp_path):
-    """The old bundle (max pooling) has no DeepLIFT graph; a user's file of that name would be replaced."""
+    """The old bundle (layer norm) has no DeepLIFT graph; a user's file of that name would be replaced."""
     out = tmp_path / "bundle"
-    export_bundle(tiny("a", PoolNet), out)
+    export_bundle(tiny("a", NormNet), out)
+    assert not (out / "deeplift_grad.onnx").exists()
     (out / "deeplift_grad.onnx").write_bytes(b"my own graph")
     before = tree(out)
     with pytest.raises(InputError, match=r"deeplift_grad\.onnx is not part of the bundle there"):

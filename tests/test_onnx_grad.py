@@ -88,7 +88,7 @@ class ResNet(nn.Module):
 
 class SoftmaxHead(nn.Module):
     """A small conv net whose outputs are (log-)probabilities. SiLU exports as x * Sigmoid(x) (a product
-    of two input-dependent tensors); the head sees the flattened features concatenated with their
+    of functions of one tensor); the head sees the flattened features concatenated with their
     spatial means (Concat, ReduceMean without keepdims)."""
 
     def __init__(self, log: bool, classes: int = 6) -> None:
@@ -153,8 +153,8 @@ ARCHS = {
     "log_softmax": (lambda: SoftmaxHead(log=True), (1, 10, 10)),
     "relu6_mlp": (ReLU6MLP, (2, 6, 6)),
 }
-# The architectures DeepLIFT's rescale rule covers (no max pooling, no softmax).
-DEEPLIFT_ARCHS = ["mnist_cnn", "cifar_cnn", "resnet_monotone", "relu6_mlp"]
+# The architectures DeepLIFT covers (no softmax; max pooling under Captum's rule).
+DEEPLIFT_ARCHS = ["mnist_cnn", "cifar_cnn", "pool_net", "resnet_monotone", "relu6_mlp"]
 # Ops each architecture's exported graph must contain, so that the rule under test is exercised.
 EXPECTED_OPS = {
     "mnist_cnn": {"Conv", "Relu", "Flatten", "Gemm"},
@@ -350,7 +350,9 @@ def test_max_pool_ties_route_to_first_maximum_like_torch():
     assert (grad[:, :, 14, :] == 0).all() and (grad[:, :, :, 14] == 0).all()  # the cropped row and column
 
 
-def test_overlapping_max_pool_is_refused_naming_op_and_node():
+def test_op_without_rule_behind_an_overlapping_max_pool_is_refused_naming_op_and_node():
+    """Overlapping pooling has a rule (tests/test_onnx_grad_layout.py); the Sin before it has none."""
+
     class Overlap(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -359,13 +361,14 @@ def test_overlapping_max_pool_is_refused_naming_op_and_node():
             self.fc = nn.Linear(2 * 3 * 3, 2)
 
         def forward(self, x):
-            return self.fc(self.pool(self.conv(x)).flatten(1))
+            return self.fc(self.pool(torch.sin(self.conv(x))).flatten(1))
 
     forward = export(Overlap().eval(), (1, 9, 9))
-    with pytest.raises(UnsupportedOpError, match="MaxPool") as info:
+    with pytest.raises(UnsupportedOpError, match="Sin") as info:
         gradient_graph(forward)
     message = str(info.value)
-    assert "/pool/MaxPool" in message and "overlapping" in message
+    assert "op Sin at node '/Sin'" in message and "no gradient rule for Sin" in message
+    assert "/pool/MaxPool" not in message  # the overlapping pool itself is differentiated
     assert isinstance(info.value, InputError)
 
 
@@ -381,6 +384,11 @@ class GeluNet(nn.Module):
 
     def forward(self, x):
         return self.fc2(self.act(self.fc1(x.flatten(1))))
+
+
+class SinLayer(nn.Module):
+    def forward(self, x):
+        return torch.sin(x)
 
 
 class CumsumLayer(nn.Module):
@@ -404,7 +412,7 @@ class Wrapped(nn.Module):
         return self.fc2(self.act(self.fc1(x.flatten(1))))
 
 
-@pytest.mark.parametrize(("layer", "op"), [(nn.GELU(), "Erf"), (CumsumLayer(), "CumSum"), (SortLayer(), "TopK")])
+@pytest.mark.parametrize(("layer", "op"), [(SinLayer(), "Sin"), (CumsumLayer(), "CumSum"), (SortLayer(), "TopK")])
 @pytest.mark.parametrize("builder", [gradient_graph, deeplift_graph])
 def test_op_without_rule_is_refused_naming_op_and_node(layer, op, builder):
     forward = export(Wrapped(layer).eval(), (3, 2, 2))
@@ -415,23 +423,37 @@ def test_op_without_rule_is_refused_naming_op_and_node(layer, op, builder):
     assert f"no gradient rule for {op}" in message
 
 
-def test_deeplift_refuses_max_pool_and_softmax(built):
-    with pytest.raises(UnsupportedOpError, match="MaxPool") as info:
-        deeplift_graph(built("pool_net").forward)
-    assert "'/pool/MaxPool'" in str(info.value) and "DeepLIFT" in str(info.value)
+def test_deeplift_refuses_softmax(built):
     for name, op in [("softmax", "Softmax"), ("log_softmax", "LogSoftmax")]:
         with pytest.raises(UnsupportedOpError, match=f"op {op} at node '/out/{op}'"):
             deeplift_graph(built(name).forward)
 
 
+class SqueezeExcitation(nn.Module):
+    """h * sigmoid(fc(mean(h))): a gate computed from other features, not a function of h's own element."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.gate = nn.Linear(4, 4)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.conv(x)
+        gate = torch.sigmoid(self.gate(h.mean(dim=(2, 3))))[:, :, None, None]
+        return self.fc((h * gate).flatten(1))
+
+
 def test_deeplift_refuses_products_of_input_dependent_tensors():
-    """SiLU exports as x * Sigmoid(x): fine for gradients, not covered by the rescale rule in the graph."""
+    """Squeeze-excitation multiplies features by a gate of other features: fine for gradients, not covered by
+    the rescale rule (SiLU, a product of functions of one tensor, is one element-wise unit and is covered)."""
     torch.manual_seed(61)
-    forward = export(Wrapped(nn.SiLU()).eval(), (3, 2, 2))
+    forward = export(SqueezeExcitation().eval(), (3, 2, 2))
     gradient_graph(forward)
     with pytest.raises(UnsupportedOpError, match="products of two input-dependent tensors") as info:
         deeplift_graph(forward)
-    assert "op Mul at node '/act/Mul'" in str(info.value)
+    assert "op Mul at node '/Mul'" in str(info.value)
+    deeplift_graph(export(Wrapped(nn.SiLU()).eval(), (3, 2, 2)))
 
 
 def test_non_standard_domain_is_refused():

@@ -1,14 +1,17 @@
 """DeepLIFT with the rescale rule (Shrikumar et al. 2017) and DeepSHAP (DeepLIFT averaged over baselines).
 
 The rescale rule replaces the local derivative of every element-wise nonlinearity by
-``(f(x) - f(x0)) / (x - x0)`` (the ordinary derivative where ``|x - x0| < eps``). Between them the
-network must be affine (convolutions, linear layers, batch norm in eval mode, average pooling,
-flatten, dropout in eval mode), and then the attributions sum exactly to ``S(x) - S(x0)``.
-The forward is traced with torch.fx (:mod:`xaisdk.attribution.deeplift_trace`), so functional
-nonlinearities (``torch.clamp``, ``F.relu``, ``x.sigmoid()``) are rescaled like modules, and models
-the rule does not cover (products of two input-dependent tensors as in squeeze-excitation or
-attention, max pooling, softmax, normalization across features, forwards torch.fx cannot trace) are
-refused with the sentence the ONNX builder uses (:mod:`xaisdk.methods.deeplift_rules`).
+``(f(x) - f(x0)) / (x - x0)`` (the ordinary derivative where ``|x - x0| < eps``); self-gated units
+(SiLU, GELU, Mish, Hardswish) count as one element-wise nonlinearity. Max pooling follows Captum's
+``maxpool`` rule (each window's change goes to the maxima of the input's and the baseline's window).
+Between them the network must be affine (convolutions, linear layers, batch norm in eval mode,
+average pooling, flatten, dropout in eval mode), and then the attributions sum exactly to
+``S(x) - S(x0)``. The forward is traced with torch.fx (:mod:`xaisdk.attribution.deeplift_trace`), so
+functional nonlinearities and poolings (``torch.clamp``, ``F.relu``, ``F.silu``, ``x.sigmoid()``,
+``F.max_pool2d``) are handled like modules, and models the rules do not cover (products of two
+input-dependent tensors as in squeeze-excitation, attention or a gate written out as
+``x * torch.sigmoid(x)``, softmax, normalization across features, forwards torch.fx cannot trace)
+are refused with the sentence the ONNX builder uses (:mod:`xaisdk.methods.deeplift_rules`).
 """
 
 from __future__ import annotations
@@ -51,9 +54,12 @@ def deeplift_refusal(module: nn.Module) -> str | None:
 
     The forward is traced with torch.fx and every op checked against the op kinds shared with the
     ONNX builder (:mod:`xaisdk.methods.deeplift_rules`): products of two input-dependent tensors
-    (squeeze-excitation, attention), max pooling, softmax and normalization across features are
-    refused, as is a forward that cannot be traced. The analysis is cached per module until its
-    structure, modes, hooks or parameters change.
+    (squeeze-excitation, attention), softmax and normalization across features are refused, as is a
+    forward that cannot be traced. Self-gated modules and functions (``nn.SiLU``, ``F.gelu``...) and max
+    pooling are covered; a gate written out by hand (``x * torch.sigmoid(x)``) is refused here
+    although an ONNX bundle of the same model offers DeepLIFT (its builder finds the element-wise unit
+    in the exported graph), so write it as ``F.silu(x)`` to get DeepLIFT from both backends. The
+    analysis is cached per module until its structure, modes, hooks or parameters change.
 
     >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
     >>> deeplift_refusal(net) is None
@@ -63,6 +69,8 @@ def deeplift_refusal(module: nn.Module) -> str | None:
     ...         return x * torch.sigmoid(x)
     >>> deeplift_refusal(Gated()).split(" (")[0]
     "DeepLIFT's rescale rule does not cover products of two input-dependent tensors"
+    >>> deeplift_refusal(nn.Sequential(nn.Conv2d(1, 2, 3), nn.SiLU(), nn.MaxPool2d(2))) is None
+    True
     """
     return deeplift_plan(module).refusal
 
@@ -74,9 +82,9 @@ def rescale_multipliers(
 
     ``(x - base) * multipliers`` are the DeepLIFT attributions. The forward is run from its torch.fx
     trace with every element-wise nonlinearity rescaled, modules (``nn.ReLU``) and functions
-    (``torch.clamp``, ``F.relu``, ``x.sigmoid()``) alike; the module itself is not modified, so
-    calls may overlap. ``module`` should be in eval mode. Raises :class:`~xaisdk.InputError` when
-    :func:`deeplift_refusal` refuses the model.
+    (``torch.clamp``, ``F.relu``, ``x.sigmoid()``) alike, and Captum's rule at every max pooling; the
+    module itself is not modified, so calls may overlap. ``module`` should be in eval mode. Raises
+    :class:`~xaisdk.InputError` when :func:`deeplift_refusal` refuses the model.
 
     >>> net = nn.Sequential(nn.Linear(1, 1, bias=False), nn.ReLU()).eval()
     >>> with torch.no_grad(): _ = net[0].weight.fill_(2.0)
@@ -129,9 +137,10 @@ def deeplift(
     """DeepLIFT (rescale rule) of ``S_source - S_target`` relative to ``baseline``.
 
     Attributions sum to ``S(x) - S(baseline)`` for networks of affine layers and element-wise
-    activations (modules or functions); ``return_convergence_delta`` also returns that sum's error per sample.
-    Models the rule does not cover raise ``InputError`` (see :func:`deeplift_refusal`): max pooling,
-    softmax, normalization across features, products of two input-dependent tensors.
+    activations (modules or functions), self-gated units (SiLU, GELU, Mish, Hardswish) and max pooling
+    (Captum's rule); ``return_convergence_delta`` also returns that sum's error per sample. Models the
+    rules do not cover raise ``InputError`` (see :func:`deeplift_refusal`): softmax, normalization
+    across features, products of two input-dependent tensors.
 
     >>> import torch
     >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))

@@ -1,12 +1,33 @@
 """The torch side of DeepLIFT's op check: trace the forward with torch.fx, classify every op, and run
-the traced graph with the rescale rule applied to each element-wise nonlinearity.
+the traced graph with the rescale rule applied to each element-wise nonlinearity and Captum's rule
+to each max pooling.
 
 Module hooks only see ``nn.Module`` calls; a forward that calls ``torch.clamp``, ``F.relu`` or
 multiplies two input-dependent tensors (a squeeze-excitation gate, attention) is invisible to them.
 The traced graph shows every op, so the model is checked against the op kinds of
 :mod:`xaisdk.methods.deeplift_rules` (the table the ONNX builder uses too) and refused, with the
-same sentence, when an op is not covered; functional nonlinearities are rescaled like modules. A
-forward that torch.fx cannot trace (data-dependent control flow, TorchScript) or a model with hooks
+same sentence, when an op is not covered; functional nonlinearities are rescaled like modules.
+
+Self-gated units (``nn.SiLU``, ``nn.GELU`` in both ``approximate`` modes, ``nn.Mish``,
+``nn.Hardswish`` and ``F.silu``, ``F.gelu``, ``F.mish``, ``F.hardswish`` on their first argument) are
+rescaled as one element-wise unit, as the ONNX builder rescales the products they export to
+(:mod:`xaisdk.deploy.deeplift_islands`). A gate written out by hand (``x * torch.sigmoid(x)``) is
+still a product of two input-dependent tensors here and is refused, although the ONNX builder
+recognises the same product in an exported graph and rescales it: for such a model the torch
+backend refuses DeepLIFT that an ONNX bundle offers. Use the module or the ``F`` function to get
+DeepLIFT on both.
+
+Max pooling (``nn.MaxPool1d/2d/3d``, ``nn.AdaptiveMaxPool1d/2d/3d``, ``F.max_pool*d``,
+``F.adaptive_max_pool*d``, ``torch.max_pool*d``; any kernel, stride, padding, dilation, ceil mode)
+follows Captum's ``maxpool`` rule as the ONNX graph computes it: with ``top = max(y, y_ref)`` per
+window, the window sends ``g * (top - y_ref)`` to the first maximum of the input's window and
+``g * (y - top)`` to the first maximum of the baseline's window; a cell's multiplier is the sum of
+what it receives, over all windows that pick it (overlapping windows add up), divided by
+``x - x_ref`` (the plain max-pool gradient where ``|x - x_ref| < eps``). The attributions of a
+window's cells add up to ``g * (y - y_ref)``, so completeness holds. The pooling indices may be
+returned but must not be used.
+
+A forward that torch.fx cannot trace (data-dependent control flow, TorchScript) or a model with hooks
 (which the traced graph would not run as the model does) is refused: there is no slower generic
 DeepLIFT to fall back to.
 
@@ -20,10 +41,14 @@ DeepLIFT to fall back to.
 >>> plan = deeplift_plan(Clamped())
 >>> plan.refusal, sorted(plan.rescaled)
 (None, ['clamp'])
+>>> plan = deeplift_plan(nn.Sequential(nn.Conv2d(1, 2, 3), nn.SiLU(), nn.MaxPool2d(3, 2)))
+>>> sorted(plan.rescaled), sorted(plan.max_pools)  # the SiLU, the overlapping max pooling
+(['_1'], ['_2'])
 """
 
 from __future__ import annotations
 
+import inspect
 import operator
 import re
 import threading
@@ -38,6 +63,7 @@ from torch import fx, nn
 
 from xaisdk.methods.deeplift_rules import (
     DIVISION,
+    MAX_POOL,
     MAX_POOLING,
     NO_RULE,
     NORMALIZATION,
@@ -56,10 +82,27 @@ ELEMENTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.Sigmoid, nn.Tanh, nn.Softplus,
     nn.Softsign, nn.Hardtanh, nn.Hardsigmoid, nn.LogSigmoid, nn.Tanhshrink,
 )  # fmt: skip
-# x * gate(x): an ONNX export writes SiLU as Mul(x, Sigmoid(x)), a product of two input-dependent
-# tensors, so both backends refuse this family rather than rescale it on one of them only.
+# x * gate(x), rescaled as one element-wise unit; an ONNX export writes some of them as products
+# (SiLU as Mul(x, Sigmoid(x))), which the ONNX builder rescales as the same unit.
 SELF_GATED_MODULES = (nn.SiLU, nn.Mish, nn.GELU, nn.Hardswish)
 _SELF_GATED = {F.silu, F.mish, F.gelu, F.hardswish}
+# Max pooling (Captum's rule): each module and function, and its form that also returns the indices.
+_MAX_POOL_MODULES = {nn.MaxPool1d: F.max_pool1d_with_indices, nn.MaxPool2d: F.max_pool2d_with_indices,
+                     nn.MaxPool3d: F.max_pool3d_with_indices, nn.AdaptiveMaxPool1d: F.adaptive_max_pool1d_with_indices,
+                     nn.AdaptiveMaxPool2d: F.adaptive_max_pool2d_with_indices,
+                     nn.AdaptiveMaxPool3d: F.adaptive_max_pool3d_with_indices}
+_MAX_POOL_FUNCTIONS = {
+    **{f: F.max_pool1d_with_indices for f in (F.max_pool1d, F.max_pool1d_with_indices, torch.max_pool1d)},
+    **{f: F.max_pool2d_with_indices for f in (F.max_pool2d, F.max_pool2d_with_indices, torch.max_pool2d)},
+    **{f: F.max_pool3d_with_indices for f in (F.max_pool3d, F.max_pool3d_with_indices, torch.max_pool3d)},
+    **{f: F.adaptive_max_pool1d_with_indices for f in (F.adaptive_max_pool1d, F.adaptive_max_pool1d_with_indices)},
+    **{f: F.adaptive_max_pool2d_with_indices for f in (F.adaptive_max_pool2d, F.adaptive_max_pool2d_with_indices)},
+    **{f: F.adaptive_max_pool3d_with_indices for f in (F.adaptive_max_pool3d, F.adaptive_max_pool3d_with_indices)},
+}
+# Spatial axes of each pooling (its indices are flat over them; an unbatched call has no channel axis).
+_POOL_RANK = {F.max_pool1d_with_indices: 1, F.max_pool2d_with_indices: 2, F.max_pool3d_with_indices: 3,
+              F.adaptive_max_pool1d_with_indices: 1, F.adaptive_max_pool2d_with_indices: 2,
+              F.adaptive_max_pool3d_with_indices: 3}
 AFFINE_MODULES = (
     nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear,
     nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
@@ -69,8 +112,8 @@ AFFINE_MODULES = (
     nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
 )  # fmt: skip
 REFUSED_MODULES = {
-    **dict.fromkeys((nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-                     nn.AdaptiveMaxPool3d), MAX_POOLING),
+    nn.FractionalMaxPool2d: MAX_POOLING,
+    nn.FractionalMaxPool3d: MAX_POOLING,
     **dict.fromkeys((nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d), SOFTMAX),
     **dict.fromkeys((nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
                      nn.InstanceNorm3d), NORMALIZATION),
@@ -112,11 +155,13 @@ _NAMED_REASONS = (("max_pool", MAX_POOLING), ("softmax", SOFTMAX), ("softmin", S
 
 @dataclass(frozen=True)
 class Plan:
-    """The outcome of analysing a module: its traced graph and the nodes to rescale, or why DeepLIFT is refused."""
+    """The outcome of analysing a module: its traced graph, the nodes to rescale and the max poolings
+    (Captum's rule), or why DeepLIFT is refused."""
 
     graph: fx.GraphModule | None
     rescaled: frozenset[str]
     refusal: str | None
+    max_pools: frozenset[str] = frozenset()
 
 
 class _Refused(Exception):
@@ -171,15 +216,15 @@ def _inplace(node: fx.Node, module: nn.Module | None) -> bool:
 
 
 def _classify(node: fx.Node, module: nn.Module | None, positions: list[int]) -> str:
-    """"affine", "rescaled" or "shape"; raises :class:`_Refused` for an op DeepLIFT does not cover."""
+    """"affine", "rescaled", "max_pool" or "shape"; raises :class:`_Refused` for an op DeepLIFT does not cover."""
     target = node.target
     if node.op == "call_module":
-        if isinstance(module, ELEMENTWISE_MODULES):
+        if isinstance(module, (*ELEMENTWISE_MODULES, *SELF_GATED_MODULES)):
             return "rescaled"
         if isinstance(module, AFFINE_MODULES):
             return "affine"
-        if isinstance(module, SELF_GATED_MODULES):
-            raise _Refused(refusal(PRODUCT, f"{_where(node, module)}, which multiplies x by a gate of x"), operands=True)
+        if _module_pool(module) is not None:
+            return MAX_POOL
         reason = next((why for kind, why in REFUSED_MODULES.items() if isinstance(module, kind)), NO_RULE)
         raise _Refused(refusal(reason, _where(node, module)))
     if node.op == "call_method":
@@ -193,13 +238,14 @@ def _classify(node: fx.Node, module: nn.Module | None, positions: list[int]) -> 
             return "shape"
         if target in _AFFINE_ANY:
             return "affine"
-        if target in _SELF_GATED:
-            raise _Refused(refusal(PRODUCT, f"{_where(node)}, which multiplies x by a gate of x"), operands=True)
+        if target in _MAX_POOL_FUNCTIONS and positions == [0]:
+            return MAX_POOL
         if target in _AFFINE_FIRST:
             if positions != [0]:
                 raise _Refused(refusal(PRODUCT, _where(node)), operands=True)
             return "affine"
-        bilinear, division, elementwise = target in _BILINEAR, target in _DIVISIONS, target in _ELEMENTWISE
+        bilinear, division = target in _BILINEAR, target in _DIVISIONS
+        elementwise = target in _ELEMENTWISE or target in _SELF_GATED
     if bilinear:
         if len(positions) > 1:
             raise _Refused(refusal(PRODUCT, _where(node)), operands=True)
@@ -213,6 +259,18 @@ def _classify(node: fx.Node, module: nn.Module | None, positions: list[int]) -> 
             raise _Refused(refusal("input-dependent bounds or parameters of an element-wise op", _where(node)))
         return "rescaled"
     raise _Refused(refusal(_named_reason(_op_name(node)), _where(node)))
+
+
+def _check_indices_unused(node: fx.Node, module: nn.Module | None) -> None:
+    """A max pooling's indices carry no DeepLIFT multiplier: refused when anything reads them."""
+    if not _returns_indices(node, module):
+        return
+    for user in node.users:
+        if user.op == "call_function" and user.target is operator.getitem and user.args[1] in (0, -2):
+            continue
+        if user.op == "call_function" and user.target is operator.getitem and not user.users:
+            continue  # the indices, unpacked and never used
+        raise _Refused(refusal(MAX_POOLING, f"{_where(node, module)}, whose indices output is used"))
 
 
 def _analyse(module: nn.Module) -> Plan:
@@ -229,17 +287,20 @@ def _analyse(module: nn.Module) -> Plan:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         return Plan(None, frozenset(), untraceable(f"torch.fx cannot trace its forward ({type(err).__name__}: {first})"))
     try:
-        return Plan(graph, _rescaled_nodes(graph), None)
+        rescaled, max_pools = _special_nodes(graph)
     except _Refused as err:
         return Plan(None, frozenset(), err.message)
+    return Plan(graph, rescaled, None, max_pools)
 
 
-def _rescaled_nodes(graph: fx.GraphModule) -> frozenset[str]:
-    """Names of the nodes to rescale; raises :class:`_Refused` for the first op kind DeepLIFT does not
-    cover, else for the first product or quotient of input-dependent tensors (the ONNX builder's order)."""
+def _special_nodes(graph: fx.GraphModule) -> tuple[frozenset[str], frozenset[str]]:
+    """Names of the nodes to rescale and of the max poolings; raises :class:`_Refused` for the first op
+    kind DeepLIFT does not cover, else for the first product or quotient of input-dependent tensors
+    (the ONNX builder's order)."""
     modules = dict(graph.named_modules())
     active: set[fx.Node] = set()
     rescaled = set()
+    max_pools = set()
     operands: _Refused | None = None
     for node in graph.graph.nodes:
         if node.op == "placeholder":
@@ -260,6 +321,9 @@ def _rescaled_nodes(graph: fx.GraphModule) -> frozenset[str]:
         if kind == "shape":
             continue
         active.add(node)
+        if kind == MAX_POOL:
+            _check_indices_unused(node, module)
+            max_pools.add(node.name)
         if kind == "rescaled":
             source = node.args[0]
             if _inplace(node, module) and isinstance(source, fx.Node) and len(source.users) > 1:
@@ -267,7 +331,7 @@ def _rescaled_nodes(graph: fx.GraphModule) -> frozenset[str]:
             rescaled.add(node.name)
     if operands is not None:
         raise operands
-    return frozenset(rescaled)
+    return frozenset(rescaled), frozenset(max_pools)
 
 
 _plans: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Plan]] = weakref.WeakKeyDictionary()
@@ -303,13 +367,83 @@ def _rescale(f: Callable[[torch.Tensor], torch.Tensor], inp: torch.Tensor, out: 
     return out.detach() + (inp - inp.detach()) * multiplier
 
 
+def _returns_indices(node: fx.Node, module: nn.Module | None) -> bool:
+    if module is not None:
+        return bool(getattr(module, "return_indices", False))
+    if getattr(node.target, "__name__", "").endswith("_with_indices"):
+        return True  # the F.*_with_indices functions return (values, indices) whatever return_indices says
+    return bool(_bind_pool_call(node.target, node.args, node.kwargs).arguments.get("return_indices", False))
+
+
+def _module_pool(module: nn.Module | None) -> Callable[..., Any] | None:
+    return next((function for kind, function in _MAX_POOL_MODULES.items() if isinstance(module, kind)), None)
+
+
+def _bind_pool_call(target: Any, args: tuple, kwargs: dict) -> inspect.BoundArguments:
+    return inspect.signature(_MAX_POOL_FUNCTIONS[target]).bind(*args, **kwargs)
+
+
+def _pool_with_indices(
+    node: fx.Node, module: nn.Module | None, args: tuple, kwargs: dict
+) -> tuple[Callable[[torch.Tensor], Any], int]:
+    """The max pooling of ``node`` as ``t -> (values, indices)``, and the number of spatial axes the indices are flat over."""
+    if module is None:
+        function = _MAX_POOL_FUNCTIONS[node.target]
+        bound = _bind_pool_call(node.target, args, kwargs)
+        options = {name: value for name, value in list(bound.arguments.items())[1:] if name != "return_indices"}
+    else:
+        function = _module_pool(module)
+        adaptive = isinstance(module, (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d))
+        names = ("output_size",) if adaptive else ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
+        options = {name: getattr(module, name) for name in names}
+    return (lambda t: function(t, **options)), _POOL_RANK[function]
+
+
+def _max_pool_rule(
+    pool: Callable[[torch.Tensor], Any], rank: int, inp: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, indices)`` of the max pooling ``pool`` with Captum's rule as the gradient (rows: inputs, then baselines).
+
+    The values are ``pool(inp)`` plus a linear map ``T`` of ``inp - inp.detach()`` (zero, but it carries
+    the gradient): per window, ``T(u) = u[m] * near[m] + (top - y_ref) * u[m] / d[m] + (y - top) * u[m_ref] / d[m_ref]``
+    with ``m`` and ``m_ref`` the window's first maximum in the input and in the baseline, ``d = x - x_ref``,
+    ``near = |d| < eps`` and ``1 / d`` taken as 0 where near. Its transpose, the backward, sends
+    ``g * (top - y_ref)`` to ``m`` and ``g * (y - top)`` to ``m_ref`` (``g`` to ``m`` where near) and divides
+    by ``d``; ``gather``'s backward adds up what overlapping windows send to one cell.
+    """
+    half = inp.shape[0] // 2
+    values = inp.detach()
+    out, indices = pool(values)
+    y, y_ref = out[:half], out[half:]
+    top = torch.maximum(y, y_ref)
+    d = values[:half] - values[half:]
+    near = d.abs() < eps
+    inverse = torch.where(near, torch.zeros_like(d), 1.0 / torch.where(near, torch.ones_like(d), d))
+    at_x, at_ref = indices[:half].flatten(-rank), indices[half:].flatten(-rank)
+
+    def pick(u: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        return u.flatten(-rank).gather(-1, at).view_as(y)
+
+    change = inp - values
+    parts = [pick(u * near, at_x) + (top - y_ref) * pick(u * inverse, at_x) + (y - top) * pick(u * inverse, at_ref)
+             for u in (change[:half], change[half:])]
+    return out + torch.cat(parts), indices
+
+
 class _RescaleInterpreter(fx.Interpreter):
     def __init__(self, plan: Plan, eps: float) -> None:
         super().__init__(plan.graph)
         self.rescaled = plan.rescaled
+        self.max_pools = plan.max_pools
+        self.modules = dict(plan.graph.named_modules()) if plan.max_pools else {}
         self.eps = eps
 
     def run_node(self, n: fx.Node) -> Any:
+        if n.name in self.max_pools:
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            module = self.modules.get(n.target) if n.op == "call_module" else None
+            values, indices = _max_pool_rule(*_pool_with_indices(n, module, args, kwargs), args[0], self.eps)
+            return (values, indices) if _returns_indices(n, module) else values
         if n.name not in self.rescaled:
             return super().run_node(n)
         args, kwargs = self.fetch_args_kwargs_from_env(n)
@@ -323,7 +457,8 @@ class _RescaleInterpreter(fx.Interpreter):
 
 
 def rescaled_forward(plan: Plan, both: torch.Tensor, eps: float) -> torch.Tensor:
-    """The model's output on ``both`` (inputs, then their baselines) with rescale-rule gradients."""
+    """The model's output on ``both`` (inputs, then their baselines) with rescale-rule gradients
+    (Captum's rule at max poolings)."""
     if plan.graph is None:
         raise ValueError("rescaled_forward needs a plan without a refusal")
     return _RescaleInterpreter(plan, eps).run(both)
