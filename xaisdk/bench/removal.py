@@ -35,7 +35,7 @@ def occlusion_suite(work: Workload, *, repeats: int, progress: bool = False) -> 
                                 perturbations_per_eval=positions).numpy()
 
     def driver(backend):
-        return lambda i: drivers.occlusion(backend, x[i:i + 1], w[i:i + 1], b[i:i + 1], chunk_size=positions)
+        return lambda i: drivers.occlusion(backend, x[i:i + 1], w[i:i + 1], b[i:i + 1], window=1, stride=1, chunk_size=positions)
 
     contenders = {
         "captum (cpu)": captum_fn,

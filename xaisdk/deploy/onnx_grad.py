@@ -529,7 +529,8 @@ def deeplift_graph(model: onnx.ModelProto) -> onnx.ModelProto:
 
     Inputs ``x``, ``baseline`` (both shaped like the classifier's input) and ``w`` (N, K); outputs
     ``multipliers`` (shaped like x), ``score`` and ``score_baseline`` (N,). Raises
-    :class:`UnsupportedOpError` for ops the rescale rule does not cover (max pooling, softmax).
+    :class:`UnsupportedOpError` for ops the rescale rule does not cover (softmax, normalisation, products
+    such as squeeze-excitation or attention).
 
     >>> import numpy as np, onnx
     >>> from onnx import helper, numpy_helper, TensorProto

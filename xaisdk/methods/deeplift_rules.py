@@ -60,8 +60,8 @@ ONNX_OPS: dict[str, str] = {
     **dict.fromkeys(["Softmax", "LogSoftmax", "LayerNormalization", "GroupNormalization",
                      "InstanceNormalization"], REFUSED),
 }
-# Layout ops, and max pooling under Captum's rule. The torch reference (xaisdk.attribution.deeplift_trace)
-# classifies its own ops and still refuses max pooling (MAX_POOLING).
+# Layout ops, and max pooling under Captum's rule (overlapping windows add); the torch reference
+# (xaisdk.attribution.deeplift_trace) applies the same max-pool rule to its own ops.
 _LAYOUT_OPS: dict[str, str] = {
     **dict.fromkeys(["Pad", "Slice", "Gather", "Split", "Expand", "Tile", "Where", "Cast", "Resize"], AFFINE),
     **dict.fromkeys(["MaxPool", "GlobalMaxPool"], MAX_POOL),
