@@ -44,7 +44,6 @@ import onnx
 import torch
 from torch import nn
 
-from xaisdk.deploy.allowlist import disallowed_nodes
 from xaisdk.deploy.bundle_folder import (
     ACTIVE_TOKENS,
     carry_user_files,
@@ -55,6 +54,7 @@ from xaisdk.deploy.bundle_folder import (
     target_folder,
 )
 from xaisdk.deploy.export_errors import VerificationError
+from xaisdk.deploy.graph_checks import TOLERANCE, checked_graph, completeness_error, random_class_pairs, relative_error
 from xaisdk.deploy.manifest import COMPUTES, bundle_manifest
 from xaisdk.deploy.onnx_grad import UnsupportedOpError, deeplift_graph, gradient_graph
 from xaisdk.deploy.torch_intake import classifier_from_module, load_torch_classifier
@@ -75,7 +75,6 @@ __all__ = ["DEFAULT_OPSET", "ExportReport", "VerificationError", "export_bundle"
 
 DEFAULT_OPSET = 17
 OPSETS = range(13, 21)
-TOLERANCE = 1e-4
 FD_STEP = 1e-6  # float64 central differences; small so that few ReLUs change state inside the step
 DEEPLIFT_FLOOR_FACTOR = 4.0  # DeepLIFT graph vs float64: at most this times torch float32's own error
 @dataclass
@@ -130,19 +129,6 @@ def _to_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], inputs: list[str
     return onnx.load_from_string(buffer.getvalue())
 
 
-def _check_graph(model: onnx.ModelProto, role: str) -> bytes:
-    onnx.checker.check_model(model, full_check=True)
-    problems = disallowed_nodes(model)
-    if problems:
-        raise UnsupportedOpError(f"{role}: the graph uses ops outside TensorRT's ONNX op set: " + "; ".join(problems[:5]))
-    return model.SerializeToString()
-
-
-def _rel_err(got: np.ndarray, want: np.ndarray) -> float:
-    scale = max(float(np.abs(want).max()), 1e-12) if want.size else 1.0
-    return float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max() / scale) if want.size else 0.0
-
-
 def _real_inputs(classifier: Classifier, data: dict[str, Any], count: int) -> np.ndarray | None:
     """Up to ``count`` test images of the dataset the model was trained on, if it can be loaded here."""
     from xaisdk.data import load_dataset
@@ -167,30 +153,24 @@ def _verification_inputs(classifier: Classifier, data: dict, rng: np.random.Gene
     return np.concatenate(parts), real is not None
 
 
-def _random_weights(rng: np.random.Generator, n: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    source = rng.integers(0, num_classes, n)
-    target = (source + rng.integers(1, num_classes, n)) % num_classes
-    return source, target
-
-
 def _verify(folder: Path, model: nn.Module, generator: nn.Module | None, x: np.ndarray, seed: int) -> dict[str, float]:
     from xaisdk.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
     backend = OnnxRuntimeBackend(folder, providers=["CPUExecutionProvider"], warmup=False)
     rng = np.random.default_rng(seed)
     n, k = len(x), backend.num_classes
-    source, target = _random_weights(rng, n, k)
+    source, target = random_class_pairs(rng, n, k)
     weights = class_weights(source, target, k)
     xt = torch.from_numpy(x)
     checks: dict[str, float] = {}
     with torch.no_grad():
-        checks["logits_rel_err"] = _rel_err(backend.logits(x), model(xt).numpy())
+        checks["logits_rel_err"] = relative_error(backend.logits(x), model(xt).numpy())
     xg = xt.clone().requires_grad_(True)
     score = WeightedScore(model)(xg, weights)
     (want,) = torch.autograd.grad(score.sum(), xg)
     got_score, got = backend.score_gradient(x, weights.numpy())
-    checks["score_rel_err"] = _rel_err(got_score, score.detach().numpy())
-    checks["grad_rel_err"] = _rel_err(got, want.numpy())
+    checks["score_rel_err"] = relative_error(got_score, score.detach().numpy())
+    checks["grad_rel_err"] = relative_error(got, want.numpy())
     checks["grad_fd_rel_err"] = _finite_difference_error(model, x, weights, got, rng)
     if backend.supports_deeplift:
         base = np.roll(x, 1, axis=0)
@@ -198,13 +178,13 @@ def _verify(folder: Path, model: nn.Module, generator: nn.Module | None, x: np.n
         try:
             checks.update(_deeplift_checks(model, x, base, weights, attr))
         except InputError:  # the torch reference cannot analyse the model (e.g. TorchScript): check completeness
-            s_gap = (backend.logits(x) - backend.logits(base)) * weights.numpy()
-            gap = attr.reshape(len(x), -1).sum(1, dtype=np.float64) - s_gap.sum(1)
-            checks["deeplift_completeness_rel_err"] = float(np.abs(gap).max() / max(float(np.abs(s_gap.sum(1)).max()), 1e-12))
+            w = weights.numpy()
+            checks["deeplift_completeness_rel_err"] = completeness_error(attr, (backend.logits(x) * w).sum(1),
+                                                                         (backend.logits(base) * w).sum(1))
     if generator is not None:
         with torch.no_grad():
             want_img = generator(xt, torch.from_numpy(target)).numpy()
-        checks["generator_rel_err"] = _rel_err(backend.generate(x, target), want_img)
+        checks["generator_rel_err"] = relative_error(backend.generate(x, target), want_img)
     return checks
 
 
@@ -226,8 +206,8 @@ def _deeplift_checks(model: nn.Module, x: np.ndarray, base: np.ndarray, weights:
     exact = ((x64 - b64) * rescale_multipliers(model64, x64, b64, weights.double())).numpy()
     xt, bt = torch.from_numpy(x), torch.from_numpy(base)
     single = ((xt - bt) * rescale_multipliers(model, xt, bt, weights)).numpy()
-    floor = _rel_err(single, exact)
-    return {"deeplift_rel_err": _rel_err(got, exact), "deeplift_float32_floor": floor,
+    floor = relative_error(single, exact)
+    return {"deeplift_rel_err": relative_error(got, exact), "deeplift_float32_floor": floor,
             "deeplift_tolerance": max(TOLERANCE, DEEPLIFT_FLOOR_FACTOR * floor)}
 
 
@@ -269,7 +249,7 @@ def _finite_difference_error(model: nn.Module, x: np.ndarray, weights: torch.Ten
             minus = (model64(x64 - step) * w64).sum(1)
             fd.append(((plus - minus) / (2 * FD_STEP)).numpy())
             analytic.append((grad.astype(np.float64) * v).reshape(len(x), -1).sum(1))
-    return _rel_err(np.concatenate(analytic), np.concatenate(fd))
+    return relative_error(np.concatenate(analytic), np.concatenate(fd))
 
 
 def _resolve(model: Classifier | GanmexModel | nn.Module | str | os.PathLike, input_shape: Any, class_names: Any,
@@ -364,11 +344,11 @@ def export_bundle(model: nn.Module | Classifier | GanmexModel | str | os.PathLik
     module = copy.deepcopy(classifier.model).cpu().eval()
     example = torch.zeros(batch or 2, *classifier.input_shape)
     forward = _to_onnx(module, (example,), ["x"], ["logits"], int(opset), batch, "classifier")
-    graphs: dict[str, bytes] = {"classifier": _check_graph(forward, "classifier"),
-                                "classifier_grad": _check_graph(gradient_graph(forward), "classifier_grad")}
+    graphs: dict[str, bytes] = {"classifier": checked_graph(forward, "classifier"),
+                                "classifier_grad": checked_graph(gradient_graph(forward), "classifier_grad")}
     deeplift_unavailable = None
     try:
-        graphs["deeplift_grad"] = _check_graph(deeplift_graph(forward), "deeplift_grad")
+        graphs["deeplift_grad"] = checked_graph(deeplift_graph(forward), "deeplift_grad")
     except UnsupportedOpError as err:
         deeplift_unavailable = str(err)
     generator = None
@@ -378,7 +358,7 @@ def export_bundle(model: nn.Module | Classifier | GanmexModel | str | os.PathLik
         onehot[:, 0] = 1
         gen_graph = _to_onnx(_GeneratorGraph(generator), (example, onehot), ["x", "target"], ["image"], int(opset),
                              batch, "GANMEX generator")
-        graphs["generator_ganmex"] = _check_graph(gen_graph, "generator_ganmex")
+        graphs["generator_ganmex"] = checked_graph(gen_graph, "generator_ganmex")
     if inpainter_model is not None:
         graphs["inpainter"] = _inpainter_graph(inpainter_model, int(opset), batch)
 
@@ -540,7 +520,7 @@ def _inpainter_graph(inpainter: LearnedInpainter, opset: int, batch: int | None)
     # what a bare inpainter.onnx needs to be used on its own (xaisdk.runtime.onnx_inpainter reads it)
     onnx.helper.set_model_props(graph, {"xaisdk.role": "inpainter", "xaisdk.name": inpainter.name,
                                         "xaisdk.value_range": json.dumps(list(inpainter.value_range))})
-    return _check_graph(graph, "inpainter")
+    return checked_graph(graph, "inpainter")
 
 
 def _verify_inpainter(path: Path, inpainter: LearnedInpainter, x: np.ndarray, seed: int) -> float:
@@ -557,7 +537,7 @@ def _verify_inpainter(path: Path, inpainter: LearnedInpainter, x: np.ndarray, se
     kept = np.broadcast_to(masks == 0, x.shape)
     if not np.array_equal(got[kept], x[kept]):
         raise VerificationError("inpainter.onnx changes pixels outside the mask")
-    return _rel_err(got, want)
+    return relative_error(got, want)
 
 
 def export_inpainter_onnx(inpainter: LearnedInpainter | str | os.PathLike, path: str | os.PathLike, *,

@@ -42,7 +42,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from xaisdk.deploy.allowlist import disallowed_nodes
 from xaisdk.deploy.bundle_folder import (
     ACTIVE_TOKENS,
     carry_user_files,
@@ -54,18 +53,19 @@ from xaisdk.deploy.bundle_folder import (
 )
 from xaisdk.deploy.export_errors import VerificationError
 from xaisdk.deploy.grad_context import UnsupportedOpError
+from xaisdk.deploy.graph_checks import TOLERANCE, checked_graph, completeness_error, random_class_pairs, relative_error
 from xaisdk.deploy.manifest import bundle_manifest
 from xaisdk.deploy.onnx_grad import deeplift_graph, gradient_graph
 from xaisdk.errors import InputError
 from xaisdk.input_files import open_regular_file
 from xaisdk.runtime.atomic_files import atomic_file, output_error
+from xaisdk.runtime.backend import class_weights
 from xaisdk.runtime.bundle import MANIFEST, read_bundle, sha256_bytes
 from xaisdk.runtime.bundle_integrity import MAX_GRAPH_BYTES
 from xaisdk.runtime.preprocessing import Preprocessing
 
 __all__ = ["FD_TOLERANCE", "OnnxExportReport", "export_onnx_classifier", "read_onnx_classifier"]
 
-TOLERANCE = 1e-4
 FD_TOLERANCE = 2e-3
 FD_STEPS = (1e-2, 3e-3, 1e-3, 3e-4)  # lengths of the (unit) directions in [0, 1] pixel units: long ones cross ReLU kinks
 TARGET_OPSET = 17
@@ -279,28 +279,6 @@ def _sized(model: onnx.ModelProto, image: str, logits: str, batch: int | str, sh
         raise InputError(f"ONNX shape inference fails on the model at input size {list(shape)}: {err}") from None
 
 
-def _check(model: onnx.ModelProto, role: str) -> bytes:
-    onnx.checker.check_model(model, full_check=True)
-    problems = disallowed_nodes(model)
-    if problems:
-        raise UnsupportedOpError(f"{role}: the graph uses ops outside TensorRT's ONNX op set: " + "; ".join(problems[:5]))
-    return model.SerializeToString()
-
-
-def _rel(got: np.ndarray, want: np.ndarray) -> float:
-    scale = max(float(np.abs(want).max()), 1e-12)
-    return float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max() / scale)
-
-
-def _weights(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
-    source = rng.integers(0, k, n)
-    target = (source + rng.integers(1, k, n)) % k
-    w = np.zeros((n, k), np.float32)
-    w[np.arange(n), source] = 1.0
-    w[np.arange(n), target] = -1.0
-    return w
-
-
 def _fd_error(forward: Any, x: np.ndarray, w: np.ndarray, grad: np.ndarray, rng: np.random.Generator,
               batch: int | None) -> float:
     """Largest gap, over directions, between the gradient's directional derivative and float32 central
@@ -335,9 +313,9 @@ def _verify(user: onnx.ModelProto, graphs: dict[str, bytes], spec: Preprocessing
     user_session = _session(user)
     want = _run(user_session, {user_session.get_inputs()[0].name: normalised}, batch)[0]
     logits = _run(forward, {"x": x}, batch)[0]
-    w = _weights(rng, len(x), classes)
+    w = class_weights(*random_class_pairs(rng, len(x), classes), classes)
     score, grad = _run(grad_session, {"x": x, "w": w}, batch)
-    checks = {"logits_rel_err": _rel(logits, want), "score_rel_err": _rel(score, (logits * w).sum(1)),
+    checks = {"logits_rel_err": relative_error(logits, want), "score_rel_err": relative_error(score, (logits * w).sum(1)),
               "grad_fd_rel_err": _fd_error(forward, x, w, grad, rng, batch)}
     failed = {k: v for k, v in checks.items() if not v <= (FD_TOLERANCE if k == "grad_fd_rel_err" else TOLERANCE)}
     if failed:
@@ -347,8 +325,7 @@ def _verify(user: onnx.ModelProto, graphs: dict[str, bytes], spec: Preprocessing
         return checks, None
     base = np.roll(x, 1, axis=0)
     multipliers, s_x, s_b = _run(_session(graphs["deeplift_grad"]), {"x": x, "baseline": base, "w": w}, batch)
-    gap = ((x - base) * multipliers).reshape(len(x), -1).sum(1, dtype=np.float64) - (s_x - s_b)
-    checks["deeplift_completeness_rel_err"] = float(np.abs(gap).max() / max(float(np.abs(s_x - s_b).max()), 1e-12))
+    checks["deeplift_completeness_rel_err"] = completeness_error((x - base) * multipliers, s_x, s_b)
     if not checks["deeplift_completeness_rel_err"] <= TOLERANCE:
         return checks, (f"the DeepLIFT graph failed verification: completeness error "
                         f"{checks['deeplift_completeness_rel_err']:.3g} > {TOLERANCE:g}; use integrated gradients")
@@ -378,10 +355,11 @@ def export_onnx_classifier(path: str | os.PathLike, out: str | os.PathLike, *, i
     names = tuple(str(n) for n in class_names) if class_names is not None else tuple(str(i) for i in range(classes))
     if len(names) != classes:
         raise InputError(f"class names: {len(names)} given for a model with {classes} outputs")
-    graphs = {"classifier": _check(forward, "classifier"), "classifier_grad": _check(gradient_graph(forward), "classifier_grad")}
+    graphs = {"classifier": checked_graph(forward, "classifier"),
+              "classifier_grad": checked_graph(gradient_graph(forward), "classifier_grad")}
     deeplift_unavailable = None
     try:
-        graphs["deeplift_grad"] = _check(deeplift_graph(forward), "deeplift_grad")
+        graphs["deeplift_grad"] = checked_graph(deeplift_graph(forward), "deeplift_grad")
     except UnsupportedOpError as err:
         deeplift_unavailable = str(err)
     checks, miss = _verify(user, graphs, spec, shape, classes, batch, verify_inputs, seed)
