@@ -29,7 +29,7 @@ from xaisdk.cluster.ray_session import ray_session
 from xaisdk.data import Split
 from xaisdk.errors import InputError
 from xaisdk.evaluation import studies
-from xaisdk.evaluation.evaluate import _per_column_metrics
+from xaisdk.evaluation.evaluate import check_inputs, per_column_metrics
 from xaisdk.evaluation.grid import (
     Column,
     EvaluationConfig,
@@ -85,7 +85,7 @@ class EvaluationWorker:
                 maps: np.ndarray, config: EvaluationConfig) -> tuple[dict, dict]:
         part = EvaluationResult(config, "", "", self.explainer.backend.name, [column], index, x, source, target, {},
                                 {column.label: maps})
-        _per_column_metrics(part, self.explainer, self.split.test)
+        per_column_metrics(part, self.explainer, self.split.test)
         return part.metrics, part.curves
 
 
@@ -110,13 +110,7 @@ def evaluate_on_ray(explainer: Explainer, split: Split, config: EvaluationConfig
         result = evaluate_on_ray(Explainer.load("bundle/"), load_digits(), EvaluationConfig(samples=20,
                                  metrics=("aopc", "gini")), model={"bundle": "bundle/"}, dataset="digits")
     """
-    config.validate()
-    needs_torch = [m for m in ("randomization", "roar") if m in config.metrics]
-    if needs_torch and torch_model is None:
-        raise InputError(f"metrics {', '.join(needs_torch)} change the model (retrain / re-initialize it) and need "
-                         "its torch weights: evaluate --model ganmex.pt, or leave them out of --metrics")
-    if "ganmex" in config.baselines and not explainer.backend.has_generator:
-        raise InputError("baseline 'ganmex' needs a GANMEX model or a bundle exported from one")
+    check_inputs(config, explainer, torch_model)
     if isinstance(actors, bool) or actors is not None and (not isinstance(actors, int) or actors < 1):
         raise InputError(f"--actors: expected a positive integer, got {actors!r}")
     columns = columns_for(config.methods, config.baselines)

@@ -61,13 +61,7 @@ def evaluate(explainer: Explainer, split: Split, config: EvaluationConfig | None
         result = evaluate(Explainer(gm), load_digits(), EvaluationConfig(samples=20), torch_model=gm)
     """
     config = config or EvaluationConfig()
-    config.validate()
-    needs_torch = [m for m in ("randomization", "roar") if m in config.metrics]
-    if needs_torch and torch_model is None:
-        raise InputError(f"metrics {', '.join(needs_torch)} change the model (retrain / re-initialize it) and need "
-                         "its torch weights: evaluate --model ganmex.pt, or leave them out of --metrics")
-    if "ganmex" in config.baselines and not explainer.backend.has_generator:
-        raise InputError("baseline 'ganmex' needs a GANMEX model or a bundle exported from one")
+    check_inputs(config, explainer, torch_model)
     columns = columns_for(config.methods, config.baselines)
     test = split.test
     n = min(config.samples, len(test))
@@ -85,7 +79,7 @@ def evaluate(explainer: Explainer, split: Split, config: EvaluationConfig | None
         timings[f"attributions {column.label}"] = time.perf_counter() - started
     result = EvaluationResult(config, dataset_name, model_name, explainer.backend.name, columns, index, x, source,
                               target, baselines, maps, timings=timings, class_names=tuple(explainer.class_names))
-    _per_column_metrics(result, explainer, test)
+    per_column_metrics(result, explainer, test)
     from xaisdk.evaluation import studies
 
     if "baseline_distance" in config.metrics:
@@ -99,7 +93,19 @@ def evaluate(explainer: Explainer, split: Split, config: EvaluationConfig | None
     return result
 
 
-def _per_column_metrics(result: EvaluationResult, explainer: Explainer, test: Any) -> None:
+def check_inputs(config: EvaluationConfig, explainer: Explainer, torch_model: Any) -> None:
+    """InputError unless ``config`` is valid and the model can run what it asks (shared with the Ray runner)."""
+    config.validate()
+    needs_torch = [m for m in ("randomization", "roar") if m in config.metrics]
+    if needs_torch and torch_model is None:
+        raise InputError(f"metrics {', '.join(needs_torch)} change the model (retrain / re-initialize it) and need "
+                         "its torch weights: evaluate --model ganmex.pt, or leave them out of --metrics")
+    if "ganmex" in config.baselines and not explainer.backend.has_generator:
+        raise InputError("baseline 'ganmex' needs a GANMEX model or a bundle exported from one")
+
+
+def per_column_metrics(result: EvaluationResult, explainer: Explainer, test: Any) -> None:
+    """Add to ``result`` the metrics computed over a whole column's images at once (they depend on the batch)."""
     config, x, source, target = result.config, result.x, result.source, result.target
     model = explainer.backend
     wanted = config.metrics
