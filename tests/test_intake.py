@@ -254,7 +254,7 @@ def test_onnx_file_exports_and_agrees_with_captum_on_the_original(tmp_path, fixe
     onnx_file(net, tmp_path / "model.onnx", dynamic=not fixed_batch)
     report = export_onnx_classifier(tmp_path / "model.onnx", tmp_path / "bundle", preprocessing=IMAGENET)
     assert report.batch == (1 if fixed_batch else None)
-    assert report.checks["grad_fd_rel_err"] < 2e-3 and report.checks["logits_rel_err"] < 1e-5
+    assert report.checks["grad_fd_rel_err"] < 1e-4 and report.checks["logits_rel_err"] < 1e-5
     explainer = Explainer.load(report.path)
     pixels = np.random.default_rng(5).random((3, 3, 32, 32)).astype(np.float32)
     e = explainer.explain(pixels, target="runner-up", n_steps=32, rule="gausslegendre")
