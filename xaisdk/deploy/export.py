@@ -77,6 +77,7 @@ DEFAULT_OPSET = 17
 OPSETS = range(13, 21)
 FD_STEP = 1e-6  # float64 central differences; small so that few ReLUs change state inside the step
 DEEPLIFT_FLOOR_FACTOR = 4.0  # DeepLIFT graph vs float64: at most this times torch float32's own error
+GRAD_FLOOR_FACTOR = 4.0  # gradient graph vs float64 where it misses torch float32: at most this times torch's own error
 @dataclass
 class ExportReport:
     """What :func:`export_bundle` wrote and measured."""
@@ -171,7 +172,11 @@ def _verify(folder: Path, model: nn.Module, generator: nn.Module | None, x: np.n
     got_score, got = backend.score_gradient(x, weights.numpy())
     checks["score_rel_err"] = relative_error(got_score, score.detach().numpy())
     checks["grad_rel_err"] = relative_error(got, want.numpy())
-    checks["grad_fd_rel_err"] = _finite_difference_error(model, x, weights, got, rng)
+    routed_exact = None
+    if checks["grad_rel_err"] > TOLERANCE:
+        recheck, routed_exact = _gradient_recheck(folder, model, x, weights, got, want.numpy())
+        checks.update(recheck)
+    checks.update(_finite_difference_checks(model, x, weights, got, want.numpy(), rng, routed_exact))
     if backend.supports_deeplift:
         base = np.roll(x, 1, axis=0)
         attr = (x - base) * backend.deeplift_multipliers(x, base, weights.numpy())
@@ -186,6 +191,52 @@ def _verify(folder: Path, model: nn.Module, generator: nn.Module | None, x: np.n
             want_img = generator(xt, torch.from_numpy(target)).numpy()
         checks["generator_rel_err"] = relative_error(backend.generate(x, target), want_img)
     return checks
+
+
+def _gradient_recheck(folder: Path, model: nn.Module, x: np.ndarray, weights: torch.Tensor, got: np.ndarray,
+                      want: np.ndarray) -> tuple[dict[str, float], np.ndarray | None]:
+    """The gradient graph ``got`` re-judged where it missed torch float32 autograd ``want`` by more than ``TOLERANCE``.
+
+    Two things other than a wrong rule part the two (measured on the reference zoo, :mod:`xaisdk.bench.zoo`):
+
+    - a ReLU input or a max-pool window at a near-tie (within ~1e-6 of its tensor's scale) resolved the
+      other way by ONNX Runtime: one ReLU unit moved ResNet-50's gradient by 1.4e-2. The reference then
+      becomes torch with ONNX Runtime's decisions imposed (:func:`~xaisdk.deploy.near_ties.routed_gradient`),
+      accepted only if every differing decision is a near-tie in torch's own values
+      (:data:`~xaisdk.deploy.near_ties.NEAR_TIE`); a routing rule that picks a clearly smaller value is not.
+    - torch float32's own rounding: on RegNetY-400MF (deep, squeeze-excitation gates) torch float32 is
+      6.5e-5 from float64 autograd and the graph 2.6e-5, so the two float32 results differ by 9e-5 to 1.5e-4.
+      The graph is then judged against a float64 copy of the model (on the same routes), within
+      ``TOLERANCE`` or ``GRAD_FLOOR_FACTOR`` times torch float32's own error, as DeepLIFT is.
+
+    Returns the re-judged ``grad_rel_err`` with what it rests on (``grad_float32_rel_err``: the plain
+    float32 comparison; ``grad_near_tie_flips`` / ``grad_near_tie_margin``; ``grad_float32_floor`` and
+    ``grad_tolerance``), and the float64 gradient on ONNX Runtime's routes when near-ties were imposed.
+    """
+    from xaisdk.deploy.near_ties import NEAR_TIE, onnx_decision_inputs, routed_gradient
+
+    result = {"grad_float32_rel_err": relative_error(got, want)}
+    decisions = onnx_decision_inputs(onnx.load(str(folder / "classifier.onnx")), x)
+    routed = routed_gradient(model, decisions, x, weights)
+    model64 = copy.deepcopy(model).double().eval()
+    if routed is not None and routed.max_margin <= NEAR_TIE:
+        result.update(grad_near_tie_flips=float(routed.flips), grad_near_tie_margin=routed.max_margin)
+        want = routed.grad
+        routed64 = routed_gradient(model64, decisions, x, weights)
+        exact = routed64.grad if routed64 is not None else None
+    else:
+        exact = None
+    if exact is None:  # no routes imposed: plain float64 autograd
+        x64 = torch.from_numpy(x).double().requires_grad_(True)
+        (grad64,) = torch.autograd.grad((model64(x64) * weights.double()).sum(), x64)
+        exact = grad64.numpy()
+    floor = relative_error(want, exact)
+    result["grad_float32_floor"] = floor
+    routed_exact = exact if "grad_near_tie_flips" in result else None
+    if relative_error(got, want) <= TOLERANCE:  # the near-ties were all of it
+        return {**result, "grad_rel_err": relative_error(got, want), "grad_tolerance": TOLERANCE}, routed_exact
+    return ({**result, "grad_rel_err": relative_error(got, exact), "grad_tolerance": max(TOLERANCE, GRAD_FLOOR_FACTOR * floor)},
+            routed_exact)
 
 
 def _deeplift_checks(model: nn.Module, x: np.ndarray, base: np.ndarray, weights: torch.Tensor,
@@ -213,8 +264,12 @@ def _deeplift_checks(model: nn.Module, x: np.ndarray, base: np.ndarray, weights:
 
 def _failed_checks(checks: dict[str, float]) -> dict[str, float]:
     """The checks beyond their tolerance (``TOLERANCE``; DeepLIFT's own, see :func:`_deeplift_checks`)."""
-    limits = {"deeplift_rel_err": checks.get("deeplift_tolerance", TOLERANCE)}
-    about_reference = ("deeplift_float32_floor", "deeplift_tolerance")
+    limits = {"deeplift_rel_err": checks.get("deeplift_tolerance", TOLERANCE),
+              "grad_rel_err": checks.get("grad_tolerance", TOLERANCE),
+              "grad_fd_rel_err": checks.get("grad_fd_tolerance", TOLERANCE)}
+    about_reference = ("deeplift_float32_floor", "deeplift_tolerance", "grad_float32_rel_err", "grad_near_tie_flips",
+                       "grad_near_tie_margin", "grad_float32_floor", "grad_tolerance", "grad_fd_float32_floor",
+                       "grad_fd_tolerance")
     return {k: v for k, v in checks.items() if k not in about_reference and not v <= limits.get(k, TOLERANCE)}
 
 
@@ -234,22 +289,41 @@ def _drop_failed_deeplift(staging: Path, manifest: dict[str, Any], files: dict[s
     return reason
 
 
-def _finite_difference_error(model: nn.Module, x: np.ndarray, weights: torch.Tensor, grad: np.ndarray,
-                             rng: np.random.Generator, directions: int = 3) -> float:
-    """Largest relative gap between the graph's directional derivatives and float64 central differences."""
+def _finite_difference_checks(model: nn.Module, x: np.ndarray, weights: torch.Tensor, grad: np.ndarray,
+                              torch_grad: np.ndarray, rng: np.random.Generator, routed_exact: np.ndarray | None = None,
+                              directions: int = 3) -> dict[str, float]:
+    """The graph's directional derivatives against float64 central differences of the model.
+
+    Where ONNX Runtime resolved near-ties the other way (``routed_exact``: the float64 gradient on its
+    routes, see :func:`_gradient_recheck`), differences of the unrouted model would measure those
+    units, not the rules: the directional derivatives are then taken from ``routed_exact``.
+
+    Judged like DeepLIFT: within ``TOLERANCE``, or within ``GRAD_FLOOR_FACTOR`` times torch float32
+    autograd's own gap to the same differences. Deep float32 networks at 224 px miss float64 by more
+    than 1e-4 by themselves (MobileNetV3-Small with random weights: torch float32 autograd is 5.4e-4 from
+    float64 autograd), and a wrong rule is off by far more.
+    """
     model64 = copy.deepcopy(model).double().eval()
     x64, w64 = torch.from_numpy(x).double(), weights.double()
-    fd, analytic = [], []
+    fd, analytic, reference = [], [], []
     with torch.no_grad():
         for _ in range(directions):
             v = rng.standard_normal(x.shape)
             v /= np.sqrt((v.reshape(len(x), -1) ** 2).sum(1)).reshape(-1, *([1] * (x.ndim - 1)))
             step = torch.from_numpy(v) * FD_STEP
-            plus = (model64(x64 + step) * w64).sum(1)
-            minus = (model64(x64 - step) * w64).sum(1)
-            fd.append(((plus - minus) / (2 * FD_STEP)).numpy())
+            if routed_exact is None:
+                plus = (model64(x64 + step) * w64).sum(1)
+                minus = (model64(x64 - step) * w64).sum(1)
+                fd.append(((plus - minus) / (2 * FD_STEP)).numpy())
+            else:
+                fd.append((routed_exact.astype(np.float64) * v).reshape(len(x), -1).sum(1))
             analytic.append((grad.astype(np.float64) * v).reshape(len(x), -1).sum(1))
-    return relative_error(np.concatenate(analytic), np.concatenate(fd))
+            reference.append((torch_grad.astype(np.float64) * v).reshape(len(x), -1).sum(1))
+    exact = np.concatenate(fd)
+    # On imposed routes torch's own (unrouted) float32 gradient is no floor: the check is then strict.
+    floor = relative_error(np.concatenate(reference), exact) if routed_exact is None else 0.0
+    return {"grad_fd_rel_err": relative_error(np.concatenate(analytic), exact), "grad_fd_float32_floor": floor,
+            "grad_fd_tolerance": max(TOLERANCE, GRAD_FLOOR_FACTOR * floor)}
 
 
 def _resolve(model: Classifier | GanmexModel | nn.Module | str | os.PathLike, input_shape: Any, class_names: Any,

@@ -57,6 +57,87 @@ def _optional_input(node: onnx.NodeProto, i: int) -> str | None:
     return node.input[i] if len(node.input) > i and node.input[i] else None
 
 
+def _static_dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Every tensor's dims under ONNX shape inference with data propagation (None where unknown)."""
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    dims: dict[str, list[int | None]] = {}
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        if value.type.tensor_type.HasField("shape"):
+            dims[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+    return dims
+
+
+def _shape_values(node: onnx.NodeProto, dims: dict[str, list[int | None]], partial: dict[str, list[int | None]],
+                  values: dict[str, np.ndarray]) -> list[int | None] | None:
+    """The entries of a shape vector computed by ``node`` (None where unknown), or None if it is no shape vector.
+
+    Covers ``Shape`` and ``Gather`` / ``Slice`` with constant indices of a (partly known) shape vector:
+    the patterns by which traced code reads one static size of a tensor whose batch is symbolic.
+    """
+    if node.op_type == "Shape":
+        known = dims.get(node.input[0])
+        if known is None:
+            return None
+        attrs = node_attrs(node)
+        rank = len(known)
+        start, end = int(attrs.get("start", 0)), int(attrs.get("end", rank))
+        return list(known[slice(start, end)])
+    source = partial.get(node.input[0]) if node.input else None
+    if source is None or any(name not in values for name in node.input[1:] if name):
+        return None
+    vector = np.arange(len(source))
+    if node.op_type == "Gather" and int(node_attrs(node).get("axis", 0)) == 0:
+        picked = vector[values[node.input[1]]]
+    elif node.op_type == "Slice":
+        args = [values[name] if name else None for name in node.input[1:]] + [None] * (4 - len(node.input[1:]))
+        starts, ends, axes, steps = args[:4]
+        if axes is not None and any(int(a) not in (0, -1) for a in axes):
+            return None
+        step = int(steps[0]) if steps is not None else 1
+        picked = vector[int(starts[0]):int(ends[0]):step]
+    else:
+        return None
+    return [source[int(i)] for i in np.atleast_1d(picked).ravel()] if np.ndim(picked) else [source[int(picked)]]
+
+
+def _fold_pass(model: onnx.ModelProto, values: dict[str, np.ndarray], folded: dict[str, np.ndarray]) -> bool:
+    """One pass of :func:`fold_constants` over ``model.graph.node`` (edited in place); True if it folded anything."""
+    graph = model.graph
+    opsets = {op.domain: op.version for op in model.opset_import}
+    dims = _static_dims(model)
+    partial: dict[str, list[int | None]] = {}
+    kept, changed = [], False
+    for node in graph.node:
+        inputs = [name for name in node.input if name]
+        standard = node.domain in ("", "ai.onnx")
+        if standard and all(name in values for name in inputs) and node.op_type not in ("RandomNormal", "RandomUniform"):
+            outputs = ReferenceEvaluator(node, opsets=opsets).run(None, {name: values[name] for name in inputs})
+            for name, value in zip(node.output, outputs):
+                values[name] = folded[name] = np.asarray(value)
+            changed = True
+            continue
+        shape = _shape_values(node, dims, partial, values) if standard else None
+        if shape is not None and all(d is not None for d in shape):
+            # A size that shape inference proves static (not the batch): a constant, so what is computed
+            # from it (swin's window padding: Mod, Sub, Concat, Cast...) folds too.
+            values[node.output[0]] = folded[node.output[0]] = np.asarray(shape, np.int64).reshape(
+                () if node.op_type == "Gather" and not np.ndim(values[node.input[1]]) else -1)
+            changed = True
+            continue
+        if shape is not None:
+            partial[node.output[0]] = shape
+        kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {name for node in kept for name in node.input} | {out.name for out in graph.output}
+    stored = {init.name for init in graph.initializer}
+    kept_inits = [init for init in graph.initializer if init.name in used or init.name not in folded]
+    del graph.initializer[:]
+    graph.initializer.extend(kept_inits)  # the next pass's shape inference sees the folded values
+    graph.initializer.extend(numpy_helper.from_array(v, n) for n, v in folded.items() if n in used and n not in stored)
+    return changed
+
+
 def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with every node that depends on constants only replaced by an initializer, and its
     shapes inferred with data propagation (stored as value_info).
@@ -65,7 +146,9 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     (``F.pad``'s pads are ConstantOfShape -> Concat -> Reshape -> Slice -> Transpose -> Cast), and
     writes ``F.interpolate(size=...)``'s sizes as ``Concat(Shape(x)[:2], sizes)``: without folding
     and data propagation, ONNX shape inference knows no size after such a node, and the gradient
-    rules need the pads and the sizes.
+    rules need the pads and the sizes. Sizes read from a tensor (``Shape``, then ``Gather`` or
+    ``Slice``) that shape inference proves static count as constants too, so arithmetic on them that
+    data propagation does not follow (Swin's ``(window - W % window) % window`` padding) folds.
 
     >>> from onnx import TensorProto, helper, numpy_helper
     >>> nodes = [helper.make_node("Constant", [], ["two"], value=numpy_helper.from_array(np.array([2], np.int64))),
@@ -77,28 +160,15 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     >>> [n.op_type for n in folded.graph.node], [i.name for i in folded.graph.initializer]
     (['Pad'], ['pads'])
     """
-    graph = model.graph
-    opsets = {op.domain: op.version for op in model.opset_import}
-    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    kept, folded = [], {}
-    for node in graph.node:
-        inputs = [name for name in node.input if name]
-        if node.domain in ("", "ai.onnx") and all(name in values for name in inputs) and node.op_type not in ("RandomNormal",
-                                                                                                              "RandomUniform"):
-            outputs = ReferenceEvaluator(node, opsets=opsets).run(None, {name: values[name] for name in inputs})
-            for name, value in zip(node.output, outputs):
-                values[name] = folded[name] = np.asarray(value)
-        else:
-            kept.append(node)
-    used = {name for node in kept for name in node.input} | {out.name for out in graph.output}
     result = onnx.ModelProto()
     result.CopyFrom(model)
-    del result.graph.node[:]
-    result.graph.node.extend(kept)
-    result.graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in folded.items() if name in used)
-    stated = [v for v in result.graph.value_info if v.name not in folded]  # shapes the graph states (kept)
+    values = {init.name: numpy_helper.to_array(init) for init in result.graph.initializer}
+    folded: dict[str, np.ndarray] = {}
+    stated = [v for v in result.graph.value_info]  # shapes the graph states (kept)
     del result.graph.value_info[:]
-    result.graph.value_info.extend(stated)
+    while _fold_pass(result, values, folded):  # each pass may prove sizes static that the next one folds
+        pass
+    result.graph.value_info.extend(v for v in stated if v.name not in folded)
     inferred = onnx.shape_inference.infer_shapes(result, data_prop=True)
     del result.graph.value_info[:]
     result.graph.value_info.extend(inferred.graph.value_info)
