@@ -325,3 +325,30 @@ def test_the_readme_example_runs(tmp_path):
     assert result.returncode == 0, result.stderr
     name, shape, target = result.stdout.strip().rsplit(" ", 1)[0].split(" ", 1) + [result.stdout.split()[-1]]
     assert name == "zero" and shape == "(3, 64, 64)" and target in ("cat", "dog", "bird")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vit_b_16"])
+def test_models_from_the_dynamo_exporter(tmp_path, name):
+    """torch.onnx's dynamo exporter writes other op patterns (opset 18, ReduceMean/Reshape for the pools,
+    Gather for the class token): the ONNX intake takes them, and the gradient equals torch autograd."""
+    from xaisdk.bench.zoo import ZOO, build
+    from xaisdk.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    entry = ZOO[name]
+    net = build(name, num_classes=5, image_size=entry.small_size, width=entry.small_width)
+    shape = (3, entry.small_size, entry.small_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(net, (torch.zeros(2, *shape),), dynamo=True, verbose=False,
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},))
+    program.save(str(tmp_path / "model.onnx"))
+    report = export_onnx_classifier(tmp_path / "model.onnx", tmp_path / "bundle")
+    assert report.batch is None and report.checks["grad_fd_rel_err"] < 1e-4
+    backend = OnnxRuntimeBackend(report.path, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(8).random((3, *shape)).astype(np.float32)
+    w = np.zeros((3, 5), np.float32)
+    w[:, 1], w[:, 3] = 1.0, -1.0
+    _, got = backend.score_gradient(x, w)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    (net(xt) * torch.from_numpy(w)).sum().backward()
+    assert rel(got, xt.grad.numpy()) < 1e-4
