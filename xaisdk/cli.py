@@ -121,6 +121,65 @@ def _given(**options: object) -> dict[str, object]:
     return {name: value for name, value in options.items() if value is not None}
 
 
+def _pixel_pipeline(mean: str | None, std: str | None, resize: str, resize_shorter_to: int | None,
+                    channel_order: str) -> object:
+    from xaisdk.runtime.preprocessing import Preprocessing
+
+    def numbers(text: str | None, name: str) -> tuple[float, ...] | None:
+        if text is None:
+            return None
+        try:
+            return tuple(float(v) for v in text.split(","))
+        except ValueError:
+            raise click.ClickException(f"--{name}: expected comma-separated numbers (e.g. 0.5,0.4,0.4), got {text!r}") from None
+
+    return Preprocessing(mean=numbers(mean, "mean"), std=numbers(std, "std"), resize=resize,
+                         resize_shorter_to=resize_shorter_to, channel_order=channel_order)
+
+
+def _torch_model_options(file_option: str) -> Callable:
+    """The options that give a torch model by code and describe its input, shared by ``export`` and
+    ``train ganmex``: ``--factory``, ``--weights``, ``--input-shape``, ``--classes``, ``--mean``, ``--std``,
+    ``--resize``, ``--resize-shorter-to``, ``--channel-order`` (read by :func:`_user_model_options`)."""
+    options = [
+        click.option("--factory", default=None, help=f"Instead of {file_option}: 'module:function' (or 'file.py:function') "
+                                                     "returning the torch module, e.g. a torchvision/timm-style builder."),
+        click.option("--weights", "weights_path", default=None, type=click.Path(path_type=Path),
+                     help="A state dict for --factory's module (read with torch.load(weights_only=True))."),
+        click.option("--input-shape", default=None, help="C,H,W of the model's input (e.g. 3,224,224); torch models need it."),
+        click.option("--classes", "classes_path", default=None, type=click.Path(path_type=Path),
+                     help="A text file of class names, one per line (default: 0, 1, ...)."),
+        click.option("--mean", default=None, help="Per-channel mean of the model's normalisation, on [0, 1] pixels "
+                                                  "(e.g. 0.485,0.456,0.406). The model then takes RGB pixels in [0, 1]."),
+        click.option("--std", default=None, help="Per-channel std of the normalisation (e.g. 0.229,0.224,0.225)."),
+        click.option("--resize", default="none", show_default=True,
+                     type=click.Choice(["none", "stretch", "shorter-side-crop"]),
+                     help="How images of other sizes are brought to the input size (explain, serve, training images)."),
+        click.option("--resize-shorter-to", default=None, type=int,
+                     help="For shorter-side-crop: the shorter side before the centre crop (default: H * 256 / 224)."),
+        click.option("--channel-order", default="RGB", show_default=True, type=click.Choice(["RGB", "BGR"]),
+                     help="The channel order the model expects; images are always given as RGB."),
+    ]
+
+    def apply(command: Callable) -> Callable:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
+def _user_model_options(input_shape: str | None, classes_path: Path | None, mean: str | None, std: str | None,
+                        resize: str, resize_shorter_to: int | None, channel_order: str) -> dict[str, object]:
+    """``input_shape``, ``class_names`` and ``preprocessing`` for the torch intake, None where not given."""
+    from xaisdk.deploy.torch_intake import read_class_names, read_input_shape
+
+    pipeline = _pixel_pipeline(mean, std, resize, resize_shorter_to, channel_order)
+    return {"input_shape": None if input_shape is None else read_input_shape(input_shape),
+            "class_names": None if classes_path is None else read_class_names(classes_path),
+            "preprocessing": None if pipeline.is_identity else pipeline}  # type: ignore[attr-defined]
+
+
 @main.group()
 def train() -> None:
     """Train models (classifier, GANMEX baseline generator, inpainter)."""
@@ -155,9 +214,13 @@ def train_classifier_command(dataset: str, out_path: Path, arch: str, epochs: in
 
 
 @train.command("ganmex")
-@click.option("--dataset", required=True, help="The classifier's dataset: 'digits', 'shapes', an .npz or a folder.")
-@click.option("--classifier", "classifier_path", required=True, type=click.Path(path_type=Path),
-              help="Classifier checkpoint to explain (kept frozen; it is the GAN's class discriminator).")
+@click.option("--dataset", required=True,
+              help="The classifier's images: 'digits', 'shapes', an .npz, or a folder of class folders named after its "
+                   "classes (images of any size, brought to the input shape by --resize; stretched when none).")
+@click.option("--classifier", "classifier_path", default=None, type=click.Path(path_type=Path),
+              help="The classifier to explain (kept frozen; it is the GAN's class discriminator): an xaisdk checkpoint "
+                   "or a TorchScript file.")
+@_torch_model_options("--classifier")
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path),
               help="GANMEX checkpoint to write (rewritten atomically every --checkpoint-every steps).")
 @click.option("--steps", default=None, type=int, help="Generator steps.  [default: 3000]")
@@ -170,21 +233,34 @@ def train_classifier_command(dataset: str, out_path: Path, arch: str, epochs: in
 @click.option("--generator-channels", default=None, type=int, help="Width of the generator's first layer.  [default: 16]")
 @_training_loop_options()
 @_clean_errors
-def train_ganmex_command(dataset: str, classifier_path: Path, out_path: Path, steps: int | None,
+def train_ganmex_command(dataset: str, classifier_path: Path | None, factory: str | None, weights_path: Path | None,
+                         input_shape: str | None, classes_path: Path | None, mean: str | None, std: str | None, resize: str,
+                         resize_shorter_to: int | None, channel_order: str, out_path: Path, steps: int | None,
                          batch_size: int | None, lambda_cls: float | None, lambda_rec: float | None,
                          lambda_sim: float | None, standalone_classifier: bool, generator_channels: int | None,
                          samples_dir: Path | None, sample_every: int | None, checkpoint_every: int | None, seed: int,
                          resume: bool, force: bool) -> None:
-    """Train the GANMEX baseline generator for a classifier and save classifier + generator in one file."""
-    from xaisdk.data import load_dataset
-    from xaisdk.models import load_classifier
-    from xaisdk.train import GanmexTrainingConfig, train_ganmex
+    """Train the GANMEX baseline generator for a classifier and save classifier + generator in one file.
 
+    The classifier comes as the export command takes torch models: an xaisdk checkpoint, a TorchScript
+    file, or --factory module:function [--weights sd.pt] with --input-shape and the pixel pipeline."""
+    from xaisdk.deploy.torch_intake import load_torch_classifier
+    from xaisdk.models.ganmex import GanmexModel
+    from xaisdk.train.ganmex import GanmexTrainingConfig, train_ganmex, training_images
+
+    if (classifier_path is None) == (factory is None):
+        raise click.ClickException("give exactly one of --classifier FILE or --factory module:function")
+    if classifier_path is not None and classifier_path.suffix.lower() == ".onnx":
+        raise click.ClickException(f"--classifier {classifier_path}: GANMEX trains against a torch classifier (its "
+                                   "gradients drive the generator); give the torch model (--factory, TorchScript)")
     _check_resume(out_path, resume, force)
-    classifier = load_classifier(classifier_path)
+    user_options = _user_model_options(input_shape, classes_path, mean, std, resize, resize_shorter_to, channel_order)
+    classifier = load_torch_classifier(classifier_path, factory=factory, weights=weights_path, **user_options)
+    if isinstance(classifier, GanmexModel):
+        classifier = classifier.classifier  # a GANMEX checkpoint's classifier gets a new generator
     # Train on the classifier's own training split, so the generator never sees its test images.
     split_seed = int(classifier.metadata.get("seed", 0))
-    split = load_dataset(dataset, seed=split_seed)
+    split = training_images(dataset, classifier, seed=split_seed)
     given = _given(steps=steps, batch_size=batch_size, lambda_cls=lambda_cls, lambda_rec=lambda_rec,
                    lambda_sim=lambda_sim, generator_channels=generator_channels, sample_every=sample_every,
                    checkpoint_every=checkpoint_every)
@@ -359,43 +435,12 @@ def train_inpainter_command(dataset: str, out_path: Path, steps: int | None, bat
     click.echo(f"wrote {out_path} (samples in {samples})")
 
 
-def _pixel_pipeline(mean: str | None, std: str | None, resize: str, resize_shorter_to: int | None,
-                    channel_order: str) -> object:
-    from xaisdk.runtime.preprocessing import Preprocessing
-
-    def numbers(text: str | None, name: str) -> tuple[float, ...] | None:
-        if text is None:
-            return None
-        try:
-            return tuple(float(v) for v in text.split(","))
-        except ValueError:
-            raise click.ClickException(f"--{name}: expected comma-separated numbers (e.g. 0.5,0.4,0.4), got {text!r}") from None
-
-    return Preprocessing(mean=numbers(mean, "mean"), std=numbers(std, "std"), resize=resize,
-                         resize_shorter_to=resize_shorter_to, channel_order=channel_order)
-
-
 @main.command("export")
 @click.option("--model", "model_path", default=None, type=click.Path(path_type=Path),
               help="The classifier: an xaisdk checkpoint (classifier or GANMEX), a TorchScript file, or an ONNX file "
                    "from any framework (.onnx: no torch needed).")
-@click.option("--factory", default=None, help="Instead of --model: 'module:function' (or 'file.py:function') returning "
-                                              "the torch module, e.g. a torchvision/timm-style builder.")
-@click.option("--weights", "weights_path", default=None, type=click.Path(path_type=Path),
-              help="A state dict for --factory's module (read with torch.load(weights_only=True)).")
+@_torch_model_options("--model")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")
-@click.option("--input-shape", default=None, help="C,H,W of the model's input (e.g. 3,224,224); torch models need it.")
-@click.option("--classes", "classes_path", default=None, type=click.Path(path_type=Path),
-              help="A text file of class names, one per line (default: 0, 1, ...).")
-@click.option("--mean", default=None, help="Per-channel mean of the model's normalisation, on [0, 1] pixels "
-                                           "(e.g. 0.485,0.456,0.406). The bundle then takes RGB pixels in [0, 1].")
-@click.option("--std", default=None, help="Per-channel std of the normalisation (e.g. 0.229,0.224,0.225).")
-@click.option("--resize", default="none", show_default=True, type=click.Choice(["none", "stretch", "shorter-side-crop"]),
-              help="How explain/serve bring images of other sizes to the input size.")
-@click.option("--resize-shorter-to", default=None, type=int,
-              help="For shorter-side-crop: the shorter side before the centre crop (default: H * 256 / 224).")
-@click.option("--channel-order", default="RGB", show_default=True, type=click.Choice(["RGB", "BGR"]),
-              help="The channel order the model expects; images are always given as RGB.")
 @click.option("--opset", default=17, show_default=True, help="ONNX opset (13-20) for torch models.")
 @click.option("--batch", default=None, type=int, help="Fix the graphs' batch size (default: dynamic).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle in --out.")
@@ -413,14 +458,9 @@ def export_command(model_path: Path | None, factory: str | None, weights_path: P
     """Export a model to an ONNX bundle: classifier, its input-gradient and DeepLIFT graphs, the GANMEX
     generator, the inpainter / ExplainGAN / Exaggeration graphs when given, and manifest.json, each verified
     (against torch, or for an ONNX file against the file itself) before the bundle is written."""
-    from xaisdk.deploy.torch_intake import read_class_names, read_input_shape
-
     if (model_path is None) == (factory is None):
         raise click.ClickException("give exactly one of --model FILE or --factory module:function")
-    pipeline = _pixel_pipeline(mean, std, resize, resize_shorter_to, channel_order)
-    user_options = {"input_shape": None if input_shape is None else read_input_shape(input_shape),
-                    "class_names": None if classes_path is None else read_class_names(classes_path),
-                    "preprocessing": None if pipeline.is_identity else pipeline}
+    user_options = _user_model_options(input_shape, classes_path, mean, std, resize, resize_shorter_to, channel_order)
     if model_path is not None and model_path.suffix.lower() == ".onnx":
         from xaisdk.deploy.onnx_intake import export_onnx_classifier
 

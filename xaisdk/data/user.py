@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -68,7 +68,8 @@ def load_npz(path: str | os.PathLike, *, class_names: Sequence[str] | None = Non
 
 def load_image_folder(path: str | os.PathLike, *, size: int | tuple[int, int] | None = None,
                       grayscale: bool | None = None, test_fraction: float = 0.2, seed: int = 0,
-                      max_pixels: int = MAX_IMAGE_PIXELS) -> Split:
+                      max_pixels: int = MAX_IMAGE_PIXELS,
+                      transform: Callable[[np.ndarray], np.ndarray] | None = None) -> Split:
     """Load root/<class_name>/<image files> and split it train/test.
 
     Classes are the non-hidden subfolders of `path`, sorted by name; each must hold at least one
@@ -83,6 +84,9 @@ def load_image_folder(path: str | os.PathLike, *, size: int | tuple[int, int] | 
     max_pixels: each file's height x width is read from its header before decoding, and files above it
     are refused (default `xaisdk.input_files.MAX_IMAGE_PIXELS`, 2**26); files that are not regular files
     (a FIFO, a device) are skipped like other non-image entries.
+    transform: instead of `size`, a function taking one image (C, h, w) float32 in [0, 1] and returning
+    it at the one size every image must have (e.g. a model's resize policy); with `grayscale` given,
+    each image is transformed as soon as it is read, so a folder of large photos never sits in memory whole.
 
     >>> import tempfile
     >>> from PIL import Image
@@ -116,20 +120,36 @@ def load_image_folder(path: str | os.PathLike, *, size: int | tuple[int, int] | 
         files += images
         labels += [label] * len(images)
 
-    pixels, grey = zip(*(_read_image(f, max_pixels) for f in files))
-    as_grey = all(grey) if grayscale is None else grayscale
-    images = [_to_channels(p, as_grey) for p in pixels]
+    if transform is not None and target is not None:
+        raise InputError("size and transform: give one of them (transform brings each image to the size itself)")
+    if transform is not None and grayscale is not None:
+        images = [_transformed(transform, _to_channels(_read_image(f, max_pixels)[0], grayscale), f) for f in files]
+    else:
+        pixels, grey = zip(*(_read_image(f, max_pixels) for f in files))
+        as_grey = all(grey) if grayscale is None else grayscale
+        images = [_to_channels(p, as_grey) for p in pixels]
+        if transform is not None:
+            images = [_transformed(transform, img, f) for img, f in zip(images, files)]
     if target is None:
         shapes = {img.shape[1:] for img in images}
         if len(shapes) > 1:
             (h1, w1), (h2, w2) = sorted(shapes)[:2]
             raise InputError(f"{root}: images have different sizes (e.g. {h1}x{w1} and {h2}x{w2} pixels, "
-                             "height x width); pass size= to resize them to one size")
+                             "height x width); " + ("the transform must give one size" if transform is not None
+                                                    else "pass size= to resize them to one size"))
         x = np.stack(images)
     else:
         x = np.concatenate([resize_bilinear(img[None], target) for img in images])
     names = tuple(d.name for d in class_dirs)
     return split_dataset(Dataset(x, np.array(labels, np.int64), names, root.name), test_fraction, seed)
+
+
+def _transformed(transform: Callable[[np.ndarray], np.ndarray], image: np.ndarray, file: Path) -> np.ndarray:
+    out = np.asarray(transform(image), np.float32)
+    if out.ndim != 3 or out.shape[0] != image.shape[0]:
+        raise InputError(f"{file}: transform gave shape {out.shape} for a {image.shape} image; expected (C, H, W) with "
+                         f"C = {image.shape[0]}")
+    return out
 
 
 def _existing(path: object, name: str, *, want_dir: bool) -> Path:

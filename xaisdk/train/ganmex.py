@@ -26,11 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xaisdk.data import Dataset, Split
+from xaisdk.data import Dataset, Split, load_dataset, load_image_folder
 from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import Classifier
-from xaisdk.models.ganmex import GanmexModel, ganmex_from_payload, read_ganmex_file, save_ganmex
+from xaisdk.models.ganmex import GanmexModel, classifier_entry, ganmex_from_payload, read_ganmex_file, save_ganmex
 from xaisdk.models.stargan import CriticConfig, GeneratorConfig, PatchCritic, StarGenerator
+from xaisdk.runtime.preprocessing import Preprocessing, fit_images
 from xaisdk.train._classifier import check_input_shape, frozen_classifier
 from xaisdk.train._config import check_counts, check_rates, check_weights, config_from_dict
 from xaisdk.train.grids import save_image_grid
@@ -102,6 +103,41 @@ def _check_data(train: Dataset, classifier: Classifier) -> None:
     if float(train.x.min()) < low - 1e-6 or float(train.x.max()) > high + 1e-6:
         raise InputError(f"dataset values span [{train.x.min():.3g}, {train.x.max():.3g}], outside the "
                          f"classifier's value range {classifier.value_range}")
+
+
+def training_images(dataset: str | os.PathLike, classifier: Classifier, *, seed: int = 0) -> Split:
+    """The images to train ``classifier``'s GANMEX generator on, split train/test with ``seed``.
+
+    ``dataset``: 'digits', 'shapes', an .npz (see :func:`xaisdk.data.load_dataset`), or a folder of
+    class folders whose images, of any size, are brought to the classifier's input shape by its resize
+    policy (``metadata["preprocessing"]``; stretched when it has none) and to its channel count. A
+    folder's classes are matched to the classifier's by name (the folder names must be its class
+    names, e.g. from ``--classes labels.txt``), so the folders' sorted order does not matter.
+
+    >>> from xaisdk.models import load_shipped_classifier
+    >>> training_images("digits", load_shipped_classifier()).train.input_shape
+    (1, 28, 28)
+    """
+    if not os.path.isdir(dataset) or os.fspath(dataset) in ("digits", "shapes"):
+        return load_dataset(dataset, seed=seed)
+    entry = classifier.metadata.get("preprocessing")
+    policy = Preprocessing.from_manifest(entry) if entry is not None else Preprocessing()
+    fit = Preprocessing(resize=policy.resize if policy.resize != "none" else "stretch",
+                        resize_shorter_to=policy.resize_shorter_to)
+    shape = classifier.input_shape
+    split = load_image_folder(dataset, seed=seed, grayscale=shape[0] == 1,
+                              transform=lambda image: fit_images(image[None], shape, fit)[0][0])
+    folders = split.train.class_names
+    if set(folders) != set(classifier.class_names):
+        raise InputError(f"{dataset}: class folders {', '.join(folders)} are not the classifier's classes "
+                         f"({', '.join(classifier.class_names)}); name each folder after its class (give the "
+                         "classifier's class names in output order, e.g. --classes labels.txt)")
+    index = np.array([classifier.class_names.index(name) for name in folders], np.int64)
+
+    def relabel(part: Dataset) -> Dataset:
+        return Dataset(part.x, index[part.y], classifier.class_names, part.name)
+
+    return Split(relabel(split.train), relabel(split.test))
 
 
 def _other_class(labels: torch.Tensor, num_classes: int, rng: torch.Generator) -> torch.Tensor:
@@ -180,6 +216,7 @@ def train_ganmex(
                                            input_skip=config.generator_input_skip)
     critic_config = CriticConfig.for_input(classifier.input_shape, num_classes=k if config.standalone_classifier else 0,
                                            base_channels=config.critic_channels)
+    stored_classifier = classifier_entry(classifier)  # once, and before training: refuses what cannot be stored
     rng = seeded_generator(config.seed)
     generator = StarGenerator(gen_config)
     critic = PatchCritic(critic_config)
@@ -205,7 +242,7 @@ def train_ganmex(
 
     def save(path: Path, step: int, state: dict[str, Any]) -> None:
         critic_entry = {"config": critic_config.to_dict(), "state_dict": critic.state_dict()}
-        save_ganmex(path, snapshot(step), training_state=state | {"critic": critic_entry})
+        save_ganmex(path, snapshot(step), training_state=state | {"critic": critic_entry}, classifier=stored_classifier)
 
     def draw(path: Path, step: int) -> None:
         save_sample_grid(path, sample_grid(generator, grid_x), classifier.class_names,
