@@ -339,6 +339,7 @@ def test_unsupported_model_raises_and_leaves_nothing(tmp_path):
         export_bundle(classifier(CumsumNet), parent / "bundle")
     message = str(info.value)
     assert "op CumSum at node '/CumSum'" in message and "no gradient rule for CumSum" in message
+    assert "xaisdk.Explainer(model)" in message  # names the nearest alternative
     assert isinstance(info.value, InputError)
     assert list(parent.iterdir()) == []  # neither the bundle folder nor a temporary one
 

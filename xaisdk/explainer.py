@@ -401,8 +401,8 @@ class Explainer:
         args: tuple = (self.backend, batch, weights)
         base = None
         if isinstance(baseline, str) and baseline == "auto":
-            baseline = "ganmex" if self.backend.has_generator and tgt is not None and baseline_use else "zero"
-            baseline = baseline if baseline_use else None
+            generated = self.backend.has_generator and tgt is not None
+            baseline = None if baseline_use is None else "ganmex" if generated else "zero"
         baseline_name = _baseline_name(baseline) if baseline_use else None
         if baseline_use is None:
             if not (baseline is None or isinstance(baseline, str) and baseline == "ganmex"):

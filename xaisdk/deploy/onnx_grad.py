@@ -399,7 +399,9 @@ def check_differentiable(model: onnx.ModelProto, *, deeplift: bool = False) -> N
         if node.domain not in ("", "ai.onnx"):
             raise refuse(node, f"it is in the non-standard domain {node.domain!r}")
         if node.op_type not in GRADIENT_RULES:
-            raise refuse(node, f"no gradient rule for {node.op_type}; supported ops: {', '.join(sorted(GRADIENT_RULES))}")
+            raise refuse(node, f"no gradient rule for {node.op_type}; the nearest alternatives: write that layer with "
+                               f"supported ops ({', '.join(sorted(GRADIENT_RULES))}), or explain the model on torch "
+                               "(xaisdk.Explainer(model): every method, no export needed)")
         if deeplift and op_kind(node.op_type) == REFUSED:
             raise refuse_deeplift(node, ONNX_REASONS.get(node.op_type, NO_RULE))
     islands: Islands | None = None  # products inside element-wise units (SiLU, GELU...) are rescaled as units
