@@ -78,6 +78,10 @@ OPSETS = range(13, 21)
 FD_STEP = 1e-6  # float64 central differences; small so that few ReLUs change state inside the step
 DEEPLIFT_FLOOR_FACTOR = 4.0  # DeepLIFT graph vs float64: at most this times torch float32's own error
 GRAD_FLOOR_FACTOR = 4.0  # gradient graph vs float64 where it misses torch float32: at most this times torch's own error
+FLOOR_CAP = 1e-3
+"""The largest torch float32 error that counts as rounding (the deepest zoo layout, RegNetY, has 6.5e-5 at its
+small size). Above it torch float32 and float64 took ReLU / max-pool decisions differently: the comparison
+stays at ``TOLERANCE`` rather than grow with it (ResNet-50 at 224 px would otherwise have allowed 19%)."""
 @dataclass
 class ExportReport:
     """What :func:`export_bundle` wrote and measured."""
@@ -235,7 +239,7 @@ def _gradient_recheck(folder: Path, model: nn.Module, x: np.ndarray, weights: to
     routed_exact = exact if "grad_near_tie_flips" in result else None
     if relative_error(got, want) <= TOLERANCE:  # the near-ties were all of it
         return {**result, "grad_rel_err": relative_error(got, want), "grad_tolerance": TOLERANCE}, routed_exact
-    return ({**result, "grad_rel_err": relative_error(got, exact), "grad_tolerance": max(TOLERANCE, GRAD_FLOOR_FACTOR * floor)},
+    return ({**result, "grad_rel_err": relative_error(got, exact), "grad_tolerance": _floor_tolerance(floor)},
             routed_exact)
 
 
@@ -259,7 +263,12 @@ def _deeplift_checks(model: nn.Module, x: np.ndarray, base: np.ndarray, weights:
     single = ((xt - bt) * rescale_multipliers(model, xt, bt, weights)).numpy()
     floor = relative_error(single, exact)
     return {"deeplift_rel_err": relative_error(got, exact), "deeplift_float32_floor": floor,
-            "deeplift_tolerance": max(TOLERANCE, DEEPLIFT_FLOOR_FACTOR * floor)}
+            "deeplift_tolerance": _floor_tolerance(floor, DEEPLIFT_FLOOR_FACTOR)}
+
+
+def _floor_tolerance(floor: float, factor: float = GRAD_FLOOR_FACTOR) -> float:
+    """``factor`` times torch float32's own error where that error is rounding (at most ``FLOOR_CAP``), else ``TOLERANCE``."""
+    return max(TOLERANCE, factor * floor) if floor <= FLOOR_CAP else TOLERANCE
 
 
 def _failed_checks(checks: dict[str, float]) -> dict[str, float]:
@@ -323,7 +332,7 @@ def _finite_difference_checks(model: nn.Module, x: np.ndarray, weights: torch.Te
     # On imposed routes torch's own (unrouted) float32 gradient is no floor: the check is then strict.
     floor = relative_error(np.concatenate(reference), exact) if routed_exact is None else 0.0
     return {"grad_fd_rel_err": relative_error(np.concatenate(analytic), exact), "grad_fd_float32_floor": floor,
-            "grad_fd_tolerance": max(TOLERANCE, GRAD_FLOOR_FACTOR * floor)}
+            "grad_fd_tolerance": _floor_tolerance(floor)}
 
 
 def _resolve(model: Classifier | GanmexModel | nn.Module | str | os.PathLike, input_shape: Any, class_names: Any,

@@ -26,10 +26,11 @@ from torch.overrides import TorchFunctionMode
 
 __all__ = ["NEAR_TIE", "Routed", "onnx_decision_inputs", "routed_gradient"]
 
-NEAR_TIE = 1e-5
+NEAR_TIE = 1e-4
 """A decision counts as a near-tie when its margin in torch's values (|ReLU input|, or the max-pool
 window's best value minus the value ONNX Runtime picked) is at most this times the tensor's largest
-magnitude: ~100 float32 roundings, what reassociated sums and folded batch norms move values by."""
+magnitude: what reassociated sums and folded batch norms move values by, after 50 layers (ResNet-50
+at 224 px: 53 decisions differ, the largest margin 1.8e-5). A wrong routing picks values far below."""
 
 _RELU = {F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
 _MAX_POOL = {F.max_pool2d, F.max_pool2d_with_indices, torch.max_pool2d}
