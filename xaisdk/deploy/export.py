@@ -35,6 +35,7 @@ import shutil
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,7 @@ OPSETS = range(13, 21)
 FD_STEP = 1e-6  # float64 central differences; small so that few ReLUs change state inside the step
 DEEPLIFT_FLOOR_FACTOR = 4.0  # DeepLIFT graph vs float64: at most this times torch float32's own error
 GRAD_FLOOR_FACTOR = 4.0  # gradient graph vs float64 where it misses torch float32: at most this times torch's own error
+VERIFY_ROWS = 2  # rows per torch autograd call during verification (memory, see _in_rows)
 FLOOR_CAP = 1e-3
 """The largest torch float32 error that counts as rounding (the deepest zoo layout, RegNetY, has 6.5e-5 at its
 small size). Above it torch float32 and float64 took ReLU / max-pool decisions differently: the comparison
@@ -170,17 +172,17 @@ def _verify(folder: Path, model: nn.Module, generator: nn.Module | None, x: np.n
     checks: dict[str, float] = {}
     with torch.no_grad():
         checks["logits_rel_err"] = relative_error(backend.logits(x), model(xt).numpy())
-    xg = xt.clone().requires_grad_(True)
-    score = WeightedScore(model)(xg, weights)
-    (want,) = torch.autograd.grad(score.sum(), xg)
+    with torch.no_grad():
+        score = WeightedScore(model)(xt, weights)
+    want = _in_rows(n, lambda rows: _autograd(model, x[rows], weights[rows]))
     got_score, got = backend.score_gradient(x, weights.numpy())
-    checks["score_rel_err"] = relative_error(got_score, score.detach().numpy())
-    checks["grad_rel_err"] = relative_error(got, want.numpy())
+    checks["score_rel_err"] = relative_error(got_score, score.numpy())
+    checks["grad_rel_err"] = relative_error(got, want)
     routed_exact = None
     if checks["grad_rel_err"] > TOLERANCE:
-        recheck, routed_exact = _gradient_recheck(folder, model, x, weights, got, want.numpy())
+        recheck, routed_exact = _gradient_recheck(folder, model, x, weights, got, want)
         checks.update(recheck)
-    checks.update(_finite_difference_checks(model, x, weights, got, want.numpy(), rng, routed_exact))
+    checks.update(_finite_difference_checks(model, x, weights, got, want, rng, routed_exact))
     if backend.supports_deeplift:
         base = np.roll(x, 1, axis=0)
         attr = (x - base) * backend.deeplift_multipliers(x, base, weights.numpy())
@@ -195,6 +197,21 @@ def _verify(folder: Path, model: nn.Module, generator: nn.Module | None, x: np.n
             want_img = generator(xt, torch.from_numpy(target)).numpy()
         checks["generator_rel_err"] = relative_error(backend.generate(x, target), want_img)
     return checks
+
+
+def _in_rows(n: int, compute: Callable[[slice], np.ndarray]) -> np.ndarray:
+    """``compute`` over the verification rows in slices of ``VERIFY_ROWS``, concatenated: torch autograd (and
+    its float64 copies) holds every activation of every row at once (DenseNet-121 at 224 px ran a 24 GiB
+    machine out of memory with 6 rows)."""
+    return np.concatenate([compute(slice(i, i + VERIFY_ROWS)) for i in range(0, n, VERIFY_ROWS)])
+
+
+def _autograd(net: nn.Module, x: np.ndarray, weights: torch.Tensor) -> np.ndarray:
+    """d(sum_k weights * logits) / dx by torch autograd, in ``net``'s dtype."""
+    dtype = next(net.parameters(), torch.empty(0)).dtype
+    xt = torch.from_numpy(x).to(dtype).requires_grad_(True)
+    (grad,) = torch.autograd.grad((net(xt) * weights.to(dtype)).sum(), xt)
+    return grad.numpy()
 
 
 def _gradient_recheck(folder: Path, model: nn.Module, x: np.ndarray, weights: torch.Tensor, got: np.ndarray,
@@ -231,9 +248,7 @@ def _gradient_recheck(folder: Path, model: nn.Module, x: np.ndarray, weights: to
     else:
         exact = None
     if exact is None:  # no routes imposed: plain float64 autograd
-        x64 = torch.from_numpy(x).double().requires_grad_(True)
-        (grad64,) = torch.autograd.grad((model64(x64) * weights.double()).sum(), x64)
-        exact = grad64.numpy()
+        exact = _in_rows(len(x), lambda rows: _autograd(model64, x[rows], weights[rows]))
     floor = relative_error(want, exact)
     result["grad_float32_floor"] = floor
     routed_exact = exact if "grad_near_tie_flips" in result else None
@@ -257,10 +272,13 @@ def _deeplift_checks(model: nn.Module, x: np.ndarray, base: np.ndarray, weights:
     from xaisdk.attribution.deeplift import rescale_multipliers
 
     model64 = copy.deepcopy(model).double().eval()
-    x64, b64 = torch.from_numpy(x).double(), torch.from_numpy(base).double()
-    exact = ((x64 - b64) * rescale_multipliers(model64, x64, b64, weights.double())).numpy()
-    xt, bt = torch.from_numpy(x), torch.from_numpy(base)
-    single = ((xt - bt) * rescale_multipliers(model, xt, bt, weights)).numpy()
+
+    def attributions(net: nn.Module, dtype: torch.dtype, rows: slice) -> np.ndarray:
+        xs, bs = torch.from_numpy(x[rows]).to(dtype), torch.from_numpy(base[rows]).to(dtype)
+        return ((xs - bs) * rescale_multipliers(net, xs, bs, weights[rows].to(dtype))).numpy()
+
+    exact = _in_rows(len(x), lambda rows: attributions(model64, torch.float64, rows))
+    single = _in_rows(len(x), lambda rows: attributions(model, torch.float32, rows))
     floor = relative_error(single, exact)
     return {"deeplift_rel_err": relative_error(got, exact), "deeplift_float32_floor": floor,
             "deeplift_tolerance": _floor_tolerance(floor, DEEPLIFT_FLOOR_FACTOR)}

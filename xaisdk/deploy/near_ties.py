@@ -139,7 +139,7 @@ class _Impose(TorchFunctionMode):
 
 
 def routed_gradient(model: nn.Module, forward: onnx.ModelProto | list[tuple[str, np.ndarray]], x: np.ndarray,
-                    weights: torch.Tensor) -> Routed | None:
+                    weights: torch.Tensor, rows: int = 2) -> Routed | None:
     """d(sum_k weights[n, k] logits[n, k]) / dx from torch with ONNX Runtime's ReLU masks and max-pool
     argmaxes (read from the classifier graph ``forward``, or given as :func:`onnx_decision_inputs`
     returns them) imposed, computed in ``model``'s dtype (a float64 copy gives the exact reference
@@ -158,11 +158,16 @@ def routed_gradient(model: nn.Module, forward: onnx.ModelProto | list[tuple[str,
     if not decisions:
         return None
     dtype = next(model.parameters(), torch.empty(0)).dtype
-    xt = torch.from_numpy(x).to(dtype).requires_grad_(True)
-    mode = _Impose(decisions)
-    with mode:
-        score = (model(xt) * weights.to(dtype)).sum()
-    if mode.mismatch is not None or mode.calls != len(decisions):
-        return None
-    (grad,) = torch.autograd.grad(score, xt)
-    return Routed(grad.numpy(), mode.flips, mode.max_margin)
+    grads, flips, margin = [], 0, 0.0
+    for start in range(0, len(x), rows):  # autograd holds every activation of its rows: a few at a time
+        part = slice(start, start + rows)
+        xt = torch.from_numpy(x[part]).to(dtype).requires_grad_(True)
+        mode = _Impose([(kind, value[part]) for kind, value in decisions])
+        with mode:
+            score = (model(xt) * weights[part].to(dtype)).sum()
+        if mode.mismatch is not None or mode.calls != len(decisions):
+            return None
+        (grad,) = torch.autograd.grad(score, xt)
+        grads.append(grad.numpy())
+        flips, margin = flips + mode.flips, max(margin, mode.max_margin)
+    return Routed(np.concatenate(grads), flips, margin)
