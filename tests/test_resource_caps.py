@@ -383,3 +383,28 @@ def test_cli_refuses_too_many_steps_in_one_line(bundle_dir, images, tmp_path):
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "n_steps: 100000 is above the limit of 4096" in lines[0], run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_the_default_rows_per_call_shrink_with_the_image_size():
+    """256 autograd rows per call suit 28 px digits; at 224 px the default holds 27 images' activations, not 256."""
+    from xaisdk.deploy.torch_intake import classifier_from_module
+    from xaisdk.explainer import CHUNK_INPUT_ELEMENTS
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 8, stride=8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    explainer = Explainer(classifier_from_module(net, input_shape=(3, 224, 224)))
+    rows: list[int] = []
+    recorded = explainer.backend.score_gradient
+
+    def recording(x: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows.append(len(x))
+        return recorded(x, weights)
+
+    explainer.backend.score_gradient = recording
+    image = np.random.default_rng(0).random((3, 224, 224)).astype(np.float32)
+    fitted = explainer.explain(image, target=1, source=0, method="ig", baseline="zero", n_steps=64)
+    assert max(rows) == CHUNK_INPUT_ELEMENTS // (3 * 224 * 224) == 27
+    rows.clear()
+    named = explainer.explain(image, target=1, source=0, method="ig", baseline="zero", n_steps=64, chunk_size=64)
+    assert rows == [64]
+    np.testing.assert_allclose(fitted.attributions, named.attributions, rtol=1e-5, atol=1e-7)
