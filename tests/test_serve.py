@@ -539,3 +539,38 @@ def test_per_image_targets_for_some_images_need_one_class_in_parameters(server, 
     status, _, body = server.request("POST", f"/v1/models/{MODEL}:explain", {
         "instances": instances, "parameters": {"target": 7, "n_steps": 16}})
     assert status == 200 and [r["target"] for r in body["explanations"]] == [3, 7], body
+
+
+def test_a_bundle_with_a_resize_policy_takes_photos_of_any_size(tmp_path):
+    """A service posts camera JPEG/PNGs as they come: the bundle's pixel pipeline (resize, then per-channel
+    normalisation in the graphs) makes them the model's input, exactly as the Explainer does locally."""
+    import torch
+    from torch import nn
+
+    from xaisdk.deploy.export import export_bundle
+    from xaisdk.runtime.preprocessing import Preprocessing
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, 1), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(6, 4)).eval()
+    pipeline = Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), resize="shorter-side-crop")
+    export_bundle(net, tmp_path / "photo", input_shape=(3, 32, 32), preprocessing=pipeline, force=True)
+    local = Explainer.load(tmp_path / "photo")
+    rng = np.random.default_rng(0)
+    photos = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), rng.integers(0, 256, (90, 40, 3), dtype=np.uint8)]
+    srv = Server(tmp_path / "photo", "--warmup", "2")
+    try:
+        status, _, body = srv.request("POST", f"/v1/models/{MODEL}:explain", {
+            "instances": [{"b64": _png_b64(p)} for p in photos], "parameters": {"n_steps": 16, "target": 1}})
+        assert status == 200, body
+        for photo, row in zip(photos, body["explanations"]):
+            want = local.explain(photo, 1, method="ig", baseline="zero", n_steps=16)
+            assert row["shape"] == [3, 32, 32]
+            _close(np.array([row["attributions"]], np.float32), want.attributions[None])
+        status, _, body = srv.request("POST", "/v2/models/" + MODEL + "/infer", {
+            "inputs": [{"name": "images", "shape": [1], "datatype": "BYTES", "data": [_png_b64(photos[1])]}]})
+        assert status == 200, body
+        logits = np.array(body["outputs"][0]["data"], np.float64)
+        np.testing.assert_allclose(logits, local.logits(photos[1]), rtol=1e-5, atol=1e-5)
+    finally:
+        assert srv.stop() == 0

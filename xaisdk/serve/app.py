@@ -29,6 +29,7 @@ from xaisdk.errors import InputError
 from xaisdk.explainer import RUNNER_UP
 from xaisdk.runtime.arrays import softmax
 from xaisdk.runtime.images import as_model_batch
+from xaisdk.runtime.preprocessing import fit_images
 from xaisdk.serve.batching import RequestAborted
 from xaisdk.serve.observability import ACCESS_LOG, ServerMetrics, access_line
 from xaisdk.serve.protocol import decode_instances, decode_v2_inputs, explanation_rows, parse_options
@@ -91,18 +92,29 @@ def _per_image(value: Any, extras: list[dict], key: str) -> Any:
 
 def _model_batch(explainer: Any, images: list[np.ndarray]) -> np.ndarray:
     """Each image in the model's layout and value range (one at a time: a stack of (H, W) images would
-    read as one (C, H, W) image), as one float32 (N, C, H, W) batch."""
+    read as one (C, H, W) image), brought to the model's size by the bundle's resize policy, as one
+    float32 (N, C, H, W) batch."""
     backend = explainer.backend
+    pipeline = getattr(backend, "preprocessing", None)
     rows = []
     for i, image in enumerate(images):
         try:
-            batch, single = as_model_batch(image, backend.input_shape, backend.value_range)
+            if pipeline is not None:  # a bundle's pixel pipeline: any size under its resize policy
+                batch, single = fit_images(image, backend.input_shape, pipeline)
+            else:
+                batch, single = as_model_batch(image, backend.input_shape, backend.value_range)
         except InputError as err:
             raise InputError(f"image {i}: {err}") from None
         if not single:
             raise InputError(f"image {i}: expected one image, got a batch of shape {np.shape(image)}")
         rows.append(batch)
     return np.concatenate(rows)
+
+
+def _resizes(explainer: Any) -> bool:
+    """Whether the bundle's pixel pipeline brings images of any size to the model's (its resize policy)."""
+    pipeline = getattr(explainer.backend, "preprocessing", None)
+    return pipeline is not None and pipeline.resize != "none"
 
 
 def _explain(explainer: Any, images: list[np.ndarray], options: Any, target: Any, source: Any) -> Any:
@@ -216,7 +228,7 @@ def create_app(config: ServerConfig, *, service: ModelService | None = None, loa
         shape = explainer.backend.input_shape
 
         def work(explainer: Any) -> dict:
-            images, _ = decode_instances(body.get("instances"), shape, config.max_images)
+            images, _ = decode_instances(body.get("instances"), shape, config.max_images, resizes=_resizes(explainer))
             logits, probabilities = _predictions(explainer, images)
             names = explainer.class_names
             return {"predictions": [{"label": int(i), "label_name": names[int(i)], "logits": lg.tolist(),
@@ -234,7 +246,7 @@ def create_app(config: ServerConfig, *, service: ModelService | None = None, loa
         shape = explainer.backend.input_shape
 
         def work(explainer: Any) -> dict:
-            images, extras = decode_instances(body.get("instances"), shape, config.max_images)
+            images, extras = decode_instances(body.get("instances"), shape, config.max_images, resizes=_resizes(explainer))
             target = _per_image(options.target, extras, "target")
             source = _per_image(options.source, extras, "source")
             explanation = _explain(explainer, images, options, target, source)
@@ -263,7 +275,7 @@ def create_app(config: ServerConfig, *, service: ModelService | None = None, loa
         shape = explainer.backend.input_shape
 
         def work(explainer: Any) -> dict:
-            images, classes = decode_v2_inputs(body.get("inputs"), shape, config.max_images)
+            images, classes = decode_v2_inputs(body.get("inputs"), shape, config.max_images, resizes=_resizes(explainer))
             n = len(images)
             head = {"model_name": name, "model_version": "1", "id": request_id}
             if not explain:

@@ -40,7 +40,7 @@ from xaisdk.errors import InputError
 __all__ = ["BatchingBackend", "RequestAborted", "RequestContext", "request_context"]
 
 _PASSED_THROUGH = ("name", "input_shape", "num_classes", "value_range", "supports_deeplift", "has_generator",
-                   "class_names", "deeplift_unavailable", "bundle")
+                   "class_names", "deeplift_unavailable", "bundle", "preprocessing")
 
 
 class RequestAborted(Exception):

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from xaisdk.errors import InputError
-from xaisdk.input_files import image_from_stream
+from xaisdk.input_files import MAX_IMAGE_PIXELS, image_from_stream
 
 __all__ = ["ExplainOptions", "decode_instances", "decode_v2_inputs", "explanation_rows", "parse_options", "png_overlay"]
 
@@ -105,17 +105,20 @@ def parse_options(parameters: Any, *, has_generator: bool) -> ExplainOptions:
     return options
 
 
-def decode_image_bytes(data: bytes, input_shape: tuple[int, ...], where: str) -> np.ndarray:
+def decode_image_bytes(data: bytes, input_shape: tuple[int, ...], where: str, *, resizes: bool = False) -> np.ndarray:
     """A PNG/JPEG (any format pillow reads) as uint8 pixels (H, W) or (H, W, 3) for a model taking
-    ``input_shape`` (C, H, W) with C = 1 (converted to grey) or 3 (to RGB). The header's size must be
-    the model's: nothing else is decoded."""
+    ``input_shape`` (C, H, W) with C = 1 (converted to grey) or 3 (to RGB). The header's size is read
+    first: it must be the model's, or with ``resizes`` (the bundle has a resize policy) at most
+    ``MAX_IMAGE_PIXELS``; nothing else is decoded."""
     channels, height, width = (int(v) for v in input_shape)
     if channels not in (1, 3):
         raise InputError(f"{where}: encoded images need a 1- or 3-channel model (this one takes {channels} channels); "
                          "send a tensor instead")
-    with image_from_stream(io.BytesIO(data), where, max_pixels=max(height * width, 1)) as img:
-        if (img.width, img.height) != (width, height):
-            raise InputError(f"{where}: image is {img.width} x {img.height}, the model takes {width} x {height}")
+    cap = MAX_IMAGE_PIXELS if resizes else max(height * width, 1)
+    with image_from_stream(io.BytesIO(data), where, max_pixels=cap) as img:
+        if not resizes and (img.width, img.height) != (width, height):
+            raise InputError(f"{where}: image is {img.width} x {img.height}, the model takes {width} x {height} "
+                             "and its bundle has no resize policy (export with --resize to take any size)")
         try:
             pixels = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
         except (OSError, ValueError, SyntaxError, EOFError) as err:
@@ -150,9 +153,10 @@ def _tensor(value: Any, where: str) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def decode_instances(instances: Any, input_shape: tuple[int, ...], max_images: int) -> tuple[list[np.ndarray], list[dict]]:
+def decode_instances(instances: Any, input_shape: tuple[int, ...], max_images: int, *,
+                     resizes: bool = False) -> tuple[list[np.ndarray], list[dict]]:
     """KServe V1 ``instances``: images (uint8 or float pixels) and per-image overrides (``target``,
-    ``source``) given as ``{"image": ..., "target": ...}``."""
+    ``source``) given as ``{"image": ..., "target": ...}``; ``resizes`` as in :func:`decode_image_bytes`."""
     if not isinstance(instances, list) or not instances:
         raise InputError("instances: expected a non-empty list of images")
     if len(instances) > max_images:
@@ -172,16 +176,17 @@ def decode_instances(instances: Any, input_shape: tuple[int, ...], max_images: i
             payload = item.get("b64", wrapped.get("b64") if isinstance(wrapped, dict) else None)
             if payload is None:
                 raise InputError(f"{where}: expected {{\"b64\": <base64 PNG/JPEG>}} or a tensor")
-            images.append(decode_image_bytes(_b64(payload, where), input_shape, where))
+            images.append(decode_image_bytes(_b64(payload, where), input_shape, where, resizes=resizes))
         else:
             images.append(_tensor(item, where))
         extras.append(extra)
     return images, extras
 
 
-def decode_v2_inputs(inputs: Any, input_shape: tuple[int, ...], max_images: int) -> tuple[list[np.ndarray], dict]:
+def decode_v2_inputs(inputs: Any, input_shape: tuple[int, ...], max_images: int, *,
+                     resizes: bool = False) -> tuple[list[np.ndarray], dict]:
     """Open Inference Protocol V2 ``inputs``: the first tensor holds the images; optional INT64/BYTES
-    tensors named ``target`` / ``source`` hold per-image classes."""
+    tensors named ``target`` / ``source`` hold per-image classes; ``resizes`` as in :func:`decode_image_bytes`."""
     if not isinstance(inputs, list) or not inputs or not all(isinstance(t, dict) for t in inputs):
         raise InputError("inputs: expected a non-empty list of tensors {name, shape, datatype, data}")
     classes: dict[str, Any] = {}
@@ -213,7 +218,8 @@ def decode_v2_inputs(inputs: Any, input_shape: tuple[int, ...], max_images: int)
     if datatype == "BYTES":
         if shape != [len(data)] and shape != [len(data), 1]:
             raise InputError(f"{where}: BYTES shape {shape} does not match {len(data)} elements")
-        images = [decode_image_bytes(_b64(v, f"{where}[{i}]"), input_shape, f"{where}[{i}]") for i, v in enumerate(data)]
+        images = [decode_image_bytes(_b64(v, f"{where}[{i}]"), input_shape, f"{where}[{i}]", resizes=resizes)
+                  for i, v in enumerate(data)]
         return images, classes
     if datatype not in _V2_DTYPES:
         raise InputError(f"{where}: datatype must be one of BYTES, {', '.join(_V2_DTYPES)}, got {datatype!r}")
