@@ -443,6 +443,9 @@ def train_inpainter_command(dataset: str, out_path: Path, steps: int | None, bat
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")
 @click.option("--opset", default=17, show_default=True, help="ONNX opset (13-20) for torch models.")
 @click.option("--batch", default=None, type=int, help="Fix the graphs' batch size (default: dynamic).")
+@click.option("--layout", default="auto", show_default=True, type=click.Choice(["auto", "NCHW", "NHWC"]),
+              help="An ONNX file's image axes (auto: channels-last when the last axis is 1, 3 or 4 channels, as tf2onnx "
+                   "files); the bundle takes channels-first pixels either way.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle in --out.")
 @click.option("--inpainter", "inpainter_path", type=click.Path(path_type=Path), default=None,
               help="Also export this inpainter checkpoint (xaisdk train inpainter) as inpainter.onnx.")
@@ -453,8 +456,9 @@ def train_inpainter_command(dataset: str, out_path: Path, steps: int | None, bat
 @_clean_errors
 def export_command(model_path: Path | None, factory: str | None, weights_path: Path | None, out_dir: Path,
                    input_shape: str | None, classes_path: Path | None, mean: str | None, std: str | None, resize: str,
-                   resize_shorter_to: int | None, channel_order: str, opset: int, batch: int | None, force: bool,
-                   inpainter_path: Path | None, explaingan_path: Path | None, exaggeration_path: Path | None) -> None:
+                   resize_shorter_to: int | None, channel_order: str, opset: int, batch: int | None, layout: str,
+                   force: bool, inpainter_path: Path | None, explaingan_path: Path | None,
+                   exaggeration_path: Path | None) -> None:
     """Export a model to an ONNX bundle: classifier, its input-gradient and DeepLIFT graphs, the GANMEX
     generator, the inpainter / ExplainGAN / Exaggeration graphs when given, and manifest.json, each verified
     (against torch, or for an ONNX file against the file itself) before the bundle is written."""
@@ -467,12 +471,14 @@ def export_command(model_path: Path | None, factory: str | None, weights_path: P
         if inpainter_path or explaingan_path or exaggeration_path or batch is not None or opset != 17:
             raise click.ClickException("an ONNX file is exported as it is: --batch, --opset, --inpainter, --explaingan "
                                        "and --exaggeration apply to torch models")
-        report = export_onnx_classifier(model_path, out_dir, force=force, **user_options)
+        report = export_onnx_classifier(model_path, out_dir, force=force, layout=layout, **user_options)
         reference = "the ONNX file"
     else:
         from xaisdk.deploy.export import export_bundle
         from xaisdk.deploy.torch_intake import load_torch_classifier
 
+        if layout != "auto":
+            raise click.ClickException("--layout applies to ONNX files; a torch model's input is channels-first")
         plain = factory is None and weights_path is None and not any(v is not None for v in user_options.values())
         model = model_path if plain else load_torch_classifier(model_path, factory=factory, weights=weights_path,
                                                                 **user_options)

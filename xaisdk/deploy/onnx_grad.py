@@ -417,13 +417,22 @@ def check_differentiable(model: onnx.ModelProto, *, deeplift: bool = False) -> N
         raise refuse_deeplift(node, PRODUCT if product else DIVISION)
 
 
+SHAPE_ONLY = frozenset({"Shape", "Size"})
+
+
 def _baseline_pass(graph: onnx.GraphProto, active: set[str], x_name: str, baseline_name: str) -> tuple[list, dict[str, str]]:
-    """A copy of the forward nodes that depend on x, run on the baseline; returns (nodes, renaming)."""
+    """A copy of the forward nodes that depend on x, run on the baseline; returns (nodes, renaming).
+
+    Every value computed from x gets its baseline twin, also through non-differentiable ops (a comparison
+    feeding a Where), except ``Shape`` / ``Size``: x and the baseline have one shape, so the shape
+    arithmetic of ``x.view(x.size(0), -1)`` is shared (a copy would write its outputs a second time).
+    """
     rename = {name: (baseline_name if name == x_name else f"ref/{name}") for name in active}
     nodes = []
     for node in graph.node:
-        if not any(name in active for name in node.input):
+        if node.op_type in SHAPE_ONLY or not any(name in rename for name in node.input):
             continue
+        rename.update({name: f"ref/{name}" for name in node.output if name and name not in rename})
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
         copy.name = f"ref/{node.name}"

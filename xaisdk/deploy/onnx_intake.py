@@ -6,7 +6,9 @@ alone. :func:`export_onnx_classifier`:
 
 1. reads the file (one graph, tensors inside it; external data is refused), converts opsets below
    13 to 17, fixes the image size (``input_shape`` where the file leaves it symbolic) and makes the
-   batch axis dynamic when the graph allows it (else the bundle keeps the file's fixed batch);
+   batch axis dynamic when the graph allows it (else the bundle keeps the file's fixed batch); a
+   channels-last input (N, H, W, C), as TensorFlow/Keras files exported by tf2onnx have, gets a
+   Transpose in front, so the bundle, its maps and ``input_shape`` are channels-first like any other;
 2. puts the pixel pipeline (:class:`~xaisdk.runtime.preprocessing.Preprocessing`: channel order,
    per-channel mean/std) in front, so the bundle takes RGB pixels in [0, 1], and names the ends
    ``x`` and ``logits``;
@@ -65,7 +67,7 @@ from xaisdk.runtime.bundle import MANIFEST, read_bundle, sha256_bytes
 from xaisdk.runtime.bundle_integrity import MAX_GRAPH_BYTES
 from xaisdk.runtime.preprocessing import Preprocessing
 
-__all__ = ["OnnxExportReport", "export_onnx_classifier", "read_onnx_classifier"]
+__all__ = ["LAYOUTS", "OnnxExportReport", "channels_last", "export_onnx_classifier", "read_onnx_classifier"]
 
 FD_STEP = 1e-6  # float64 central differences along unit directions; small, so that few ReLUs change state
 FD_IMAGES = 3
@@ -85,6 +87,8 @@ class OnnxExportReport:
     deeplift_unavailable: str | None
     kept: list[str] = field(default_factory=list)
     recovered: list[str] = field(default_factory=list)
+    channels_last: bool = False
+    """The file took (N, H, W, C) images; the bundle takes (N, C, H, W) through a Transpose."""
 
     @property
     def total_bytes(self) -> int:
@@ -136,10 +140,28 @@ def _dims(value: onnx.ValueInfoProto) -> list[int | None]:
     return [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
 
 
-def _image_shape(given: Sequence[int] | None, dims: list[int | None]) -> tuple[int, int, int]:
+LAYOUTS = ("auto", "NCHW", "NHWC")
+_IMAGE_CHANNELS = (1, 3, 4)
+
+
+def channels_last(dims: list[int | None], layout: str = "auto") -> bool:
+    """Whether an image input with ``dims`` is (N, H, W, C): as ``layout`` says, or with ``"auto"`` when the
+    last axis is a channel count (1, 3 or 4) and the second is not (symbolic sizes count as not).
+
+    >>> channels_last([None, 224, 224, 3]), channels_last(["N", None, None, 3]), channels_last([1, 3, 224, 224])
+    (True, True, False)
+    """
+    if layout not in LAYOUTS:
+        raise InputError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
     if len(dims) != 4:
-        raise InputError(f"the model's input must be images (N, C, H, W), got rank {len(dims)} ({dims}); "
-                         "channels-last graphs (N, H, W, C) need a Transpose in front: export them channels-first")
+        raise InputError(f"the model's input must be images (N, C, H, W) or (N, H, W, C), got rank {len(dims)} ({dims})")
+    if layout != "auto":
+        return layout == "NHWC"
+    return dims[3] in _IMAGE_CHANNELS and dims[1] not in _IMAGE_CHANNELS
+
+
+def _image_shape(given: Sequence[int] | None, dims: list[int | None]) -> tuple[int, int, int]:
+    """(C, H, W) from channels-first ``dims`` and the ``input_shape`` given (needed where a size is symbolic)."""
     stated = dims[1:]
     if given is None:
         if any(d is None for d in stated):
@@ -150,7 +172,8 @@ def _image_shape(given: Sequence[int] | None, dims: list[int | None]) -> tuple[i
         raise InputError(f"input shape: expected three positive integers C,H,W, got {given!r}")
     clash = [(s, d) for s, d in zip(shape, stated) if d is not None and d != s]
     if clash:
-        raise InputError(f"input shape {shape} contradicts the model's input {dims[1:]}")
+        raise InputError(f"input shape {shape} (C, H, W) contradicts the model's input read as {tuple(dims[1:])}; "
+                         "if the file's axes are read wrongly, give --layout NHWC or NCHW")
     return shape  # type: ignore[return-value]
 
 
@@ -175,19 +198,21 @@ def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
 
 
 def _with_pipeline(model: onnx.ModelProto, spec: Preprocessing, shape: tuple[int, int, int], batch: int | str,
-                   classes: int) -> onnx.ModelProto:
-    """A copy of ``model`` taking RGB pixels ``x`` in [0, 1] and returning ``logits``."""
+                   classes: int, last: bool = False) -> onnx.ModelProto:
+    """A copy of ``model`` taking RGB pixels ``x`` (N, C, H, W) in [0, 1] and returning ``logits``; a
+    channels-last model (``last``) gets its input through a Transpose."""
     result = onnx.ModelProto()
     result.CopyFrom(model)
     graph = result.graph
     image, logits = _io_names(result)
     taken = {n for node in graph.node for n in [*node.input, *node.output]} | {t.name for t in graph.initializer}
     for name in ("x", "logits", "pixels/normalised", "pixels/mean", "pixels/std", "pixels/order", "pixels/centred",
-                 "pixels/ordered"):
+                 "pixels/ordered", "pixels/channels_last"):
         if name in taken and name not in (image.name, logits.name):
             _rename(graph, name, f"user/{name}")
     model_input, model_output = image.name, logits.name
-    _rename(graph, model_input, "pixels/normalised")
+    fed = "pixels/channels_last" if last else "pixels/normalised"
+    _rename(graph, model_input, fed)
     _rename(graph, model_output, "user/logits")
     mean, std = spec.per_channel(shape[0])
     nodes = []
@@ -200,10 +225,12 @@ def _with_pipeline(model: onnx.ModelProto, spec: Preprocessing, shape: tuple[int
                               numpy_helper.from_array(std.reshape(1, -1, 1, 1), "pixels/std")])
     nodes += [helper.make_node("Sub", [start, "pixels/mean"], ["pixels/centred"], name="pixels/Sub"),
               helper.make_node("Div", ["pixels/centred", "pixels/std"], ["pixels/normalised"], name="pixels/Div")]
+    if last:
+        nodes.append(helper.make_node("Transpose", ["pixels/normalised"], [fed], perm=[0, 2, 3, 1], name="pixels/Transpose"))
     old_nodes = list(graph.node)
     del graph.node[:]
     graph.node.extend(nodes + old_nodes + [helper.make_node("Identity", ["user/logits"], ["logits"], name="out/logits")])
-    graph.input.remove(next(i for i in graph.input if i.name == "pixels/normalised"))
+    graph.input.remove(next(i for i in graph.input if i.name == fed))
     graph.input.insert(0, helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, *shape]))
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes]))
@@ -235,41 +262,54 @@ def _run(session: Any, feeds: dict[str, np.ndarray], batch: int | None) -> list[
 
 
 def read_onnx_classifier(path: str | os.PathLike, *, input_shape: Sequence[int] | None = None,
-                         preprocessing: Preprocessing | None = None) -> tuple[onnx.ModelProto, onnx.ModelProto, int | None]:
-    """(the file's graph with fixed sizes, the bundle's classifier graph with the pixel pipeline, fixed batch or None)."""
+                         preprocessing: Preprocessing | None = None,
+                         layout: str = "auto") -> tuple[onnx.ModelProto, onnx.ModelProto, int | None, bool]:
+    """(the file's graph with fixed sizes, the bundle's classifier graph with the pixel pipeline, fixed batch
+    or None, whether the file takes channels-last images); ``input_shape`` is (C, H, W) in either layout."""
     model = _opset(_read_model(path))
     image, logits = _io_names(model)
     dims = _dims(image)
+    last = channels_last(dims, layout)
+    if last:
+        dims = [dims[0], dims[3], dims[1], dims[2]]
     shape = _image_shape(input_shape, dims)
     spec = preprocessing or Preprocessing()
     spec.check_channels(shape[0])
     out_dims = _dims(logits)
     if len(out_dims) != 2 or out_dims[1] is None or out_dims[1] < 2:
-        probe = _session(_sized(model, image.name, logits.name, dims[0] or 1, shape, None))
-        out = probe.run(None, {image.name: np.zeros((dims[0] or 1, *shape), np.float32)})[0]
+        probe = _session(_sized(model, image.name, logits.name, dims[0] or 1, shape, None, last))
+        out = probe.run(None, {image.name: np.zeros((dims[0] or 1, *_file_order(shape, last)), np.float32)})[0]
         if out.ndim != 2 or out.shape[1] < 2:
             raise InputError(f"the model's output must be logits (N, K) with K >= 2, got shape {out.shape}")
         classes = int(out.shape[1])
     else:
         classes = int(out_dims[1])
     for batch in ("N", dims[0] or 1):
-        sized = _sized(model, image.name, logits.name, batch, shape, classes)
+        sized = _sized(model, image.name, logits.name, batch, shape, classes, last)
         try:
             rows = 2 if batch == "N" else int(batch)
-            _session(sized).run(None, {image.name: np.zeros((rows, *shape), np.float32)})
-        except Exception:
+            _session(sized).run(None, {image.name: np.zeros((rows, *_file_order(shape, last)), np.float32)})
+        except Exception as err:
             if batch == "N":
                 continue  # e.g. a Reshape to a hard-coded batch of 1: keep the file's fixed batch
-            raise
-        return sized, _with_pipeline(sized, spec, shape, batch, classes), None if batch == "N" else int(batch)
+            raise InputError(f"the model does not run on {'channels-last' if last else 'channels-first'} images of "
+                             f"{list(shape)} (C, H, W) ({type(err).__name__}: {str(err)[:300]}); check --input-shape, "
+                             f"or give --layout {'NCHW' if last else 'NHWC'}") from None
+        fixed = None if batch == "N" else int(batch)
+        return sized, _with_pipeline(sized, spec, shape, batch, classes, last), fixed, last
     raise AssertionError("unreachable")
 
 
+def _file_order(shape: tuple[int, int, int], last: bool) -> tuple[int, int, int]:
+    """(C, H, W) as the file's input takes it: (H, W, C) when channels-last."""
+    return (shape[1], shape[2], shape[0]) if last else shape
+
+
 def _sized(model: onnx.ModelProto, image: str, logits: str, batch: int | str, shape: tuple[int, int, int],
-           classes: int | None) -> onnx.ModelProto:
+           classes: int | None, last: bool = False) -> onnx.ModelProto:
     sized = onnx.ModelProto()
     sized.CopyFrom(model)
-    _set_dims(next(i for i in sized.graph.input if i.name == image), [batch, *shape])
+    _set_dims(next(i for i in sized.graph.input if i.name == image), [batch, *_file_order(shape, last)])
     if classes is not None:
         _set_dims(sized.graph.output[0], [batch, classes])
     else:
@@ -301,7 +341,8 @@ def _fd_error(forward_graph: onnx.ModelProto, x: np.ndarray, w: np.ndarray, grad
 
 
 def _verify(user: onnx.ModelProto, graphs: dict[str, bytes], spec: Preprocessing, shape: tuple[int, int, int],
-            classes: int, batch: int | None, extra: np.ndarray | None, seed: int) -> tuple[dict[str, float], str | None]:
+            classes: int, batch: int | None, extra: np.ndarray | None, seed: int,
+            last: bool = False) -> tuple[dict[str, float], str | None]:
     rng = np.random.default_rng(seed)
     x = rng.uniform(0.0, 1.0, (6, *shape)).astype(np.float32)
     if extra is not None:
@@ -311,6 +352,8 @@ def _verify(user: onnx.ModelProto, graphs: dict[str, bytes], spec: Preprocessing
     mean, std = spec.per_channel(shape[0])
     ordered = x[:, ::-1] if spec.channel_order == "BGR" else x
     normalised = ((ordered - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1)).astype(np.float32)
+    if last:
+        normalised = np.ascontiguousarray(normalised.transpose(0, 2, 3, 1))
     user_session = _session(user)
     want = _run(user_session, {user_session.get_inputs()[0].name: normalised}, batch)[0]
     logits = _run(forward, {"x": x}, batch)[0]
@@ -335,8 +378,12 @@ def _verify(user: onnx.ModelProto, graphs: dict[str, bytes], spec: Preprocessing
 
 def export_onnx_classifier(path: str | os.PathLike, out: str | os.PathLike, *, input_shape: Sequence[int] | None = None,
                            class_names: Sequence[str] | None = None, preprocessing: Preprocessing | None = None,
-                           force: bool = False, verify_inputs: np.ndarray | None = None, seed: int = 0) -> OnnxExportReport:
+                           force: bool = False, verify_inputs: np.ndarray | None = None, seed: int = 0,
+                           layout: str = "auto") -> OnnxExportReport:
     """Export the ONNX classifier at ``path`` as a verified bundle in ``out`` (see the module docstring).
+
+    ``layout``: the file's image axes, ``"NCHW"``, ``"NHWC"`` or ``"auto"`` (:func:`channels_last`); the
+    bundle takes channels-first pixels either way and ``input_shape`` is always (C, H, W).
 
     ``verify_inputs``: extra RGB pixel images in [0, 1], (N, C, H, W), for the checks. Errors as
     :func:`xaisdk.deploy.export_bundle`: :class:`~xaisdk.InputError` (including
@@ -350,7 +397,7 @@ def export_onnx_classifier(path: str | os.PathLike, out: str | os.PathLike, *, i
     except OSError as err:
         raise output_error(err, out) from None
     spec = preprocessing or Preprocessing()
-    user, forward, batch = read_onnx_classifier(path, input_shape=input_shape, preprocessing=spec)
+    user, forward, batch, last = read_onnx_classifier(path, input_shape=input_shape, preprocessing=spec, layout=layout)
     shape = tuple(d.dim_value for d in forward.graph.input[0].type.tensor_type.shape.dim[1:])
     classes = forward.graph.output[0].type.tensor_type.shape.dim[1].dim_value
     names = tuple(str(n) for n in class_names) if class_names is not None else tuple(str(i) for i in range(classes))
@@ -363,7 +410,7 @@ def export_onnx_classifier(path: str | os.PathLike, out: str | os.PathLike, *, i
         graphs["deeplift_grad"] = checked_graph(deeplift_graph(forward), "deeplift_grad")
     except UnsupportedOpError as err:
         deeplift_unavailable = str(err)
-    checks, miss = _verify(user, graphs, spec, shape, classes, batch, verify_inputs, seed)
+    checks, miss = _verify(user, graphs, spec, shape, classes, batch, verify_inputs, seed, last)
     if miss:
         graphs.pop("deeplift_grad")
         deeplift_unavailable = miss
@@ -383,6 +430,7 @@ def export_onnx_classifier(path: str | os.PathLike, out: str | os.PathLike, *, i
                                        source=str(path), deeplift_unavailable=deeplift_unavailable,
                                        preprocessing=None if spec.is_identity else spec.to_manifest())
             manifest["verification"] = {"tolerance": TOLERANCE, "fd_reference": "float64 onnx.reference", **checks}
+            manifest["source_layout"] = "NHWC" if last else "NCHW"  # the bundle's own graphs take NCHW
             with atomic_file(staging / MANIFEST) as handle:
                 handle.write((json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
             read_bundle(staging)
@@ -397,7 +445,7 @@ def export_onnx_classifier(path: str | os.PathLike, out: str | os.PathLike, *, i
     finally:
         ACTIVE_TOKENS.discard(token)
     return OnnxExportReport(path=Path(out), files=sizes, seconds=time.perf_counter() - started, checks=checks, batch=batch,
-                            deeplift_unavailable=deeplift_unavailable, kept=kept, recovered=recovered)
+                            deeplift_unavailable=deeplift_unavailable, kept=kept, recovered=recovered, channels_last=last)
 
 
 def _opset_of(model: onnx.ModelProto) -> int:
