@@ -94,6 +94,7 @@ def test_export_bad_arguments_fail_cleanly(tmp_path):
         (["--model", str(tmp_path / "missing.pt")], ["missing.pt", "no such checkpoint"]),
         (["--model", str(garbage)], ["garbage.pt", "not a readable torch checkpoint"]),
         (["--model", model, "--out", str(notes), "--force"], ["not an xaisdk bundle"]),
+        (["--model", model, "--layout", "NHWC"], ["--layout applies to ONNX files"]),
     ]
     for args, fragments in cases:
         out = ["--out", str(tmp_path / "bundle")] if "--out" not in args else []
@@ -199,3 +200,37 @@ def test_explain_bad_input_fails_cleanly(exported, digit_pngs, tmp_path):
     assert (busy / "explanation.json").exists() and (busy / "keep.txt").read_text() == "precious"
     missing = xaisdk("explain", "--bundle", str(tmp_path / "nowhere"), *one, "--out", str(tmp_path / "o2"))
     assert_clean_failure(missing, "nowhere", "no such bundle")
+
+
+def test_export_reads_a_channels_last_onnx_file(tmp_path):
+    """A Keras-layout file (N, H, W, C) is found channels-last by itself; read channels-first against a stated
+    (C, H, W) it is a clean error naming --layout."""
+    import io
+    import warnings
+
+    import torch
+    from torch import nn
+
+    class ChannelsLast(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(self.conv(x.permute(0, 3, 1, 2))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ChannelsLast().eval(), torch.zeros(1, 16, 16, 3), buffer, dynamo=False, opset_version=17,
+                          input_names=["images"], dynamic_axes={"images": {0: "n"}})
+    (tmp_path / "keras.onnx").write_bytes(buffer.getvalue())
+    result = xaisdk("export", "--model", str(tmp_path / "keras.onnx"), "--out", str(tmp_path / "bundle"))
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert manifest["input"]["shape"] == [3, 16, 16] and manifest["model"]["source_layout"] == "NHWC"
+    forced = xaisdk("export", "--model", str(tmp_path / "keras.onnx"), "--layout", "NCHW", "--input-shape", "3,16,16",
+                    "--out", str(tmp_path / "b2"))
+    assert_clean_failure(forced, "--layout NHWC")
+    assert not (tmp_path / "b2").exists()

@@ -430,7 +430,7 @@ def export_onnx_classifier(path: str | os.PathLike, out: str | os.PathLike, *, i
                                        source=str(path), deeplift_unavailable=deeplift_unavailable,
                                        preprocessing=None if spec.is_identity else spec.to_manifest())
             manifest["verification"] = {"tolerance": TOLERANCE, "fd_reference": "float64 onnx.reference", **checks}
-            manifest["source_layout"] = "NHWC" if last else "NCHW"  # the bundle's own graphs take NCHW
+            manifest["model"]["source_layout"] = "NHWC" if last else "NCHW"  # the file's; the bundle's graphs take NCHW
             with atomic_file(staging / MANIFEST) as handle:
                 handle.write((json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
             read_bundle(staging)
