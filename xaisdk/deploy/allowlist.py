@@ -24,9 +24,9 @@ TENSORRT_OPS: frozenset[str] = frozenset(
     Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace Div Dropout Einsum
     Elu Equal Erf Exp Expand Flatten Floor Gather GatherElements GatherND Gelu Gemm GlobalAveragePool
     GlobalMaxPool Greater GreaterOrEqual GroupNormalization HardSigmoid HardSwish Identity InstanceNormalization
-    LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax MatMul Max MaxPool Mean Min Mod Mul Neg Not
+    LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax LRN MatMul Max MaxPool Mean Min Mod Mul Neg Not
     OneHot Or Pad Pow PRelu Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean
-    ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize ScatterElements ScatterND Selu Shape
+    ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize Round ScatterElements ScatterND Selu Shape
     Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh
     ThresholdedRelu Tile TopK Transpose Unsqueeze Where Xor
     """.split()
@@ -39,6 +39,21 @@ def _attribute_problem(node: onnx.NodeProto) -> str | None:
         return f"{node.op_type} with reduction={attrs['reduction']!r}"
     if node.op_type == "Pad" and attrs.get("mode", b"constant") not in (b"constant", "constant", b"reflect", "reflect"):
         return f"Pad mode {attrs['mode']!r}"
+    if node.op_type == "LRN":
+        return _lrn_problem(attrs)
+    return None
+
+
+def _lrn_problem(attrs: dict) -> str | None:
+    """The parser hands LRN to ``INetworkDefinition::addLRN``, whose ILRNLayer takes an odd window of 1 to 15
+    channels, alpha in [-1e20, 1e20], beta in [0.01, 1e5] and k (ONNX's bias) in [1e-5, 1e10]."""
+    size = int(attrs.get("size", 0))
+    if size % 2 == 0 or not 1 <= size <= 15:
+        return f"LRN size {size} (TensorRT: odd, 1 to 15)"
+    for name, default, low, high in (("alpha", 1e-4, -1e20, 1e20), ("beta", 0.75, 0.01, 1e5), ("bias", 1.0, 1e-5, 1e10)):
+        value = float(attrs.get(name, default))
+        if not low <= value <= high:
+            return f"LRN {name}={value:g} (TensorRT: {low:g} to {high:g})"
     return None
 
 

@@ -46,9 +46,11 @@ from xaisdk.deploy.grad_rules_activations import ACTIVATION_RULES
 from xaisdk.deploy.grad_rules_layout import LAYOUT_RULES, fold_constants
 from xaisdk.deploy.grad_rules_normalization import NORMALIZATION_RULES
 from xaisdk.deploy.grad_rules_pooling import POOLING_RULES
+from xaisdk.deploy.grad_rules_reductions import REDUCTION_RULES
 from xaisdk.errors import InputError
 from xaisdk.methods.deeplift_rules import (
     DIVISION,
+    ELEMENTWISE_EXTREMUM,
     NO_RULE,
     ONNX_OPS,
     ONNX_REASONS,
@@ -352,6 +354,7 @@ GRADIENT_RULES: dict[str, Rule] = {
     **LAYOUT_RULES,
     **ACTIVATION_RULES,
     **NORMALIZATION_RULES,
+    **REDUCTION_RULES,
 }
 # Element-wise nonlinearities that DeepLIFT rescales (their rules call ``ctx.multiplier``), and the ops
 # it refuses: both from the table the torch reference uses too (:mod:`xaisdk.methods.deeplift_rules`).
@@ -390,7 +393,8 @@ def _single_io(model: onnx.ModelProto) -> tuple[str, str]:
 def check_differentiable(model: onnx.ModelProto, *, deeplift: bool = False) -> None:
     """Raise :class:`UnsupportedOpError` (naming the op and node) if a node on the path from the input
     to the logits has no rule (or, with ``deeplift``, is not covered by the rescale rule: refused op
-    kinds first, then products and quotients of input-dependent tensors)."""
+    kinds first, then products and quotients of input-dependent tensors, and element-wise maxima or minima
+    of several of them)."""
     x_name, _ = _single_io(model)
     active = _active_tensors(model.graph, x_name)
     nodes = [node for node in model.graph.node
@@ -406,11 +410,14 @@ def check_differentiable(model: onnx.ModelProto, *, deeplift: bool = False) -> N
             raise refuse_deeplift(node, ONNX_REASONS.get(node.op_type, NO_RULE))
     islands: Islands | None = None  # products inside element-wise units (SiLU, GELU...) are rescaled as units
     for node in nodes if deeplift else []:
-        product = node.op_type in ("Mul", "MatMul") and all(name in active for name in node.input[:2])
+        if node.op_type in ("Max", "Min") and len({name for name in node.input if name in active}) > 1:
+            raise refuse_deeplift(node, ELEMENTWISE_EXTREMUM)
+        product = (node.op_type in ("Mul", "MatMul") and all(name in active for name in node.input[:2])
+                   or node.op_type == "Einsum" and sum(name in active for name in node.input) > 1)
         quotient = node.op_type == "Div" and node.input[1] in active
         if not (product or quotient):
             continue
-        if node.op_type != "MatMul":
+        if node.op_type not in ("MatMul", "Einsum"):
             islands = islands or Islands(model.graph, active, read_shapes(model).dims)
             if islands.of(node) is not None:
                 continue

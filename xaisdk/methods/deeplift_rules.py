@@ -20,8 +20,11 @@ __all__ = [
     "AFFINE",
     "BILINEAR",
     "DIVISION",
+    "ELEMENTWISE_EXTREMUM",
+    "EXTREMUM_REDUCTION",
     "INPUT_CONDITION",
     "MAX_POOL",
+    "NONLINEAR_REDUCTION",
     "ONNX_OPS",
     "ONNX_REASONS",
     "PRODUCT",
@@ -34,8 +37,8 @@ __all__ = [
 
 # Op kinds.
 AFFINE = "affine"  # affine in its input-dependent operands: multipliers pass through as gradients
-BILINEAR = "bilinear"  # Mul / MatMul / Div: affine only while at most one operand (Div: the numerator) depends on x
-RESCALED = "rescaled"  # element-wise nonlinearity: the rescale rule replaces its derivative
+BILINEAR = "bilinear"  # Mul / MatMul / Einsum / Div: affine only while at most one operand (Div: the numerator) depends on x
+RESCALED = "rescaled"  # element-wise nonlinearity: the rescale rule replaces its derivative (Max / Min: of one operand)
 REFUSED = "refused"  # not affine and not element-wise: no DeepLIFT
 MAX_POOL = "max_pool"  # Captum's max-pooling rule: window differences routed to the maxima of input and baseline
 
@@ -46,6 +49,9 @@ MAX_POOLING = "max pooling"
 SOFTMAX = "softmax"
 NORMALIZATION = "normalization across features"
 INPUT_CONDITION = "a selection whose condition depends on the input"
+ELEMENTWISE_EXTREMUM = "element-wise maxima or minima of several input-dependent tensors"
+EXTREMUM_REDUCTION = "max and min reductions"
+NONLINEAR_REDUCTION = "non-linear reductions (norms, sums of squares, log-sum-exp)"
 NO_RULE = "this op (it is neither affine nor an element-wise nonlinearity)"
 
 # ONNX op type -> kind. Ops missing here have no DeepLIFT rule; ops with no gradient rule at all
@@ -74,9 +80,22 @@ _ACTIVATION_OPS: dict[str, str] = dict.fromkeys(
      "Log", "Sqrt", "Reciprocal", "Pow", "Abs"],
     RESCALED)
 ONNX_OPS = {**ONNX_OPS, **_ACTIVATION_OPS}
+# Reductions and the ops of other frameworks' files (xaisdk.deploy.grad_rules_reductions). Max and Min are
+# element-wise in their one input-dependent operand; with two or more the builder refuses them (ELEMENTWISE_EXTREMUM).
+_REDUCTION_OPS: dict[str, str] = {
+    **dict.fromkeys(["Sum", "Mean", "SpaceToDepth", "DepthToSpace"], AFFINE),
+    "Einsum": BILINEAR,
+    **dict.fromkeys(["Max", "Min", "Sin", "Cos", "Sign", "Floor", "Ceil", "Round"], RESCALED),
+    **dict.fromkeys(["ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp", "LRN"],
+                    REFUSED),
+}
+ONNX_OPS = {**ONNX_OPS, **_REDUCTION_OPS}
 ONNX_REASONS: dict[str, str] = {
     "Softmax": SOFTMAX, "LogSoftmax": SOFTMAX,
     "LayerNormalization": NORMALIZATION, "GroupNormalization": NORMALIZATION, "InstanceNormalization": NORMALIZATION,
+    "LRN": NORMALIZATION,
+    "ReduceMax": EXTREMUM_REDUCTION, "ReduceMin": EXTREMUM_REDUCTION,
+    **dict.fromkeys(["ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp"], NONLINEAR_REDUCTION),
 }
 
 
