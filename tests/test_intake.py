@@ -387,6 +387,31 @@ def test_view_by_size_models_export_with_deeplift(tmp_path, intake):
         assert rel(e.attributions[i], want[i]) < 1e-4
     assert np.abs(e.convergence_delta).max() < 1e-4 * np.abs(e.score - e.baseline_score).max()
 
+
+def test_an_alexnet_style_onnx_file_with_lrn_exports(tmp_path):
+    """LRN (AlexNet, GoogLeNet and CaffeNet in the ONNX model zoo) through the whole ONNX intake: the
+    float64 finite-difference check needs a channel-wise LRN (onnx's reference loops over the batch)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    weights = {"conv_w": rng.standard_normal((6, 3, 3, 3)).astype(np.float32),
+               "fc_w": rng.standard_normal((6, 4)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["data", "conv_w"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu1"),
+             helper.make_node("LRN", ["r"], ["n"], name="norm1", size=5, alpha=1e-2, beta=0.75, bias=1.0),
+             helper.make_node("GlobalAveragePool", ["n"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+             helper.make_node("MatMul", ["f", "fc_w"], ["prob"], name="fc")]
+    graph = helper.make_graph(nodes, "alexnet_style", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 4])],
+                              [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "alexnet.onnx"))
+    report = export_onnx_classifier(tmp_path / "alexnet.onnx", tmp_path / "bundle")
+    assert report.checks["grad_fd_rel_err"] < 1e-4 and report.deeplift_unavailable.startswith("DeepLIFT's rescale rule")
+    pixels = rng.random((2, 3, 16, 16)).astype(np.float32)
+    e = Explainer.load(report.path).explain(pixels, target="runner-up", n_steps=64, rule="gausslegendre")
+    assert np.abs(e.convergence_delta).max() < 1e-3 * np.abs(e.score - e.baseline_score).max()
+
 # --- defaults for user models ------------------------------------------------------------------------
 
 

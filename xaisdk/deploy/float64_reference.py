@@ -58,6 +58,19 @@ class Gelu(OpRun):
         return (y.astype(x.dtype),)
 
 
+class LRN(OpRun):
+    """LRN in float64 over the channel axis (onnx 1.23's reference loops over the batch axis instead), with
+    the spec's window: channels c - floor((size - 1) / 2) ... c + ceil((size - 1) / 2)."""
+
+    def _run(self, x, alpha=None, beta=None, bias=None, size=None):
+        alpha = 1e-4 if alpha is None else alpha
+        beta = 0.75 if beta is None else beta
+        bias = 1.0 if bias is None else bias
+        before, after = (size - 1) // 2, size // 2
+        squares = np.stack([(x[:, max(c - before, 0):c + after + 1] ** 2).sum(1) for c in range(x.shape[1])], 1)
+        return ((x / (bias + alpha / size * squares) ** beta).astype(x.dtype),)
+
+
 def _widen(tensor: onnx.TensorProto) -> onnx.TensorProto:
     return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float64), tensor.name)
 
@@ -89,7 +102,7 @@ class Float64Reference:
     """Call with a float64 batch; returns the graph's first output in float64, row by row for a fixed batch."""
 
     def __init__(self, model: onnx.ModelProto, fixed_batch: int | None = None) -> None:
-        self._evaluator = ReferenceEvaluator(float64_graph(model), new_ops=[Erf, Gelu])
+        self._evaluator = ReferenceEvaluator(float64_graph(model), new_ops=[Erf, Gelu, LRN])
         self._input = next(i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
         self._fixed = fixed_batch
 
