@@ -124,6 +124,43 @@ MAX_POOLS = {
 }
 
 
+AVERAGE_POOLS = {  # each divides by its own window count where it differs from the kernel size
+    "padded_excluding_pad": (nn.AvgPool2d(3, 1, 1, count_include_pad=False), (2, 7, 6)),  # PoolFormer
+    "padded_including_pad": (nn.AvgPool2d(3, 2, 1), (2, 9, 8)),
+    "ceil_mode_partial": (nn.AvgPool2d(2, 2, ceil_mode=True), (2, 7, 9)),
+    "resnet_d_shortcut": (nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False), (2, 9, 7)),  # timm ResNet-D
+    "ceil_mode_padded": (nn.AvgPool2d(3, 2, 1, ceil_mode=True), (2, 10, 8)),
+    "stride_tail": (nn.AvgPool2d(3, 3), (2, 11, 10)),  # cells no window covers get no gradient
+    "one_d_excluding": (nn.AvgPool1d(3, 2, 1, count_include_pad=False), (2, 11)),
+}
+
+
+@pytest.mark.parametrize("name", list(AVERAGE_POOLS))
+def test_average_pool_gradient_matches_autograd(name):
+    body, shape = AVERAGE_POOLS[name]
+    check_gradient(body, shape, expect="AveragePool")
+
+
+def test_keras_same_average_pool_excludes_the_padding():
+    """tf2onnx writes Keras' AveragePooling2D(padding="same") as auto_pad=SAME_UPPER, count_include_pad=0."""
+    pool = helper.make_node("AveragePool", ["x"], ["p"], name="pool", kernel_shape=[3, 3], strides=[2, 2],
+                            auto_pad="SAME_UPPER")
+    flat = helper.make_node("Flatten", ["p"], ["f"], name="flat")
+    fc = helper.make_node("MatMul", ["f", "W"], ["logits"], name="fc")
+    weight = np.random.default_rng(3).standard_normal((2 * 4 * 3, 3)).astype(np.float32)
+    graph = helper.make_graph([pool, flat, fc], "keras", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 7, 6])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+                              [numpy_helper.from_array(weight, "W")])
+    forward = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(4).standard_normal((N, 2, 7, 6)).astype(np.float32)
+    w = np.random.default_rng(5).standard_normal((N, 3)).astype(np.float32)
+    grad = session(gradient_graph(forward), forward).run(["grad"], {"x": x, "w": w})[0]
+    # TensorFlow's "same" pooling: height padded 1 + 1, width 0 + 1 (SAME_UPPER puts the odd cell last); divide by real cells
+    xt = torch.from_numpy(x).requires_grad_(True)
+    pooled = F.avg_pool2d(F.pad(xt, (0, 1, 1, 1)), 3, 2) / F.avg_pool2d(F.pad(torch.ones_like(xt), (0, 1, 1, 1)), 3, 2)
+    (((pooled.flatten(1) @ torch.from_numpy(weight)) * torch.from_numpy(w)).sum()).backward()
+    assert rel_err(grad, xt.grad.numpy()) <= TOL
+
 def tie_inputs(shape, seed: int) -> np.ndarray:
     """Rows full of ties: a constant image, a 0/1 image, and 2x2 constant blocks of three levels."""
     rng = np.random.default_rng(seed)

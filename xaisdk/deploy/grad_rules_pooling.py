@@ -26,7 +26,6 @@ from onnx import TensorProto
 from xaisdk.deploy.grad_context import (
     DEEPLIFT_EPS,
     GradContext,
-    conv_transpose_padding,
     node_attrs,
     refuse,
     window_geometry,
@@ -47,20 +46,50 @@ def _pool_window(node: onnx.NodeProto, ctx: GradContext) -> tuple[list[int], lis
     return kernel, strides, pads, dilations
 
 
+def window_counts(size: int, out: int, kernel: int, stride: int, begin: int, end: int, include_pad: bool) -> np.ndarray:
+    """Each output's divisor along one axis, as torch and ONNX Runtime count it: the window's cells inside
+    the padded input (``include_pad``) or inside the input itself; ceil_mode's partial last window counts
+    only the cells it covers.
+
+    >>> window_counts(5, 3, 3, 2, 1, 1, include_pad=False).tolist(), window_counts(5, 3, 3, 2, 1, 1, include_pad=True).tolist()
+    ([2, 3, 2], [3, 3, 3])
+    >>> window_counts(6, 3, 2, 2, 0, 0, include_pad=False).tolist(), window_counts(5, 3, 2, 2, 0, 0, include_pad=True).tolist()
+    ([2, 2, 2], [2, 2, 1])
+    """
+    starts = np.arange(out) * stride - begin
+    stops = np.minimum(starts + kernel, size + end)
+    if include_pad:
+        return stops - starts
+    return np.minimum(stops, size) - np.maximum(starts, 0)
+
+
 def _average_pool(ctx: GradContext, node: onnx.NodeProto, g: str) -> dict[str, str]:
+    """Each output's gradient spread evenly over its window by a depthwise ConvTranspose, divided by the
+    window's own count (padding excluded with ``count_include_pad=0``, as Keras' "same" pooling and timm's
+    ResNet-D shortcuts have it; ceil_mode's partial windows count what they cover)."""
     kernel, strides, pads, dilations = _pool_window(node, ctx)
-    if int(node_attrs(node).get("ceil_mode", 0)):
-        sizes = ctx.static(node, node.input[0], range(2, 2 + len(kernel)))
-        for i, size in enumerate(sizes):
-            if (size + pads[i] + pads[i + len(kernel)] - kernel[i]) % strides[i]:
-                raise refuse(node, "average pooling in ceil_mode with a partial last window")
-    if any(pads) and not int(node_attrs(node).get("count_include_pad", 0)):
-        raise refuse(node, "padded average pooling that excludes the padding from the count")
-    x = node.input[0]
+    x, rank = node.input[0], len(kernel)
     channels = ctx.static(node, x, [1])[0]
-    weight = np.full((channels, 1, *kernel), 1.0 / float(np.prod(kernel)), dtype=np.float32)
-    extra = conv_transpose_padding(node, ctx, x, node.output[0], kernel, strides, pads, dilations)
-    grad = ctx.w.op("ConvTranspose", [g, ctx.w.const(weight, hint="avgpool_weight")], strides=strides, pads=pads,
+    sizes = ctx.static(node, x, range(2, 2 + rank))
+    out = ctx.static(node, node.output[0], range(2, 2 + rank))
+    include_pad = bool(int(node_attrs(node).get("count_include_pad", 0)))
+    divisor = np.ones((1, 1, *out))
+    for i in range(rank):
+        counts = window_counts(sizes[i], out[i], kernel[i], strides[i], pads[i], pads[i + rank], include_pad)
+        divisor = divisor * counts.reshape((1, 1) + tuple(-1 if j == i else 1 for j in range(rank)))
+    # Cells the last windows reach past the input (padding, ceil_mode's overhang) are cropped from the
+    # ConvTranspose's end; a tail no window covers becomes output padding (zero gradient).
+    reach = [(o - 1) * s + k - size - b for o, s, k, size, b in zip(out, strides, kernel, sizes, pads[:rank])]
+    crop = [*pads[:rank], *(max(r, 0) for r in reach)]
+    extra = [max(-r, 0) for r in reach]
+    if any(e >= s for e, s in zip(extra, strides)):
+        raise refuse(node, f"cannot map output size {out} back to input size {sizes}")
+    if np.all(divisor == np.prod(kernel)):
+        weight, spread = np.full((channels, 1, *kernel), 1.0 / float(np.prod(kernel)), dtype=np.float32), g
+    else:
+        weight = np.ones((channels, 1, *kernel), dtype=np.float32)
+        spread = ctx.w.op("Mul", [g, ctx.w.const((1.0 / divisor).astype(np.float32), hint="avgpool_divisor")])
+    grad = ctx.w.op("ConvTranspose", [spread, ctx.w.const(weight, hint="avgpool_weight")], strides=strides, pads=crop,
                     group=channels, output_padding=extra, kernel_shape=kernel)
     return {x: grad}
 
