@@ -69,6 +69,40 @@ class AttentionLike(nn.Module):
         return self.fc((weight * self.v(x)).flatten(1))
 
 
+class PairMaximum(nn.Module):
+    """The element-wise maximum of two input-dependent tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.Conv2d(1, 4, 3, stride=2, padding=1)
+        self.fc = nn.Linear(4 * 5 * 5, 3)
+
+    def forward(self, x):
+        return self.fc(torch.maximum(self.a(x), self.b(x)).flatten(1))
+
+
+class ChannelMax(nn.Module):
+    """A max reduction over channels (torch.amax), as some pooling heads write it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.Linear(5 * 5, 3)
+
+    def forward(self, x):
+        return self.fc(torch.amax(self.conv(x), dim=1).flatten(1))
+
+
+class NormPooling(nn.Module):
+    """L2 pooling over space (torch.linalg.vector_norm), a non-linear reduction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(torch.linalg.vector_norm(self.conv(x), dim=(2, 3)))
+
+
 class FunctionalSoftmax(nn.Module):
     """A softmax across channels called as a function (no module for hooks to see)."""
 
@@ -229,6 +263,9 @@ def functional_bundle(tmp_path_factory):
     (SqueezeExcitation, "products of two input-dependent tensors"),
     (AttentionLike, "products of two input-dependent tensors"),
     (FunctionalSoftmax, "softmax"),
+    (PairMaximum, "element-wise maxima or minima of several input-dependent tensors"),
+    (ChannelMax, "max and min reductions"),
+    (NormPooling, "non-linear reductions (norms, sums of squares, log-sum-exp)"),
 ])
 def test_uncovered_models_are_refused_with_the_same_reason_on_both_backends(model_type, reason, tmp_path, images):
     model = seeded(model_type)

@@ -63,9 +63,12 @@ from torch import fx, nn
 
 from xaisdk.methods.deeplift_rules import (
     DIVISION,
+    ELEMENTWISE_EXTREMUM,
+    EXTREMUM_REDUCTION,
     MAX_POOL,
     MAX_POOLING,
     NO_RULE,
+    NONLINEAR_REDUCTION,
     NORMALIZATION,
     PRODUCT,
     SOFTMAX,
@@ -148,9 +151,12 @@ _ELEMENTWISE_METHODS = {"relu", "relu_", "clamp", "clamp_", "clip", "clip_", "cl
 _SHAPE_METHODS = {"size", "dim", "numel", "new_zeros", "new_ones", "new_full", "new_empty"}
 _SHAPE_ATTRS = {"shape", "dtype", "device", "ndim"}
 _SHAPE_FUNCTIONS = {torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like}
-# Refused ops with a specific reason (others get NO_RULE); matched on the op's name.
-_NAMED_REASONS = (("max_pool", MAX_POOLING), ("softmax", SOFTMAX), ("softmin", SOFTMAX), ("norm", NORMALIZATION),
-                  ("attention", PRODUCT), ("bilinear", PRODUCT), ("maximum", MAX_POOLING), ("amax", MAX_POOLING))
+# Refused ops with a specific reason (others get NO_RULE), the sentences the ONNX builder gives for the ops
+# they export to; matched on the op's name, first match wins (``vector_norm`` before ``norm``).
+_NAMED_REASONS = (("max_pool", MAX_POOLING), ("softmax", SOFTMAX), ("softmin", SOFTMAX), ("vector_norm", NONLINEAR_REDUCTION),
+                  ("logsumexp", NONLINEAR_REDUCTION), ("norm", NORMALIZATION), ("attention", PRODUCT), ("bilinear", PRODUCT),
+                  ("maximum", ELEMENTWISE_EXTREMUM), ("minimum", ELEMENTWISE_EXTREMUM), ("amax", EXTREMUM_REDUCTION),
+                  ("amin", EXTREMUM_REDUCTION))
 
 
 @dataclass(frozen=True)
