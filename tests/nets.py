@@ -17,3 +17,14 @@ def randomize_batch_norms(net: nn.Module) -> nn.Module:
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.1, 0.1)
     return net
+
+
+class Fn(nn.Module):
+    """A function of one tensor as a module, to put torch functions into nn.Sequential layouts."""
+
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from captum.attr import DeepLift
+from nets import Fn
 from torch import nn
 
 from xaisdk.attribution.deeplift import deeplift, deeplift_refusal, rescale_multipliers
@@ -229,15 +230,6 @@ class GatedNet(nn.Module):
 
     def forward(self, x):
         return self.fc(self.act2(self.conv2(self.act1(self.bn(self.conv1(x))))).flatten(1))
-
-
-class Fn(nn.Module):
-    def __init__(self, fn) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
 
 
 GATED = {

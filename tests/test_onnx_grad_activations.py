@@ -17,6 +17,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
+from nets import Fn
 from onnx import TensorProto, helper, numpy_helper
 from torch import fx, nn
 
@@ -134,15 +135,6 @@ class Wrapped(nn.Module):
 
     def forward(self, x):
         return self.fc(self.act(self.conv(x)).flatten(1))
-
-
-class Fn(nn.Module):
-    def __init__(self, f) -> None:
-        super().__init__()
-        self.f = f
-
-    def forward(self, x):
-        return self.f(x)
 
 
 def _prelu():

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from captum.attr import DeepLift
+from nets import Fn
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
@@ -67,15 +68,6 @@ class Head(nn.Module):
 
     def forward(self, x):
         return self.fc(self.body(x).flatten(1))
-
-
-class Fn(nn.Module):
-    def __init__(self, fn) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
 
 
 def check_gradient(body, shape, *, opset: int = 17, x: np.ndarray | None = None, seed: int = 0,

@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
+from nets import Fn
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
@@ -98,15 +99,6 @@ def torch_float64(model: nn.Module):
             return model64(torch.from_numpy(a)).numpy()
 
     return logits
-
-
-class Fn(nn.Module):
-    def __init__(self, fn) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
 
 
 class Head(nn.Module):
