@@ -97,6 +97,8 @@ def path_agreement(image: np.ndarray, exact: np.ndarray, torch_path: np.ndarray,
         return np.abs(path - exact).reshape(steps, -1).max(1) / np.maximum(flat_exact, 1e-30)
 
     flipped = (per_point(torch_path) > 1e-4) | (per_point(onnx_path) > 1e-4)
+    if flipped.all():  # nothing left to compare
+        return {"path_points_off_float64": int(flipped.sum()), "ig_onnx_vs_torch_same_decisions": None}
     scale = float(np.abs(image[0] * (weights * exact).sum(0)).max())
     keep = ~flipped[:, None, None, None]
     rest = np.abs(image[0] * (weights * keep * (onnx_path - torch_path)).sum(0)).max()
@@ -152,6 +154,10 @@ def measure(name: str, steps: int, folder: Path, captum: bool) -> dict:
     return row
 
 
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1e}"
+
+
 def _markdown(rows: list[dict], env: dict, steps: int) -> str:
     lines = [f"# Model zoo at 224 px ({env['date']})", "", f"Command: `{env['command']}`", "",
              f"Device: {env['device']}", "",
@@ -168,7 +174,7 @@ def _markdown(rows: list[dict], env: dict, steps: int) -> str:
                      f"{r['ig_onnx_vs_torch']:.1e} | {r.get('ig_onnx_vs_torch_l1', float('nan')):.1e} | "
                      f"{r.get('ig_torch_vs_float64', float('nan')):.1e} | {r.get('ig_torch_vs_float64_l1', float('nan')):.1e} | "
                      f"{r.get('ig_onnx_vs_float64', float('nan')):.1e} | {r.get('path_points_off_float64', '')} | "
-                     f"{r.get('ig_onnx_vs_torch_same_decisions', float('nan')):.1e} | "
+                     f"{_number(r.get('ig_onnx_vs_torch_same_decisions'))} | "
                      f"{r.get('ig_torch_vs_captum', float('nan')):.1e} | "
                      f"{r['methods']} |")
     reasons = [f"- {r['model']}: {r['deeplift_unavailable']}" for r in rows if r.get("deeplift_unavailable")]
