@@ -412,6 +412,56 @@ def test_an_alexnet_style_onnx_file_with_lrn_exports(tmp_path):
     e = Explainer.load(report.path).explain(pixels, target="runner-up", n_steps=64, rule="gausslegendre")
     assert np.abs(e.convergence_delta).max() < 1e-3 * np.abs(e.score - e.baseline_score).max()
 
+
+def _keras_style_file(path) -> None:
+    """What tf2onnx writes for a small Keras model: NHWC uint8-range input with Rescaling inside, Transposes
+    around channels-first convolutions with auto_pad SAME, ReLU6 as Clip, 'same' average pooling (padding
+    excluded), global pooling as ReduceMean over H, W, Dense as MatMul + Add, and a Softmax output "probs"
+    next to an inner tensor named "logits" (the name the bundle's own output takes)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    def f32(*shape: int, scale: float = 1.0) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    inits = {"W1": f32(8, 3, 3, 3, scale=0.3), "B1": f32(8, scale=0.1), "lo": np.array(0.0, np.float32),
+             "hi": np.array(6.0, np.float32), "Wd": f32(8, 1, 3, 3), "Wf": f32(8, 4), "bf": f32(4),
+             "scale": np.array(1 / 127.5, np.float32), "shift": np.array(-1.0, np.float32), "axes": np.array([1, 2], np.int64)}
+    node = helper.make_node
+    nodes = [node("Mul", ["input_1", "scale"], ["s"], name="rescaling/mul"),
+             node("Add", ["s", "shift"], ["r"], name="rescaling/add"),
+             node("Transpose", ["r"], ["t"], perm=[0, 3, 1, 2], name="to_nchw"),
+             node("Conv", ["t", "W1", "B1"], ["c1"], auto_pad="SAME_UPPER", strides=[2, 2], name="conv1"),
+             node("Clip", ["c1", "lo", "hi"], ["a1"], name="relu6"),
+             node("Conv", ["a1", "Wd"], ["c2"], auto_pad="SAME_UPPER", group=8, name="depthwise"),
+             node("Clip", ["c2", "lo", "hi"], ["a2"], name="relu6_2"),
+             node("AveragePool", ["a2"], ["p"], kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER", name="pool"),
+             node("Transpose", ["p"], ["pt"], perm=[0, 2, 3, 1], name="to_nhwc"),
+             node("ReduceMean", ["pt", "axes"], ["g"], keepdims=0, name="global_pool"),
+             node("MatMul", ["g", "Wf"], ["m"], name="dense/matmul"), node("Add", ["m", "bf"], ["logits"], name="dense/add"),
+             node("Softmax", ["logits"], ["probs"], axis=-1, name="softmax")]
+    images = helper.make_tensor_value_info("input_1", TensorProto.FLOAT, ["unk__0", 24, 24, 3])
+    probs = helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["unk__0", 4])
+    graph = helper.make_graph(nodes, "keras", [images], [probs], [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+
+
+def test_a_keras_style_onnx_file_exports_and_explains(tmp_path):
+    import onnxruntime as ort
+
+    _keras_style_file(tmp_path / "keras.onnx")
+    to_255 = Preprocessing(mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 255, 1 / 255))  # the file takes 0..255 pixels
+    report = export_onnx_classifier(tmp_path / "keras.onnx", tmp_path / "bundle", preprocessing=to_255)
+    assert report.channels_last and report.checks["grad_fd_rel_err"] < 1e-4 and "softmax" in report.deeplift_unavailable
+    explainer = Explainer.load(report.path)
+    photos = np.random.default_rng(1).integers(0, 256, (2, 24, 24, 3), dtype=np.uint8)
+    original = ort.InferenceSession(str(tmp_path / "keras.onnx"), providers=["CPUExecutionProvider"])
+    want = original.run(None, {"input_1": photos.astype(np.float32)})[0]
+    np.testing.assert_allclose(explainer.logits(photos), want, rtol=1e-5, atol=1e-6)
+    e = explainer.explain(photos, target="runner-up", n_steps=64)
+    assert e.attributions.shape == (2, 3, 24, 24)
+    assert np.all(np.abs(e.convergence_delta) < 0.01 * np.abs(e.score - e.baseline_score))
+
 # --- defaults for user models ------------------------------------------------------------------------
 
 

@@ -192,9 +192,19 @@ def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
     for node in graph.node:
         node.input[:] = [new if n == old else n for n in node.input]
         node.output[:] = [new if n == old else n for n in node.output]
-    for value in [*graph.input, *graph.output]:
+    for value in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
         if value.name == old:
             value.name = new
+
+
+def _unused(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_1``, ``name_2``... the first that no tensor of the graph has; then taken."""
+    chosen, i = name, 0
+    while chosen in taken:
+        i += 1
+        chosen = f"{name}_{i}"
+    taken.add(chosen)
+    return chosen
 
 
 def _with_pipeline(model: onnx.ModelProto, spec: Preprocessing, shape: tuple[int, int, int], batch: int | str,
@@ -206,14 +216,19 @@ def _with_pipeline(model: onnx.ModelProto, spec: Preprocessing, shape: tuple[int
     graph = result.graph
     image, logits = _io_names(result)
     taken = {n for node in graph.node for n in [*node.input, *node.output]} | {t.name for t in graph.initializer}
-    for name in ("x", "logits", "pixels/normalised", "pixels/mean", "pixels/std", "pixels/order", "pixels/centred",
-                 "pixels/ordered", "pixels/channels_last"):
+    taken |= {v.name for v in [*graph.input, *graph.output]}
+    # the names the pipeline writes; a tensor of the model's own with one of them moves aside
+    # (a Keras model's pre-softmax "logits" beside its "probs" output)
+    ours = ("x", "logits", "pixels/normalised", "pixels/mean", "pixels/std", "pixels/order", "pixels/centred",
+            "pixels/ordered", "pixels/channels_last")
+    for name in ours:
         if name in taken and name not in (image.name, logits.name):
-            _rename(graph, name, f"user/{name}")
+            _rename(graph, name, _unused(f"user/{name}", taken))
     model_input, model_output = image.name, logits.name
     fed = "pixels/channels_last" if last else "pixels/normalised"
     _rename(graph, model_input, fed)
-    _rename(graph, model_output, "user/logits")
+    output = _unused("user/logits", taken)
+    _rename(graph, model_output, output)
     mean, std = spec.per_channel(shape[0])
     nodes = []
     start = "x"
@@ -229,7 +244,7 @@ def _with_pipeline(model: onnx.ModelProto, spec: Preprocessing, shape: tuple[int
         nodes.append(helper.make_node("Transpose", ["pixels/normalised"], [fed], perm=[0, 2, 3, 1], name="pixels/Transpose"))
     old_nodes = list(graph.node)
     del graph.node[:]
-    graph.node.extend(nodes + old_nodes + [helper.make_node("Identity", ["user/logits"], ["logits"], name="out/logits")])
+    graph.node.extend(nodes + old_nodes + [helper.make_node("Identity", [output], ["logits"], name="out/logits")])
     graph.input.remove(next(i for i in graph.input if i.name == fed))
     graph.input.insert(0, helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, *shape]))
     del graph.output[:]
