@@ -462,6 +462,36 @@ def test_a_keras_style_onnx_file_exports_and_explains(tmp_path):
     assert e.attributions.shape == (2, 3, 24, 24)
     assert np.all(np.abs(e.convergence_delta) < 0.01 * np.abs(e.score - e.baseline_score))
 
+
+class ParametersNamedLikeTheBundle(nn.Module):
+    """Top-level parameters export as initializers named after the attribute: these hold the names of the
+    gradient graphs' own inputs and outputs (w, baseline, score, grad) and of the classifier's (x)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w, self.score = nn.Parameter(torch.randn(5, 48)), nn.Parameter(torch.randn(5))
+        self.grad, self.baseline, self.x = (nn.Parameter(torch.rand(48) + 0.5) for _ in range(3))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(pixels.flatten(1) * self.grad - self.baseline) * self.x
+        return h @ self.w.t() + self.score
+
+
+def test_parameters_named_like_the_bundles_tensors_export(tmp_path):
+    torch.manual_seed(5)
+    net = ParametersNamedLikeTheBundle().eval()
+    report = export_bundle(net, tmp_path / "bundle", input_shape=(3, 4, 4))
+    assert report.deeplift_unavailable is None
+    explainer = Explainer.load(report.path)
+    x = np.random.default_rng(6).random((2, 3, 4, 4)).astype(np.float32)
+    got = explainer.explain(x, target=1, source=0, method="gradient")
+    xt = torch.from_numpy(x).requires_grad_(True)
+    logits = net(xt)
+    (logits[:, 0] - logits[:, 1]).sum().backward()
+    assert rel(got.attributions, xt.grad.numpy()) < 1e-5
+    d = explainer.explain(x, target=1, source=0, method="deeplift", baseline="zero")
+    assert np.abs(d.convergence_delta).max() < 1e-4 * np.abs(d.score - d.baseline_score).max()
+
 # --- defaults for user models ------------------------------------------------------------------------
 
 

@@ -47,6 +47,7 @@ from xaisdk.deploy.grad_rules_layout import LAYOUT_RULES, fold_constants
 from xaisdk.deploy.grad_rules_normalization import NORMALIZATION_RULES
 from xaisdk.deploy.grad_rules_pooling import POOLING_RULES
 from xaisdk.deploy.grad_rules_reductions import REDUCTION_RULES
+from xaisdk.deploy.graph_names import rename_tensor, tensor_names, unused_name
 from xaisdk.errors import InputError
 from xaisdk.methods.deeplift_rules import (
     DIVISION,
@@ -504,6 +505,28 @@ def _finish(model: onnx.ModelProto, nodes: list, writer: GraphWriter, inputs: li
     return result
 
 
+# The inputs and outputs the gradient and DeepLIFT graphs add to the forward graph's x and logits.
+GRAPH_IO = ("w", "baseline", "score", "score_baseline", "grad", "multipliers")
+
+
+def _clear_io_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model``, or a copy whose tensors named like :data:`GRAPH_IO` are renamed (a torch parameter
+    ``self.w`` exports as an initializer ``w``, which would collide with the weights input)."""
+    x_name, logits = _single_io(model)
+    if {x_name, logits} & set(GRAPH_IO):
+        raise InputError(f"the classifier graph's input and output are named {x_name!r} and {logits!r}; "
+                         f"{', '.join(GRAPH_IO)} are the gradient graphs' own names: rename them (e.g. x, logits)")
+    taken = tensor_names(model.graph)
+    clashes = [name for name in GRAPH_IO if name in taken]
+    if not clashes:
+        return model
+    renamed = onnx.ModelProto()
+    renamed.CopyFrom(model)
+    for name in clashes:
+        rename_tensor(renamed.graph, name, unused_name(f"model/{name}", taken))
+    return renamed
+
+
 def _prepare(model: onnx.ModelProto, deeplift: bool) -> tuple[str, str, list, list]:
     if not any(op.domain in ("", "ai.onnx") and op.version >= 13 for op in model.opset_import):
         raise InputError("gradient graphs need ONNX opset >= 13")
@@ -530,7 +553,7 @@ def gradient_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     >>> [i.name for i in grad_model.graph.input], [o.name for o in grad_model.graph.output]
     (['x', 'w'], ['score', 'grad'])
     """
-    model = fold_constants(model)
+    model = _clear_io_names(fold_constants(model))
     x_name, logits, x_dims, logit_dims = _prepare(model, deeplift=False)
     writer = GraphWriter({n for node in model.graph.node for n in [*node.input, *node.output]} | {"w", "score", "grad"})
     grad = _backward(model, writer, x_name, logits, "w", None)
@@ -560,7 +583,7 @@ def deeplift_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     >>> [o.name for o in dl.graph.output]
     ['multipliers', 'score', 'score_baseline']
     """
-    model = fold_constants(model)
+    model = _clear_io_names(fold_constants(model))
     x_name, logits, x_dims, logit_dims = _prepare(model, deeplift=True)
     taken = {n for node in model.graph.node for n in [*node.input, *node.output]}
     writer = GraphWriter(taken | {"w", "baseline", "multipliers", "score", "score_baseline"} | {f"ref/{n}" for n in taken})

@@ -57,6 +57,7 @@ from xaisdk.deploy.export_errors import VerificationError
 from xaisdk.deploy.float64_reference import Float64Reference
 from xaisdk.deploy.grad_context import UnsupportedOpError
 from xaisdk.deploy.graph_checks import TOLERANCE, checked_graph, completeness_error, random_class_pairs, relative_error
+from xaisdk.deploy.graph_names import rename_tensor, tensor_names, unused_name
 from xaisdk.deploy.manifest import bundle_manifest
 from xaisdk.deploy.onnx_grad import deeplift_graph, gradient_graph
 from xaisdk.errors import InputError
@@ -188,25 +189,6 @@ def _set_dims(value: onnx.ValueInfoProto, dims: Sequence[int | str]) -> None:
             entry.dim_value = int(d)
 
 
-def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
-    for node in graph.node:
-        node.input[:] = [new if n == old else n for n in node.input]
-        node.output[:] = [new if n == old else n for n in node.output]
-    for value in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
-        if value.name == old:
-            value.name = new
-
-
-def _unused(name: str, taken: set[str]) -> str:
-    """``name``, or ``name_1``, ``name_2``... the first that no tensor of the graph has; then taken."""
-    chosen, i = name, 0
-    while chosen in taken:
-        i += 1
-        chosen = f"{name}_{i}"
-    taken.add(chosen)
-    return chosen
-
-
 def _with_pipeline(model: onnx.ModelProto, spec: Preprocessing, shape: tuple[int, int, int], batch: int | str,
                    classes: int, last: bool = False) -> onnx.ModelProto:
     """A copy of ``model`` taking RGB pixels ``x`` (N, C, H, W) in [0, 1] and returning ``logits``; a
@@ -215,20 +197,19 @@ def _with_pipeline(model: onnx.ModelProto, spec: Preprocessing, shape: tuple[int
     result.CopyFrom(model)
     graph = result.graph
     image, logits = _io_names(result)
-    taken = {n for node in graph.node for n in [*node.input, *node.output]} | {t.name for t in graph.initializer}
-    taken |= {v.name for v in [*graph.input, *graph.output]}
+    taken = tensor_names(graph)
     # the names the pipeline writes; a tensor of the model's own with one of them moves aside
     # (a Keras model's pre-softmax "logits" beside its "probs" output)
     ours = ("x", "logits", "pixels/normalised", "pixels/mean", "pixels/std", "pixels/order", "pixels/centred",
             "pixels/ordered", "pixels/channels_last")
     for name in ours:
         if name in taken and name not in (image.name, logits.name):
-            _rename(graph, name, _unused(f"user/{name}", taken))
+            rename_tensor(graph, name, unused_name(f"user/{name}", taken))
     model_input, model_output = image.name, logits.name
     fed = "pixels/channels_last" if last else "pixels/normalised"
-    _rename(graph, model_input, fed)
-    output = _unused("user/logits", taken)
-    _rename(graph, model_output, output)
+    rename_tensor(graph, model_input, fed)
+    output = unused_name("user/logits", taken)
+    rename_tensor(graph, model_output, output)
     mean, std = spec.per_channel(shape[0])
     nodes = []
     start = "x"
