@@ -492,6 +492,45 @@ def test_parameters_named_like_the_bundles_tensors_export(tmp_path):
     d = explainer.explain(x, target=1, source=0, method="deeplift", baseline="zero")
     assert np.abs(d.convergence_delta).max() < 1e-4 * np.abs(d.score - d.baseline_score).max()
 
+
+class FrozenFeatures(nn.Module):
+    """A feature extractor run under torch.no_grad() inside forward: the logits do not reach the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            h = torch.relu(self.features(x)).mean((2, 3))
+        return self.fc(h)
+
+
+class StopGradient(nn.Module):
+    """A detach inside forward: torch autograd is no longer the derivative of the function."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.features(x)).mean((2, 3))
+        return self.fc(h + h.detach() ** 2)
+
+
+def test_forwards_that_cut_autograd_are_refused_with_the_reason(tmp_path):
+    from xaisdk.deploy.export_errors import VerificationError
+    from xaisdk.deploy.torch_intake import classifier_from_module
+
+    torch.manual_seed(0)
+    with pytest.raises(InputError, match=r"do not depend on its input through torch autograd.*torch.no_grad\(\)"):
+        classifier_from_module(FrozenFeatures(), input_shape=(3, 8, 8))
+    with pytest.raises(InputError, match="do not depend on its input through torch autograd"):
+        export_bundle(FrozenFeatures(), tmp_path / "frozen", input_shape=(3, 8, 8))
+    with pytest.raises(VerificationError, match="torch's own autograd is .* from float64 differences.*detaches"):
+        export_bundle(StopGradient().eval(), tmp_path / "detached", input_shape=(3, 8, 8))
+    assert not (tmp_path / "frozen").exists() and not (tmp_path / "detached").exists()
+
 # --- defaults for user models ------------------------------------------------------------------------
 
 

@@ -334,6 +334,36 @@ def _drop_failed_deeplift(staging: Path, manifest: dict[str, Any], files: dict[s
     return reason
 
 
+def autograd_gap(model: nn.Module, x: np.ndarray, rng: np.random.Generator, directions: int = 3) -> float:
+    """How far torch autograd's directional derivatives are from float64 central differences of the model's
+    outputs (both in float64): about 1e-9 for a differentiable forward, large where it detaches or
+    replaces a backward.
+
+    >>> class Detached(nn.Module):
+    ...     def forward(self, x):
+    ...         h = x.flatten(1)[:, :2]
+    ...         return h + h.detach() ** 2
+    >>> x = np.full((1, 1, 1, 2), 0.5, np.float32)
+    >>> rng = np.random.default_rng(0)
+    >>> autograd_gap(nn.Flatten(), x, rng) < 1e-6, autograd_gap(Detached(), x, rng) > 0.1
+    (True, True)
+    """
+    model64 = copy.deepcopy(model).double().eval()
+    x64 = torch.from_numpy(x).double().requires_grad_(True)
+    out = model64(x64)
+    weights = class_weights(*random_class_pairs(rng, len(x), out.shape[1]), out.shape[1]).double()
+    (grad,) = torch.autograd.grad((out * weights).sum(), x64)
+    analytic, fd = [], []
+    with torch.no_grad():
+        for _ in range(directions):
+            v = torch.from_numpy(rng.standard_normal(x.shape))
+            v /= v.flatten(1).norm(dim=1).view(-1, *([1] * (x.ndim - 1)))
+            plus, minus = (model64(x64 + FD_STEP * v) * weights).sum(1), (model64(x64 - FD_STEP * v) * weights).sum(1)
+            fd.append(((plus - minus) / (2 * FD_STEP)).numpy())
+            analytic.append((grad * v).flatten(1).sum(1).numpy())
+    return relative_error(np.concatenate(analytic), np.concatenate(fd))
+
+
 def _finite_difference_checks(model: nn.Module, x: np.ndarray, weights: torch.Tensor, grad: np.ndarray,
                               torch_grad: np.ndarray, rng: np.random.Generator, routed_exact: np.ndarray | None = None,
                               directions: int = 3) -> dict[str, float]:
@@ -525,7 +555,14 @@ def _write_bundle(out: Path, token: str, graphs: dict[str, bytes], classifier: C
         dropped = _drop_failed_deeplift(staging, manifest, files, checks)
         failed = _failed_checks(checks)
         if failed:
-            raise VerificationError(f"exported graphs disagree with torch beyond {TOLERANCE:g} (relative): {failed}")
+            why = ""
+            if {"grad_rel_err", "grad_fd_rel_err"} & set(failed):
+                gap = autograd_gap(module, x[:VERIFY_ROWS], rng)
+                if gap > FLOOR_CAP:
+                    why = (f"; torch's own autograd is {gap:.2g} from float64 differences of the model's outputs: its "
+                           "forward detaches part of the graph or has a custom backward (torch.autograd.Function), so "
+                           "autograd is not the derivative of the function the graphs differentiate; remove the detach")
+            raise VerificationError(f"exported graphs disagree with torch beyond {TOLERANCE:g} (relative): {failed}{why}")
         manifest["verification"] = {"tolerance": TOLERANCE, "inputs": len(x), "real_inputs": real, **checks}
         _write_manifest(staging, manifest)
         read_bundle(staging)  # the bundle reads back as a loader will read it

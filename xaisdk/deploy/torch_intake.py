@@ -104,15 +104,22 @@ def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:
 
 
 def _probe_classes(module: nn.Module, input_shape: tuple[int, int, int]) -> int:
+    """The number of classes; refuses a forward that fails, returns no logits or cuts autograd off."""
+    probe = torch.zeros(2, *input_shape, requires_grad=True)
     try:
-        with torch.no_grad():
-            out = module(torch.zeros(2, *input_shape))
+        with torch.enable_grad():
+            out = module(probe)
     except Exception as err:  # a user's forward can raise anything on the wrong shape
         raise InputError(f"the model does not run on inputs of shape (N, {', '.join(map(str, input_shape))}): "
                          f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}; check --input-shape") from None
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2 or out.shape[1] < 2:
         shown = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise InputError(f"the model must return logits (N, K) with K >= 2 classes, got {shown}")
+    reaches_input = out.requires_grad and torch.autograd.grad(out.sum(), probe, allow_unused=True)[0] is not None
+    if not reaches_input:
+        raise InputError("the model's logits do not depend on its input through torch autograd: its forward runs "
+                         "under torch.no_grad() or torch.inference_mode(), or detaches the input; gradient methods and "
+                         "export need a differentiable forward: remove those from forward (model.eval() is enough)")
     return int(out.shape[1])
 
 
