@@ -531,6 +531,27 @@ def test_forwards_that_cut_autograd_are_refused_with_the_reason(tmp_path):
         export_bundle(StopGradient().eval(), tmp_path / "detached", input_shape=(3, 8, 8))
     assert not (tmp_path / "frozen").exists() and not (tmp_path / "detached").exists()
 
+
+def test_a_convolutional_head_with_n_k_1_1_output_is_flattened(tmp_path):
+    """SqueezeNet-style files (the ONNX model zoo's among them) end in a 1x1 convolution and global pooling:
+    their output is (N, K, 1, 1). The bundle flattens it to logits (N, K)."""
+    import onnxruntime as ort
+
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, 2), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True), nn.Conv2d(8, 6, 1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1)).eval()
+    onnx_file(net, tmp_path / "squeeze.onnx")
+    report = export_onnx_classifier(tmp_path / "squeeze.onnx", tmp_path / "bundle")
+    assert report.deeplift_unavailable is None and report.checks["grad_fd_rel_err"] < 1e-4
+    explainer = Explainer.load(report.path)
+    x = np.random.default_rng(2).random((2, 3, 32, 32)).astype(np.float32)
+    session = ort.InferenceSession(str(tmp_path / "squeeze.onnx"), providers=["CPUExecutionProvider"])
+    original = session.run(None, {"images": x})[0]
+    assert original.shape == (2, 6, 1, 1)
+    np.testing.assert_allclose(explainer.logits(x), original.reshape(2, 6), rtol=1e-5, atol=1e-6)
+    e = explainer.explain(x, target="runner-up", method="deeplift", baseline=0.5)
+    assert np.abs(e.convergence_delta).max() < 1e-4 * np.abs(e.score - e.baseline_score).max() + 1e-7
+
 # --- defaults for user models ------------------------------------------------------------------------
 
 

@@ -275,6 +275,9 @@ def read_onnx_classifier(path: str | os.PathLike, *, input_shape: Sequence[int] 
     if len(out_dims) != 2 or out_dims[1] is None or out_dims[1] < 2:
         probe = _session(_sized(model, image.name, logits.name, dims[0] or 1, shape, None, last))
         out = probe.run(None, {image.name: np.zeros((dims[0] or 1, *_file_order(shape, last)), np.float32)})[0]
+        if out.ndim > 2 and all(d == 1 for d in out.shape[2:]):  # (N, K, 1, 1): a convolutional head, as SqueezeNet's
+            model = _flattened_output(model)
+            out = out.reshape(out.shape[:2])
         if out.ndim != 2 or out.shape[1] < 2:
             raise InputError(f"the model's output must be logits (N, K) with K >= 2, got shape {out.shape}")
         classes = int(out.shape[1])
@@ -294,6 +297,21 @@ def read_onnx_classifier(path: str | os.PathLike, *, input_shape: Sequence[int] 
         fixed = None if batch == "N" else int(batch)
         return sized, _with_pipeline(sized, spec, shape, batch, classes, last), fixed, last
     raise AssertionError("unreachable")
+
+
+def _flattened_output(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose (N, K, 1, ...) output passes through a Flatten to (N, K), under its name."""
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    graph = result.graph
+    name = graph.output[0].name
+    raw = unused_name(f"{name}/unflattened", tensor_names(graph))
+    rename_tensor(graph, name, raw)
+    graph.output[0].name = name
+    graph.output[0].type.tensor_type.ClearField("shape")
+    node_name = unused_name("out/Flatten", {n.name for n in graph.node})
+    graph.node.append(helper.make_node("Flatten", [raw], [name], axis=1, name=node_name))
+    return result
 
 
 def _file_order(shape: tuple[int, int, int], last: bool) -> tuple[int, int, int]:
