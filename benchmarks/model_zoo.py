@@ -38,15 +38,11 @@ from xaisdk import Explainer
 from xaisdk.bench.environment import describe_environment
 from xaisdk.bench.zoo import ZOO, build
 from xaisdk.deploy.export import export_bundle
+from xaisdk.deploy.graph_checks import relative_error
 from xaisdk.deploy.torch_intake import classifier_from_module
 from xaisdk.runtime.backend import class_weights
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _rel(got: np.ndarray, want: np.ndarray) -> float:
-    """max |got - want| / max |want|: the worst pixel, against the map's largest value."""
-    return float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-30))
 
 
 def _rel_l1(got: np.ndarray, want: np.ndarray) -> float:
@@ -133,13 +129,13 @@ def measure(name: str, steps: int, folder: Path, captum: bool) -> dict:
         e = explainer.explain(image, **options)
         row[f"ig{steps}_s_{label}"] = round(time.perf_counter() - t0, 2)
         maps[label] = e
-    row["ig_onnx_vs_torch"] = _rel(maps["onnxruntime"].attributions, maps["torch"].attributions)
+    row["ig_onnx_vs_torch"] = relative_error(maps["onnxruntime"].attributions, maps["torch"].attributions)
     row["ig_onnx_vs_torch_l1"] = _rel_l1(maps["onnxruntime"].attributions, maps["torch"].attributions)
     source, target = int(maps["torch"].source[0]), int(maps["torch"].target[0])
     exact = float64_path_gradients(net, image, source, target, steps)
     exact_map = image * (_nodes(steps)[1].reshape(-1, 1, 1, 1) * exact).sum(0, keepdims=True)
-    row["ig_torch_vs_float64"] = _rel(maps["torch"].attributions, exact_map)
-    row["ig_onnx_vs_float64"] = _rel(maps["onnxruntime"].attributions, exact_map)
+    row["ig_torch_vs_float64"] = relative_error(maps["torch"].attributions, exact_map)
+    row["ig_onnx_vs_float64"] = relative_error(maps["onnxruntime"].attributions, exact_map)
     row["ig_torch_vs_float64_l1"] = _rel_l1(maps["torch"].attributions, exact_map)
     row.update(path_agreement(image, exact, float32_path_gradients(torch_explainer.backend, image, source, target, steps),
                               float32_path_gradients(onnx_explainer.backend, image, source, target, steps), steps))
@@ -150,7 +146,7 @@ def measure(name: str, steps: int, folder: Path, captum: bool) -> dict:
         ig = IntegratedGradients(lambda t: net(t)[:, source] - net(t)[:, target])
         want = ig.attribute(torch.from_numpy(image), torch.zeros(1, *shape), n_steps=steps, method="gausslegendre",
                             internal_batch_size=25).detach().numpy()
-        row["ig_torch_vs_captum"] = _rel(maps["torch"].attributions, want)
+        row["ig_torch_vs_captum"] = relative_error(maps["torch"].attributions, want)
     return row
 
 

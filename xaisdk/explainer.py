@@ -32,8 +32,7 @@ from xaisdk.methods.empty_maps import check_explanation
 from xaisdk.methods.meaningful_perturbation import meaningful_perturbation
 from xaisdk.methods.sliding_patch import sliding_patch
 from xaisdk.runtime.backend import Backend, class_weights
-from xaisdk.runtime.images import as_model_batch
-from xaisdk.runtime.preprocessing import fit_images
+from xaisdk.runtime.preprocessing import model_batch
 
 __all__ = ["METHODS", "Explainer", "Explanation"]
 
@@ -212,11 +211,8 @@ class Explainer:
 
     # ---- inputs -------------------------------------------------------------------------
     def _batch(self, x: Any, name: str = "x") -> tuple[np.ndarray, bool]:
-        pipeline = getattr(self.backend, "preprocessing", None)
         try:
-            if pipeline is not None:
-                return fit_images(x, self.backend.input_shape, pipeline)
-            return as_model_batch(x, self.backend.input_shape, self.backend.value_range)
+            return model_batch(x, self.backend)
         except InputError as err:
             message = str(err)
             if name != "x" and message.startswith("x: "):  # as_model_batch names its argument x

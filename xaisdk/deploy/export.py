@@ -300,14 +300,18 @@ def _failed_checks(checks: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in checks.items() if k not in about_reference and not v <= limits.get(k, TOLERANCE)}
 
 
-def deeplift_drop_reason(checks: dict[str, float]) -> str:
-    """Why a DeepLIFT graph that missed its checks is dropped, with what the tolerance rested on.
+def deeplift_drop_reason(checks: dict[str, float]) -> str | None:
+    """Why the DeepLIFT graph is dropped, with what the tolerance rested on; None when it passed its checks.
 
     >>> why = deeplift_drop_reason({"deeplift_rel_err": 0.0153, "deeplift_float32_floor": 0.0123, "deeplift_tolerance": 1e-4})
     >>> print(why[:111])
     the DeepLIFT graph failed verification (deeplift_rel_err 0.0153, tolerance 0.0001; torch's own float32 DeepLIFT
+    >>> deeplift_drop_reason({"deeplift_rel_err": 5e-5}) is None
+    True
     """
     missed = {k: v for k, v in _failed_checks(checks).items() if k.startswith("deeplift")}
+    if not missed:
+        return None
     reason = (f"the DeepLIFT graph failed verification ({', '.join(f'{k} {v:.3g}' for k, v in missed.items())}, "
               f"tolerance {checks.get('deeplift_tolerance', TOLERANCE):.3g}")
     floor = checks.get("deeplift_float32_floor")
@@ -321,10 +325,9 @@ def deeplift_drop_reason(checks: dict[str, float]) -> str:
 
 def _drop_failed_deeplift(staging: Path, manifest: dict[str, Any], files: dict[str, Any], checks: dict[str, float]) -> str | None:
     """A DeepLIFT graph that misses its check costs only itself: removed from the staged bundle, with the reason."""
-    missed = {k: v for k, v in _failed_checks(checks).items() if k.startswith("deeplift")}
-    if not missed:
-        return None
     reason = deeplift_drop_reason(checks)
+    if reason is None:
+        return None
     (staging / "deeplift_grad.onnx").unlink()
     files.pop("deeplift_grad.onnx")
     manifest["graphs"].pop("deeplift_grad")
@@ -353,15 +356,27 @@ def autograd_gap(model: nn.Module, x: np.ndarray, rng: np.random.Generator, dire
     out = model64(x64)
     weights = class_weights(*random_class_pairs(rng, len(x), out.shape[1]), out.shape[1]).double()
     (grad,) = torch.autograd.grad((out * weights).sum(), x64)
+    x64 = x64.detach()
     analytic, fd = [], []
-    with torch.no_grad():
-        for _ in range(directions):
-            v = torch.from_numpy(rng.standard_normal(x.shape))
-            v /= v.flatten(1).norm(dim=1).view(-1, *([1] * (x.ndim - 1)))
-            plus, minus = (model64(x64 + FD_STEP * v) * weights).sum(1), (model64(x64 - FD_STEP * v) * weights).sum(1)
-            fd.append(((plus - minus) / (2 * FD_STEP)).numpy())
-            analytic.append((grad * v).flatten(1).sum(1).numpy())
+    for _ in range(directions):
+        v = _unit_direction(rng, x.shape)
+        fd.append(_central_difference(model64, x64, weights, v))
+        analytic.append((grad.numpy() * v).reshape(len(x), -1).sum(1))
     return relative_error(np.concatenate(analytic), np.concatenate(fd))
+
+
+def _unit_direction(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """A random direction per row, of unit length."""
+    v = rng.standard_normal(shape)
+    return v / np.sqrt((v.reshape(shape[0], -1) ** 2).sum(1)).reshape(-1, *([1] * (len(shape) - 1)))
+
+
+def _central_difference(model64: nn.Module, x64: torch.Tensor, weights64: torch.Tensor, v: np.ndarray) -> np.ndarray:
+    """Float64 central differences of ``sum_k weights * logits`` along ``v``, per row (step ``FD_STEP``)."""
+    step = torch.from_numpy(v) * FD_STEP
+    with torch.no_grad():
+        plus, minus = (model64(x64 + step) * weights64).sum(1), (model64(x64 - step) * weights64).sum(1)
+    return ((plus - minus) / (2 * FD_STEP)).numpy()
 
 
 def _finite_difference_checks(model: nn.Module, x: np.ndarray, weights: torch.Tensor, grad: np.ndarray,
@@ -381,19 +396,14 @@ def _finite_difference_checks(model: nn.Module, x: np.ndarray, weights: torch.Te
     model64 = copy.deepcopy(model).double().eval()
     x64, w64 = torch.from_numpy(x).double(), weights.double()
     fd, analytic, reference = [], [], []
-    with torch.no_grad():
-        for _ in range(directions):
-            v = rng.standard_normal(x.shape)
-            v /= np.sqrt((v.reshape(len(x), -1) ** 2).sum(1)).reshape(-1, *([1] * (x.ndim - 1)))
-            step = torch.from_numpy(v) * FD_STEP
-            if routed_exact is None:
-                plus = (model64(x64 + step) * w64).sum(1)
-                minus = (model64(x64 - step) * w64).sum(1)
-                fd.append(((plus - minus) / (2 * FD_STEP)).numpy())
-            else:
-                fd.append((routed_exact.astype(np.float64) * v).reshape(len(x), -1).sum(1))
-            analytic.append((grad.astype(np.float64) * v).reshape(len(x), -1).sum(1))
-            reference.append((torch_grad.astype(np.float64) * v).reshape(len(x), -1).sum(1))
+    for _ in range(directions):
+        v = _unit_direction(rng, x.shape)
+        if routed_exact is None:
+            fd.append(_central_difference(model64, x64, w64, v))
+        else:
+            fd.append((routed_exact.astype(np.float64) * v).reshape(len(x), -1).sum(1))
+        analytic.append((grad.astype(np.float64) * v).reshape(len(x), -1).sum(1))
+        reference.append((torch_grad.astype(np.float64) * v).reshape(len(x), -1).sum(1))
     exact = np.concatenate(fd)
     # On imposed routes torch's own (unrouted) float32 gradient is no floor: the check is then strict.
     floor = relative_error(np.concatenate(reference), exact) if routed_exact is None else 0.0

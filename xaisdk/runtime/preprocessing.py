@@ -31,8 +31,9 @@ import numpy as np
 from PIL import Image
 
 from xaisdk.errors import InputError
+from xaisdk.runtime.images import as_model_batch
 
-__all__ = ["CHANNEL_ORDERS", "RESIZE_POLICIES", "Preprocessing", "fit_images"]
+__all__ = ["CHANNEL_ORDERS", "RESIZE_POLICIES", "Preprocessing", "fit_images", "model_batch", "resizes_any_size"]
 
 RESIZE_POLICIES = ("none", "stretch", "shorter-side-crop")
 """``none``: images must already have the model's size. ``stretch``: resized to (H, W), aspect not
@@ -211,3 +212,26 @@ def fit_images(x: Any, input_shape: Sequence[int], spec: Preprocessing) -> tuple
         raise InputError(f"x: empty image of shape {pixels.shape[1:]}")
     batch = np.stack([_fit_one(image, height, width, spec) for image in pixels]).astype(np.float32, copy=False)
     return batch, single
+
+
+def model_batch(x: Any, backend: Any) -> tuple[np.ndarray, bool]:
+    """Images as ``backend`` takes them, and whether one image (no batch axis) was given: through the
+    bundle's pixel pipeline (:func:`fit_images`, any size) when it has one, else mapped to its value range
+    at its own size (:func:`xaisdk.runtime.images.as_model_batch`). The Explainer and the server share it.
+
+    >>> class Plain:
+    ...     input_shape, value_range = (1, 2, 2), (0.0, 1.0)
+    >>> batch, single = model_batch(np.full((2, 2), 255, np.uint8), Plain())
+    >>> batch.shape, float(batch.max()), single
+    ((1, 1, 2, 2), 1.0, True)
+    """
+    pipeline = getattr(backend, "preprocessing", None)
+    if pipeline is not None:
+        return fit_images(x, backend.input_shape, pipeline)
+    return as_model_batch(x, backend.input_shape, backend.value_range)
+
+
+def resizes_any_size(backend: Any) -> bool:
+    """Whether ``backend``'s pixel pipeline brings images of any size to its input size (a resize policy)."""
+    pipeline = getattr(backend, "preprocessing", None)
+    return pipeline is not None and pipeline.resize != "none"

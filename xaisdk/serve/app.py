@@ -28,8 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from xaisdk.errors import InputError
 from xaisdk.explainer import RUNNER_UP
 from xaisdk.runtime.arrays import softmax
-from xaisdk.runtime.images import as_model_batch
-from xaisdk.runtime.preprocessing import fit_images
+from xaisdk.runtime.preprocessing import model_batch, resizes_any_size
 from xaisdk.serve.batching import RequestAborted
 from xaisdk.serve.observability import ACCESS_LOG, ServerMetrics, access_line
 from xaisdk.serve.protocol import decode_instances, decode_v2_inputs, explanation_rows, parse_options
@@ -95,26 +94,16 @@ def _model_batch(explainer: Any, images: list[np.ndarray]) -> np.ndarray:
     read as one (C, H, W) image), brought to the model's size by the bundle's resize policy, as one
     float32 (N, C, H, W) batch."""
     backend = explainer.backend
-    pipeline = getattr(backend, "preprocessing", None)
     rows = []
     for i, image in enumerate(images):
         try:
-            if pipeline is not None:  # a bundle's pixel pipeline: any size under its resize policy
-                batch, single = fit_images(image, backend.input_shape, pipeline)
-            else:
-                batch, single = as_model_batch(image, backend.input_shape, backend.value_range)
+            batch, single = model_batch(image, backend)
         except InputError as err:
             raise InputError(f"image {i}: {err}") from None
         if not single:
             raise InputError(f"image {i}: expected one image, got a batch of shape {np.shape(image)}")
         rows.append(batch)
     return np.concatenate(rows)
-
-
-def _resizes(explainer: Any) -> bool:
-    """Whether the bundle's pixel pipeline brings images of any size to the model's (its resize policy)."""
-    pipeline = getattr(explainer.backend, "preprocessing", None)
-    return pipeline is not None and pipeline.resize != "none"
 
 
 def _explain(explainer: Any, images: list[np.ndarray], options: Any, target: Any, source: Any) -> Any:
@@ -225,10 +214,10 @@ def create_app(config: ServerConfig, *, service: ModelService | None = None, loa
         route(request, "/v1/models/{name}:predict")
         explainer = model(name)
         body = _body_object(await _read_json(request, config.max_body_bytes), "instances")
-        shape = explainer.backend.input_shape
+        shape, resizes = explainer.backend.input_shape, resizes_any_size(explainer.backend)
 
         def work(explainer: Any) -> dict:
-            images, _ = decode_instances(body.get("instances"), shape, config.max_images, resizes=_resizes(explainer))
+            images, _ = decode_instances(body.get("instances"), shape, config.max_images, resizes=resizes)
             logits, probabilities = _predictions(explainer, images)
             names = explainer.class_names
             return {"predictions": [{"label": int(i), "label_name": names[int(i)], "logits": lg.tolist(),
@@ -243,10 +232,10 @@ def create_app(config: ServerConfig, *, service: ModelService | None = None, loa
         explainer = model(name)
         body = _body_object(await _read_json(request, config.max_body_bytes), "instances")
         options = parse_options(body.get("parameters"), has_generator=explainer.backend.has_generator)
-        shape = explainer.backend.input_shape
+        shape, resizes = explainer.backend.input_shape, resizes_any_size(explainer.backend)
 
         def work(explainer: Any) -> dict:
-            images, extras = decode_instances(body.get("instances"), shape, config.max_images, resizes=_resizes(explainer))
+            images, extras = decode_instances(body.get("instances"), shape, config.max_images, resizes=resizes)
             target = _per_image(options.target, extras, "target")
             source = _per_image(options.source, extras, "source")
             explanation = _explain(explainer, images, options, target, source)
@@ -272,10 +261,10 @@ def create_app(config: ServerConfig, *, service: ModelService | None = None, loa
         options = parse_options(parameters, has_generator=explainer.backend.has_generator)
         if not explain and set(parameters) - {"explain", "content_type", "headers"}:
             raise InputError("parameters: explanation options were given without \"explain\": true")
-        shape = explainer.backend.input_shape
+        shape, resizes = explainer.backend.input_shape, resizes_any_size(explainer.backend)
 
         def work(explainer: Any) -> dict:
-            images, classes = decode_v2_inputs(body.get("inputs"), shape, config.max_images, resizes=_resizes(explainer))
+            images, classes = decode_v2_inputs(body.get("inputs"), shape, config.max_images, resizes=resizes)
             n = len(images)
             head = {"model_name": name, "model_version": "1", "id": request_id}
             if not explain:
