@@ -56,7 +56,9 @@ COMPLETE = ("ig", "deeplift", "deepshap")  # methods whose attributions sum to S
 # Method options bounded by a Limits field of the same name (checked before any work is done).
 # Input elements per backend call when the caller names no chunk_size: 256 rows of 3x32x32, 27 of 3x224x224.
 CHUNK_INPUT_ELEMENTS = 1 << 22
-SIZE_OPTIONS = ("n_steps", "n_samples", "steps", "n_jitter", "n_segments", "chunk_size")
+SIZE_OPTIONS = ("n_steps", "n_samples", "steps", "n_jitter", "n_segments", "chunk_size", "max_steps")
+AUTO = "auto"
+DEFAULT_IG_STEPS = AUTO  # the Explainer's IG refines each input to 1% completeness (see explain())
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,21 @@ class Explanation:
     convergence_delta: np.ndarray | float | None = None
     baseline_name: str | None = None
     """Which baseline was used: "ganmex", "zero", "uniform", "blur", "number", "image" or "callable" (None: no baseline)."""
+    n_steps: np.ndarray | int | None = None
+    """IG only: path points (gradient evaluations) used per input; with ``n_steps="auto"`` each input's own count."""
+    converged: np.ndarray | bool | None = None
+    """IG with ``n_steps="auto"`` only: whether the input's completeness error came within ``tolerance`` of
+    ``|score - baseline_score|`` before ``max_steps`` points (False: the map is returned, less accurate than asked)."""
+
+    @property
+    def relative_delta(self) -> np.ndarray | float | None:
+        """``|convergence_delta| / |score - baseline_score|``: the completeness error reached, relative to the score gap."""
+        if self.convergence_delta is None:
+            return None
+        gap = np.abs(np.asarray(self.score, np.float64) - np.asarray(self.baseline_score, np.float64))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            value = np.where(gap > 0, np.abs(np.asarray(self.convergence_delta, np.float64)) / gap, np.inf)
+        return float(value) if value.ndim == 0 else value
 
     def to_dict(self, class_names: tuple[str, ...] | None = None) -> dict[str, Any]:
         """A JSON-serialisable dict (arrays as nested lists), with class names when given."""
@@ -291,8 +308,10 @@ class Explainer:
         params = inspect.signature(driver).parameters
         with self.limits.applied():
             for option in SIZE_OPTIONS:  # options the method does not take are refused by _call, with the list
-                if option in options and option in params and not (options[option] is None and params[option].default is None):
-                    check_size(options[option], option)
+                value = options.get(option)
+                if option in options and option in params and not (value is None and params[option].default is None):
+                    if not (option == "n_steps" and isinstance(value, str) and value == AUTO):
+                        check_size(value, option, cap="n_steps" if option == "max_steps" else None)
         default = params["chunk_size"].default if "chunk_size" in params else None
         if "chunk_size" not in options and isinstance(default, int):
             # rows per call do not change the result; a driver default of 256 rows suits 28 px digits, but
@@ -366,8 +385,11 @@ class Explainer:
         """Attribute ``S_source - S_target`` (``S_source`` when ``target`` is None) for each input.
 
         ``source`` defaults to the predicted class; ``target="runner-up"`` picks, per image, the class
-        with the highest logit other than the source (the model's closest alternative). ``method``: ``"ig"`` (default; options
-        ``n_steps=200``, ``rule``), ``"deeplift"``, ``"deepshap"`` (``baseline`` may also be a set
+        with the highest logit other than the source (the model's closest alternative). ``method``: ``"ig"`` (default; by
+        default ``n_steps="auto"``: per input, as many path points as bring the completeness error within ``tolerance=0.01``
+        of ``|score - baseline_score|``, at most ``max_steps=512``, reported in ``Explanation.n_steps`` and ``converged``;
+        or a fixed ``n_steps`` with a quadrature ``rule``, default ``"riemann_middle"``), ``"deeplift"``,
+        ``"deepshap"`` (``baseline`` may also be a set
         (M, C, H, W) or (N, M, C, H, W)), ``"occlusion"`` (``window``, ``stride``),
         ``"expected_gradients"`` (``references=`` images, optional ``reference_labels``; no
         baseline), ``"gradient"``, ``"grad_x_input"``; the removal methods ``"sliding_patch"``
@@ -385,12 +407,20 @@ class Explainer:
         if name not in METHODS:
             raise InputError(f"method: unknown {method!r}; expected one of {', '.join(METHODS)}")
         driver, baseline_use = METHODS[name]
+        if name == "ig":
+            method_options.setdefault("n_steps", DEFAULT_IG_STEPS)
+        adaptive = name == "ig" and isinstance(method_options["n_steps"], str) and method_options["n_steps"] == AUTO
+        if adaptive and "rule" in method_options:
+            raise InputError(f"rule: n_steps='auto' places its own path points; rule={method_options['rule']!r} applies to "
+                             "a fixed n_steps (e.g. n_steps=200)")
         self._check_sizes(driver, method_options)
         batch, single = self._batch(x)
         n = len(batch)
-        logits = self.backend.logits(batch)
+        wants_runner_up = isinstance(target, str) and target == RUNNER_UP and RUNNER_UP not in self.class_names
+        # adaptive IG scores the input at the path's end: a separate forward pass only to pick classes
+        logits = self.backend.logits(batch) if source is None or wants_runner_up or not adaptive else None
         src = logits.argmax(1).astype(np.int64) if source is None else self._classes(source, n, "source")
-        if isinstance(target, str) and target == RUNNER_UP and RUNNER_UP not in self.class_names:
+        if wants_runner_up:
             tgt = runner_up(logits, src)
         else:
             tgt = None if target is None else self._classes(target, n, "target")
@@ -399,7 +429,7 @@ class Explainer:
             raise InputError(f"target equals source ({self.class_names[src[i]]!r}) for image {i}: a one-vs-one "
                              "explanation needs two different classes (leave source unset to use the prediction)")
         weights = class_weights(src, tgt, self.backend.num_classes)
-        score = (logits * weights).sum(1)
+        score = None if logits is None else (logits * weights).sum(1)
         args: tuple = (self.backend, batch, weights)
         base = None
         if isinstance(baseline, str) and baseline == "auto":
@@ -427,17 +457,27 @@ class Explainer:
         else:
             base = self._baseline(baseline, batch, tgt)
             args += (base,)
+        steps = converged = baseline_score = delta = None
         with self.limits.applied():
-            attributions = _call(driver, name, args, method_options)
+            if adaptive:
+                result = _call(drivers.integrated_gradients_adaptive, name, args, _without(method_options, "n_steps"))
+                attributions, steps, converged, baseline_score = result.attributions, result.steps, result.converged, \
+                    result.baseline_scores
+                score = result.input_scores if score is None else score
+            else:
+                attributions = _call(driver, name, args, method_options)
+                steps = method_options.get("n_steps") if name == "ig" else None
         check_explanation(attributions, name, batch, base)  # an all-zero or NaN map is an error, not an explanation
-        baseline_score = delta = None
-        if base is not None:
+        if baseline_score is not None:
+            delta = attributions.reshape(n, -1).sum(1) - (score - baseline_score)
+        elif base is not None:
             flat = base.reshape(-1, *batch.shape[1:])
             base_scores = (self.backend.logits(flat) * np.repeat(weights, len(flat) // n, axis=0)).sum(1)
             baseline_score = base_scores.reshape(n, -1).mean(1)
             if name in COMPLETE:
                 delta = attributions.reshape(n, -1).sum(1) - (score - baseline_score)
-        return _squeeze(Explanation(name, attributions, src, tgt, score, base, baseline_score, delta, baseline_name), single)
+        return _squeeze(Explanation(name, attributions, src, tgt, score, base, baseline_score, delta, baseline_name, steps,
+                                    converged), single)
 
 
 RUNNER_UP = "runner-up"
@@ -513,6 +553,10 @@ def _call(driver: Callable[..., np.ndarray], name: str, args: tuple, options: di
     return driver(*args, **options)
 
 
+def _without(options: dict[str, Any], name: str) -> dict[str, Any]:
+    return {key: value for key, value in options.items() if key != name}
+
+
 def _squeeze(e: Explanation, single: bool) -> Explanation:
     if not single:
         return e
@@ -523,8 +567,10 @@ def _squeeze(e: Explanation, single: bool) -> Explanation:
         item = value[0]
         return item.item() if isinstance(item, np.generic) else item
 
+    steps = first(e.n_steps) if isinstance(e.n_steps, np.ndarray) else e.n_steps
     return Explanation(e.method, e.attributions[0], first(e.source), first(e.target), first(e.score),
-                       first(e.baseline), first(e.baseline_score), first(e.convergence_delta), e.baseline_name)
+                       first(e.baseline), first(e.baseline_score), first(e.convergence_delta), e.baseline_name, steps,
+                       first(e.converged))
 
 
 def _model_class_names(model: Any) -> tuple[str, ...] | None:

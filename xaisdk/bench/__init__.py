@@ -3,8 +3,10 @@ model, inputs, baselines and settings, against a peer (Captum, a plain per-step 
 
 Suites: ``ig`` (IG-200 latency and throughput), ``occlusion`` (Occlusion-1), ``aopc`` (AOPC_all
 curve), ``mdts`` (nearest target-class search at MNIST scale), ``floor`` (FLOPs of the IG passes vs
-the measured times). Results go to ``<out>/<name>.json`` with device, versions, date and command,
-plus a markdown table and a PNG chart. Needs torch and Captum (``pip install 'xaisdk[dev]'``).
+the measured times), ``tolerance`` (time to a 1% completeness error: adaptive IG vs Captum's best
+fixed rule on the digits CNN, a CifarCNN and ResNet-18 at 224 px; :mod:`xaisdk.bench.tolerance`).
+Results go to ``<out>/<name>.json`` with device, versions, date and command, plus a markdown table
+and a PNG chart. Needs torch and Captum (``pip install 'xaisdk[dev]'``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from xaisdk.errors import InputError
 
 __all__ = ["SUITES", "default_name", "run_bench"]
 
-SUITES = ("ig", "occlusion", "aopc", "mdts", "floor")
+SUITES = ("ig", "occlusion", "aopc", "mdts", "floor", "tolerance")
 
 
 def run_bench(suites: tuple[str, ...] = SUITES, *, quick: bool = False, n_images: int = 16, repeats: int = 3,
@@ -24,7 +26,7 @@ def run_bench(suites: tuple[str, ...] = SUITES, *, quick: bool = False, n_images
     >>> run_bench(("nope",))
     Traceback (most recent call last):
     ...
-    xaisdk.errors.InputError: suites: unknown 'nope'; choose from ig, occlusion, aopc, mdts, floor
+    xaisdk.errors.InputError: suites: unknown 'nope'; choose from ig, occlusion, aopc, mdts, floor, tolerance
     """
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
@@ -34,8 +36,9 @@ def run_bench(suites: tuple[str, ...] = SUITES, *, quick: bool = False, n_images
             raise InputError(f"{name}: expected a positive integer, got {value!r}")
     import importlib.util
 
-    for package, needed_by in (("torch", ("ig", "occlusion", "aopc", "floor")), ("captum", ("ig", "occlusion", "floor")),
-                               ("onnxruntime", ("ig", "occlusion", "aopc", "floor"))):
+    for package, needed_by in (("torch", ("ig", "occlusion", "aopc", "floor", "tolerance")),
+                               ("captum", ("ig", "occlusion", "floor", "tolerance")),
+                               ("onnxruntime", ("ig", "occlusion", "aopc", "floor", "tolerance"))):
         users = [s for s in suites if s in needed_by]
         if users and importlib.util.find_spec(package) is None:
             raise InputError(f"suites {', '.join(users)} compare against {package}, which is not installed: "
@@ -66,6 +69,10 @@ def run_bench(suites: tuple[str, ...] = SUITES, *, quick: bool = False, n_images
         from xaisdk.bench.mdts import mdts_suite
 
         done["mdts"] = mdts_suite(queries=1000 if quick else 10000, repeats=1, progress=progress)
+    if "tolerance" in suites:
+        from xaisdk.bench.tolerance import tolerance_suite
+
+        done["tolerance"] = tolerance_suite(quick=quick, progress=progress)
     if "floor" in suites:
         from xaisdk.bench.floor import ig_floor
 

@@ -8,7 +8,8 @@ from pathlib import Path
 __all__ = ["markdown", "write_results"]
 
 _COLUMNS = ("p50_ms", "p95_ms", "images_per_s_batch_64", "max_rel_diff_vs_captum_cpu", "max_rel_diff_vs_captum",
-            "max_abs_diff_vs_loop", "seconds", "queries_per_s", "gflops", "index_agreement", "ms", "effective_gflops")
+            "max_abs_diff_vs_loop", "seconds", "queries_per_s", "gflops", "index_agreement", "ms", "effective_gflops",
+            "s_per_image", "steps_mean", "steps_max", "converged", "max_rel_error", "reached")
 
 
 def _cell(value: object) -> str:
@@ -48,6 +49,8 @@ def markdown(result: dict) -> str:
         for impl, row in rows.items():
             lines.append(f"| {impl} | " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |")
         lines.append("")
+        for model, entry in suite.get("models", {}).items():
+            lines.append(_model_line(model, entry))
         for impl, why in suite.get("skipped", {}).items():
             lines.append(f"- not run: {impl}: {why}")
         goal = dict(suite.get("goal", {}))
@@ -58,6 +61,19 @@ def markdown(result: dict) -> str:
             lines.append(f"Goal: {shown}: **{'met' if met else 'NOT met'}**")
         lines.append("")
     return "\n".join(lines)
+
+
+def _model_line(model: str, entry: dict) -> str:
+    """One model of the tolerance suite: speed-ups over Captum ("at least" when Captum never got there)."""
+    bound = "" if entry["captum_reached"] else ">= "
+    parts = [f"torch {bound}{entry['torch_speedup']:.2f}x (goal {entry['goal']['torch']})",
+             f"onnxruntime {bound}{entry['onnxruntime_speedup']:.2f}x (goal {entry['goal']['onnxruntime']})"]
+    if "fixed_ig200" in entry:
+        parts.append(f"fixed IG-200 torch {entry['fixed_ig200']['speedup']:.2f}x (goal >= 1.3)")
+    if "contended" in entry:
+        parts.append(f"with a competing process torch {entry['contended']['torch_speedup']:.2f}x, "
+                     f"{entry['contended']['kept']:.2f} of uncontended (goal >= 0.8)")
+    return f"- {model}: " + "; ".join(parts) + f": **{'met' if entry['goal']['met'] else 'NOT met'}**"
 
 
 def _chart(result: dict, path: Path) -> None:

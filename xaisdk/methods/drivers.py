@@ -27,7 +27,8 @@ from typing import TypeVar
 import numpy as np
 
 from xaisdk.errors import InputError
-from xaisdk.limits import check_size
+from xaisdk.limits import check_size, current_limits
+from xaisdk.methods.adaptive_quadrature import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, AdaptiveIG, adaptive_integrated_gradients
 from xaisdk.methods.common import chunks, default_occlusion_window, occlusion_covers, reference_indices
 from xaisdk.methods.quadrature import path_rule
 from xaisdk.runtime import integrated_gradients_loop
@@ -42,6 +43,7 @@ __all__ = [
     "grad_x_input",
     "gradient",
     "integrated_gradients",
+    "integrated_gradients_adaptive",
     "occlusion",
     "score",
 ]
@@ -183,8 +185,10 @@ def integrated_gradients(
     weights: np.ndarray,
     baseline: np.ndarray | float,
     *,
-    n_steps: int = 200,
-    rule: str = "riemann_middle",
+    n_steps: int | str = 200,
+    rule: str | None = None,
+    tolerance: float | None = None,
+    max_steps: int | None = None,
     chunk_size: int = 256,
     progress: bool = False,
     return_convergence_delta: bool = False,
@@ -192,8 +196,11 @@ def integrated_gradients(
     """Integrated Gradients from ``baseline`` to ``x`` (as :func:`xaisdk.attribution.integrated_gradients`).
 
     ``attr = (x - b) * sum_s w_s dS/dx(b + a_s (x - b))`` with the quadrature ``rule`` of
-    :func:`~xaisdk.methods.quadrature.path_rule`, run by the chunked loop of
+    :func:`~xaisdk.methods.quadrature.path_rule` (default ``"riemann_middle"``), run by the chunked loop of
     :func:`xaisdk.runtime.integrated_gradients_loop` (``chunk_size`` path points per backend call).
+    ``n_steps="auto"`` instead refines each input until its completeness error is within
+    ``tolerance`` (default 1%) of ``|S(x) - S(b)|`` or ``max_steps`` (default 512) points are used
+    (:func:`integrated_gradients_adaptive`, which also says how many points each input took).
     With ``return_convergence_delta`` also returns ``sum(attr) - (S(x) - S(b))`` per input.
 
     >>> backend = _LinearBackend(np.array([[1.0, 2.0], [0.0, 0.0]]))
@@ -201,9 +208,21 @@ def integrated_gradients(
     >>> attr, delta = integrated_gradients(backend, x, w, 0.0, n_steps=8, return_convergence_delta=True)
     >>> attr.ravel().tolist(), delta.tolist()
     ([2.0, 2.0], [0.0])
+    >>> integrated_gradients(backend, x, w, 0.0, n_steps="auto").ravel().tolist()
+    [2.0, 2.0]
     """
+    if isinstance(n_steps, str) and n_steps == "auto":
+        if rule is not None:
+            raise InputError(f"rule: n_steps='auto' places its own points (nested trapezoid pieces); rule={rule!r} "
+                             "applies to a fixed n_steps")
+        result = integrated_gradients_adaptive(backend, x, weights, baseline, tolerance=tolerance, max_steps=max_steps,
+                                               chunk_size=chunk_size, progress=progress)
+        return (result.attributions, result.convergence_delta) if return_convergence_delta else result.attributions
+    for name, value in (("tolerance", tolerance), ("max_steps", max_steps)):
+        if value is not None:
+            raise InputError(f"{name}: applies to n_steps='auto' only (got n_steps={n_steps!r})")
     xs, w, base = _resolve(backend, x, weights, baseline)
-    alphas, quadrature = path_rule(rule, n_steps)
+    alphas, quadrature = path_rule("riemann_middle" if rule is None else rule, n_steps)
     fused = getattr(backend, "fused_integrated_gradients", None)
     if fused is not None and len(xs):
         # A backend's fused path (relu-path kernels, GPU loops) does all steps of a group of images in
@@ -220,6 +239,52 @@ def integrated_gradients(
         grad_fn, xs, base, alphas, quadrature, chunk_size=_chunk_size(chunk_size), progress=progress, pass_sample_index=True
     )
     return _with_delta(attr, backend, xs, base, w, chunk_size, return_convergence_delta)
+
+
+def integrated_gradients_adaptive(
+    backend: Backend,
+    x: np.ndarray,
+    weights: np.ndarray,
+    baseline: np.ndarray | float,
+    *,
+    tolerance: float | None = None,
+    max_steps: int | None = None,
+    chunk_size: int = 256,
+    progress: bool = False,
+) -> AdaptiveIG:
+    """Integrated Gradients with as many path points per input as ``tolerance`` needs (see
+    :mod:`xaisdk.methods.adaptive_quadrature`): the attributions, the points used, ``S(x)`` and
+    ``S(b)`` (from the path's ends, so no extra forward pass), the error bound reached and whether
+    it met ``tolerance`` (default 0.01) within ``max_steps`` points (default 512, or ``Limits.n_steps`` when lower).
+
+    A backend's fused path (``fused_integrated_gradients``, e.g. the relu-path kernels) computes the
+    gradients where it answers; the end scores then come from ``logits``.
+
+    >>> backend = _LinearBackend(np.array([[1.0, 2.0], [0.0, 0.0]]))
+    >>> x, w = np.array([[[[2.0, 1.0]]]], np.float32), np.array([[1.0, 0.0]], np.float32)
+    >>> result = integrated_gradients_adaptive(backend, x, w, 0.0)
+    >>> result.attributions.ravel().tolist(), result.steps.tolist(), result.baseline_scores.tolist()
+    ([2.0, 2.0], [5], [0.0])
+    """
+    xs, w, base = _resolve(backend, x, weights, baseline)
+
+    def score_grad(batch: np.ndarray, sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return backend.score_gradient(batch, w[sample])
+
+    def scores(batch: np.ndarray, sample: np.ndarray) -> np.ndarray:
+        return (np.asarray(backend.logits(batch), np.float32) * w[sample]).sum(axis=1)
+
+    fused = getattr(backend, "fused_integrated_gradients", None)
+
+    def fused_rows(sample: np.ndarray, alphas: np.ndarray, quadrature: np.ndarray) -> np.ndarray | None:
+        return fused(xs[sample], base[sample], w[sample], alphas, quadrature)
+
+    return adaptive_integrated_gradients(
+        score_grad, xs, base, tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance,
+        max_steps=min(DEFAULT_MAX_STEPS, current_limits().n_steps) if max_steps is None else max_steps,
+        chunk_size=_chunk_size(chunk_size),
+        progress=progress, fused=None if fused is None else fused_rows, scores=scores,
+    )
 
 
 def expected_gradients(

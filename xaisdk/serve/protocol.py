@@ -32,7 +32,8 @@ __all__ = ["ExplainOptions", "decode_instances", "decode_v2_inputs", "explanatio
 NAMED_BASELINES = ("ganmex", "zero", "max", "blur", "noise")
 OUTPUTS = ("tensor", "png", "both")
 # request parameter -> (type, the Explainer option it sets); others are refused by name
-_METHOD_OPTIONS = {"n_steps": int, "rule": str, "window": int, "stride": int, "n_samples": int, "seed": int}
+_METHOD_OPTIONS = {"n_steps": int, "rule": str, "window": int, "stride": int, "n_samples": int, "seed": int,
+                   "tolerance": float, "max_steps": int}
 _V2_DTYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "UINT8": np.uint8}
 
 
@@ -97,10 +98,14 @@ def parse_options(parameters: Any, *, has_generator: bool) -> ExplainOptions:
             options.output = value
         else:
             kind = _METHOD_OPTIONS[key]
-            if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
+            if key == "n_steps" and value == "auto":
+                pass  # adaptive IG: as many path points as the tolerance needs
+            elif kind is int and (not isinstance(value, int) or isinstance(value, bool)):
                 raise InputError(f"parameters.{key}: expected an integer, got {value!r}")
             if kind is str and not isinstance(value, str):
                 raise InputError(f"parameters.{key}: expected a string, got {value!r}")
+            if kind is float and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+                raise InputError(f"parameters.{key}: expected a number, got {value!r}")
             options.method_options[key] = value
     return options
 
@@ -273,6 +278,10 @@ def explanation_rows(explanation: Any, class_names: tuple[str, ...], baseline: A
             else float(np.atleast_1d(explanation.convergence_delta)[i]),
             "shape": list(explanation.attributions[i].shape),
         }
+        if explanation.n_steps is not None:
+            row["n_steps"] = int(np.atleast_1d(explanation.n_steps)[i] if np.ndim(explanation.n_steps) else explanation.n_steps)
+        if explanation.converged is not None:
+            row["converged"] = bool(np.atleast_1d(explanation.converged)[i])
         if output in ("tensor", "both"):
             row["attributions"] = explanation.attributions[i].tolist()
         if output in ("png", "both"):
