@@ -216,9 +216,9 @@ def test_explainer_refuses_mixed_options(cifar_cnn):
         explainer.explain(x, target=1, source=0, n_steps="many")
 
 
-def test_relu_path_kernels_serve_the_refinement(shipped, digits):
-    """The digits CNN qualifies for the relu-path kernels: adaptive IG runs its gradients there, and the
-    result meets the same tolerance as the plain loop and agrees with it."""
+def test_backend_with_relu_path_kernels_gives_the_plain_loops_answer(shipped, digits):
+    """Adaptive IG goes through score_gradient on every backend (the relu-path kernels pay off for many
+    points per call, not a few per round): a backend with the kernels on gives the same numbers."""
     x = digits.test.x[:6]
     fast = CountingBackend(TorchBackend(shipped))
     plain = TorchBackend(shipped, fast_ig=False)
@@ -227,14 +227,12 @@ def test_relu_path_kernels_serve_the_refinement(shipped, digits):
     w = class_weights(order[:, -1], order[:, -2], 10)
     ours = drivers.integrated_gradients_adaptive(fast, x, w, 0.0, tolerance=0.005)
     loop = drivers.integrated_gradients_adaptive(plain, x, w, 0.0, tolerance=0.005)
-    assert fast.calls["fused_integrated_gradients"] > 0 and fast.calls["score_gradient"] == 0
-    assert ours.converged.all() and loop.converged.all()
+    assert fast.calls["fused_integrated_gradients"] == 0 and fast.calls["score_gradient"] > 0
+    assert ours.converged.all()
+    np.testing.assert_array_equal(ours.steps, loop.steps)
+    np.testing.assert_array_equal(ours.attributions, loop.attributions)
     gap = ours.input_scores - ours.baseline_scores
     assert np.all(np.abs(ours.convergence_delta) <= 0.005 * np.abs(gap) * (1 + 1e-3))
-    same = ours.steps == loop.steps
-    assert same.mean() >= 0.5  # the kernels' float32 rounding may tip one refinement choice, not most
-    scale = np.abs(loop.attributions[same]).max()
-    assert np.abs(ours.attributions[same] - loop.attributions[same]).max() <= 1e-4 * scale
 
 
 def test_onnxruntime_bundle_matches_torch(shipped, digits, tmp_path):

@@ -147,7 +147,8 @@ def test_explain_other_methods_and_one_vs_all(exported, digit_pngs, tmp_path):
     runs = [("deeplift", ["--target", "3", "--baseline", "zero"], {"baseline": "zero", "target": 3}),
             ("occlusion", ["--target", "3"], {"target": 3}),  # the GANMEX baseline by default with --target
             ("gradient", [], {"target": None}),
-            ("ig", ["--baseline", "0.5", "--steps", "16"], {"target": None, "baseline": 0.5, "n_steps": 16})]
+            ("ig", ["--baseline", "0.5", "--steps", "16"], {"target": None, "baseline": 0.5, "n_steps": 16}),
+            ("ig", ["--target", "3", "--tolerance", "0.002"], {"target": 3, "tolerance": 0.002})]  # --steps auto: the default
     for method, extra, options in runs:
         out = tmp_path / method
         result = xaisdk("explain", "--bundle", str(bundle), "--input", str(digit_pngs[0]), "--method", method, *extra,
@@ -158,6 +159,10 @@ def test_explain_other_methods_and_one_vs_all(exported, digit_pngs, tmp_path):
         got = np.asarray(record["attributions"])
         assert np.abs(got - want.attributions).max() <= 1e-4 * np.abs(want.attributions).max(), method
         assert (out / f"{digit_pngs[0].stem}_baseline.png").exists() == (want.baseline is not None)
+        assert record["n_steps"] == want.n_steps and record["converged"] == want.converged
+        if "tolerance" in options:
+            assert record["converged"] and abs(record["convergence_delta"]) <= 0.002 * abs(want.score - want.baseline_score)
+            assert f"{want.n_steps} path points" in result.stdout
 
 
 def test_explain_bad_input_fails_cleanly(exported, digit_pngs, tmp_path):
@@ -176,6 +181,10 @@ def test_explain_bad_input_fails_cleanly(exported, digit_pngs, tmp_path):
         (["--input", str(tmp_path / "missing.png"), "--target", "3"], ["missing.png", "no such file"]),
         ([*one, "--target", "3", "--baseline", "nan"], ["baseline", "finite"]),
         ([*one, "--target", "3", "--steps", "0"], ["n_steps"]),
+        ([*one, "--target", "3", "--steps", "lots"], ["--steps: expected 'auto' or an integer, got 'lots'"]),
+        ([*one, "--target", "3", "--tolerance", "0"], ["tolerance: expected a number in (0, 1]"]),
+        ([*one, "--target", "3", "--steps", "16", "--tolerance", "0.1"], ["tolerance: applies to n_steps='auto' only"]),
+        ([*one, "--target", "3", "--method", "occlusion", "--tolerance", "0.1"], ["--tolerance: applies to --method ig"]),
     ]
     for args, fragments in cases:
         out = tmp_path / "out"

@@ -155,7 +155,8 @@ def server(bundle):
 # --- answers ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method,options", [("ig", {"n_steps": 64}), ("deeplift", {}), ("occlusion", {"window": 4, "stride": 4}),
-                                            ("ig", {"n_steps": 32, "rule": "gausslegendre"})])
+                                            ("ig", {"n_steps": 32, "rule": "gausslegendre"}),
+                                            ("ig", {"n_steps": "auto", "tolerance": 0.005}), ("ig", {})])
 def test_v1_explain_equals_the_explainer(server, local, images, method, options):
     x = images[:3]
     status, _, body = server.request("POST", f"/v1/models/{MODEL}:explain", {
@@ -169,6 +170,9 @@ def test_v1_explain_equals_the_explainer(server, local, images, method, options)
     _close(np.array([r["score"] for r in rows]), want.score)
     if want.convergence_delta is not None:
         _close(np.array([r["convergence_delta"] for r in rows]), want.convergence_delta)
+    if method == "ig":  # path points per image: the fixed count, or each image's own with "auto" (the default)
+        assert [r["n_steps"] for r in rows] == np.broadcast_to(want.n_steps, 3).tolist()
+        assert [r.get("converged") for r in rows] == ([None] * 3 if want.converged is None else want.converged.tolist())
     assert all(r["baseline"] == "ganmex" and r["target_name"] == str(r["target"]) for r in rows)
 
 

@@ -511,7 +511,11 @@ def export_command(model_path: Path | None, factory: str | None, weights_path: P
               type=click.Choice(["ig", "deeplift", "deepshap", "occlusion", "gradient", "grad_x_input"]))
 @click.option("--baseline", default=None, help="'ganmex' (default with --target when the bundle has a generator), 'zero' "
                                                "(the other default: the black image), 'uniform', 'blur' or a number.")
-@click.option("--steps", default=200, show_default=True, help="Integration steps for ig.")
+@click.option("--steps", default="auto", show_default=True,
+              help="Integration steps for ig: 'auto' (as many per image as bring the completeness error within "
+                   "--tolerance of the score gap, at most 512) or a number.")
+@click.option("--tolerance", default=None, type=float,
+              help="With --steps auto: the completeness error allowed, relative to |S(x) - S(baseline)|.  [default: 0.01]")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for PNGs and explanation.json.")
 @click.option("--backend", default="auto", show_default=True,
               type=click.Choice(["auto", "onnxruntime", "torch", "tensorrt", "torch-cuda"]),
@@ -519,7 +523,8 @@ def export_command(model_path: Path | None, factory: str | None, weights_path: P
 @click.option("--force", is_flag=True, help="Write into --out even if it holds files.")
 @_clean_errors
 def explain_command(bundle_path: Path, inputs: tuple[Path, ...], target: str | None, source: str | None, method: str,
-                    baseline: str | None, steps: int, out_dir: Path, backend: str, force: bool) -> None:
+                    baseline: str | None, steps: str, tolerance: float | None, out_dir: Path, backend: str,
+                    force: bool) -> None:
     """Explain images with a bundle: attribution maps as PNG and JSON (runs without torch)."""
     import json
 
@@ -540,7 +545,13 @@ def explain_command(bundle_path: Path, inputs: tuple[Path, ...], target: str | N
         raise click.ClickException("--input: two files share a name; their outputs would overwrite each other")
     generated = explainer.backend.has_generator and target is not None
     chosen_baseline = baseline if baseline is not None else ("ganmex" if generated else "zero")
-    options = {"n_steps": steps} if method == "ig" else {}
+    options: dict = {}
+    if method == "ig":
+        options["n_steps"] = _steps_arg(steps)
+        if tolerance is not None:
+            options["tolerance"] = tolerance
+    elif tolerance is not None:
+        raise click.ClickException("--tolerance: applies to --method ig with --steps auto")
     # Explain every image before writing anything, so that a bad input leaves no half-written output folder.
     explanations = []
     for path, image in zip(inputs, images):
@@ -560,6 +571,8 @@ def explain_command(bundle_path: Path, inputs: tuple[Path, ...], target: str | N
         record = {"input": str(path), **e.to_dict(explainer.class_names)}
         records.append(record)
         delta = "" if e.convergence_delta is None else f", completeness error {e.convergence_delta:+.2e}"
+        if e.n_steps is not None:
+            delta += f", {e.n_steps} path points" + ("" if e.converged in (None, True) else " (tolerance not reached)")
         click.echo(f"{path.name}: {method} of S[{explainer.class_names[e.source]}] - "
                    f"{'S[' + explainer.class_names[e.target] + ']' if e.target is not None else '0'} = {e.score:.3f}{delta}")
     meta = {"bundle": str(bundle_path), "backend": explainer.backend.name, "method": method,
@@ -830,6 +843,16 @@ def _class_arg(value: str | None) -> int | str | None:
     if value is None:
         return None
     return int(value) if value.isdigit() else value
+
+
+def _steps_arg(value: str) -> int | str:
+    """``--steps``: "auto" or an integer (its range is checked by the Explainer)."""
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise click.ClickException(f"--steps: expected 'auto' or an integer, got {value!r}") from None
 
 
 def _number_or_name(value: str) -> float | str:

@@ -62,11 +62,6 @@ STATE_ELEMENTS = 1 << 26
 
 ScoreGradFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 """``fn(batch, sample_index) -> (scores (K,), gradients (K, ...))``: the score of row k's sample at row k."""
-FusedFn = Callable[[np.ndarray, np.ndarray, np.ndarray], "np.ndarray | None"]
-"""``fn(samples, alphas, weights) -> (x - b) * sum_s weights[s] * grad(b + alphas[s] (x - b))`` for the
-inputs ``samples`` (int64 indices), or None when it cannot take them."""
-ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-"""``fn(batch, sample_index) -> scores (K,)``."""
 
 
 @dataclass(frozen=True)
@@ -211,54 +206,27 @@ def _refinements(paths: list[_Path], tolerance: float, max_steps: int, max_piece
 
 
 class _Evaluator:
-    """Path points for the loop: the generic chunked score_grad calls, or a backend's fused path."""
+    """Path points for the loop: rows of (input, alpha) in chunks of ``chunk_size`` through ``score_grad``."""
 
-    def __init__(self, score_grad: ScoreGradFn, chunk_size: int, fused: FusedFn | None, scores: ScoreFn | None,
-                 x: np.ndarray, base: np.ndarray) -> None:
+    def __init__(self, score_grad: ScoreGradFn, chunk_size: int, x: np.ndarray, base: np.ndarray) -> None:
         self.score_grad = score_grad
         self.chunk_size = chunk_size
-        self.fused = fused if scores is not None else None
-        self.scores_fn = scores
         self.feature_shape = x.shape[1:]
         n = len(x)
         self.start = base.reshape(n, -1)
         self.diff = x.reshape(n, -1) - self.start
 
-    def _batch(self, samples: np.ndarray, alphas: np.ndarray) -> np.ndarray:
-        batch = self.start[samples] + alphas[:, None].astype(np.float32) * self.diff[samples]
-        return batch.reshape(len(samples), *self.feature_shape)
-
-    def points(self, samples: np.ndarray, alphas: np.ndarray, want_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Scores (NaN where not wanted and not free) and ``(x - b) * grad`` at each (sample, alpha) row."""
-        if self.fused is not None:
-            out = self._fused_points(samples, alphas)
-            if out is not None:
-                scores = np.full(len(samples), np.nan)
-                wanted = np.flatnonzero(want_scores)
-                for sl in chunks(len(wanted), self.chunk_size):
-                    rows = wanted[sl]
-                    scores[rows] = self.scores_fn(self._batch(samples[rows], alphas[rows]), samples[rows])
-                return scores, out
-            self.fused = None  # the backend cannot take this model: the generic rows from now on
+    def points(self, samples: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and ``(x - b) * grad`` at each (sample, alpha) row."""
         scores = np.empty(len(samples))
         vectors = np.empty((len(samples), self.diff.shape[1]), np.float32)
         for sl in chunks(len(samples), self.chunk_size):
             n = samples[sl]
-            got, grads = self.score_grad(self._batch(n, alphas[sl]), n)
+            batch = self.start[n] + alphas[sl, None].astype(np.float32) * self.diff[n]
+            got, grads = self.score_grad(batch.reshape(len(n), *self.feature_shape), n)
             scores[sl] = np.asarray(got, np.float64)
             vectors[sl] = self.diff[n] * np.asarray(grads, np.float32).reshape(len(n), -1)
         return scores, vectors
-
-    def _fused_points(self, samples: np.ndarray, alphas: np.ndarray) -> np.ndarray | None:
-        """Rows grouped by alpha (inputs refined alike share a call); None when the fused path declines."""
-        vectors = np.empty((len(samples), self.diff.shape[1]), np.float32)
-        for alpha in np.unique(alphas):
-            rows = np.flatnonzero(alphas == alpha)
-            got = self.fused(samples[rows], np.array([alpha]), np.ones(1))
-            if got is None:
-                return None
-            vectors[rows] = np.asarray(got, np.float32).reshape(len(rows), -1)
-        return vectors
 
 
 def _run_jobs(evaluator: _Evaluator, paths: list[_Path], offset: int, jobs: list[_Job]) -> int:
@@ -267,8 +235,7 @@ def _run_jobs(evaluator: _Evaluator, paths: list[_Path], offset: int, jobs: list
     job_of_row = np.repeat(np.arange(len(jobs)), counts)
     samples = np.array([job.path + offset for job in jobs])[job_of_row]
     alphas = np.concatenate([job.alphas for job in jobs])
-    splits = np.array([job.kind == "split" for job in jobs])
-    scores, vectors = evaluator.points(samples, alphas, splits[job_of_row])
+    scores, vectors = evaluator.points(samples, alphas)
     firsts = np.cumsum(counts) - counts
     # later pieces first, so that a split does not move the pieces still to be refined on the same path
     for j in sorted(range(len(jobs)), key=lambda j: (jobs[j].path, -jobs[j].piece)):
@@ -291,8 +258,6 @@ def adaptive_integrated_gradients(
     max_pieces: int = DEFAULT_MAX_PIECES,
     chunk_size: int = 256,
     progress: bool = False,
-    fused: FusedFn | None = None,
-    scores: ScoreFn | None = None,
 ) -> AdaptiveIG:
     """Integrated Gradients of ``score_grad``'s score, refined per input until ``tolerance`` (see the module docstring).
 
@@ -306,10 +271,7 @@ def adaptive_integrated_gradients(
             ``Limits.n_steps``).
         segments: pieces of the path, >= 1.
         chunk_size: rows per ``score_grad`` call.
-        progress: show a tqdm bar over refinement rounds.
-        fused: a backend's fused path (:data:`FusedFn`), used with ``scores`` instead of ``score_grad``
-            for the gradients when it answers.
-        scores: scores of path points (:data:`ScoreFn`), needed with ``fused``.
+        progress: show a tqdm bar over the points.
 
     Returns:
         :class:`AdaptiveIG`.
@@ -334,7 +296,7 @@ def adaptive_integrated_gradients(
     except ValueError:
         raise InputError(f"baseline: shape {np.shape(baseline)} does not broadcast to x's {xs.shape}") from None
     n_inputs, features = len(xs), int(np.prod(xs.shape[1:]))
-    evaluator = _Evaluator(score_grad, chunk_size, fused, scores, xs, base)
+    evaluator = _Evaluator(score_grad, chunk_size, xs, base)
     out = np.empty((n_inputs, features), np.float32)
     steps = np.empty(n_inputs, np.int64)
     ends = np.empty((n_inputs, 2), np.float64)
@@ -346,8 +308,7 @@ def adaptive_integrated_gradients(
     bar = _progress(progress)
     for sl in chunks(n_inputs, group_size):
         n = sl.stop - sl.start
-        first_scores, first_vectors = evaluator.points(np.repeat(np.arange(sl.start, sl.stop), segments + 1),
-                                                       np.tile(grid, n), np.ones(n * (segments + 1), bool))
+        first_scores, first_vectors = evaluator.points(np.repeat(np.arange(sl.start, sl.stop), segments + 1), np.tile(grid, n))
         first_vectors = first_vectors.reshape(n, segments + 1, features)
         paths = [_Path(grid, first_scores[i * (segments + 1):(i + 1) * (segments + 1)], list(first_vectors[i]))
                  for i in range(n)]

@@ -22,6 +22,7 @@ from xaisdk.models.ganmex import GanmexModel, generate_baselines
 from xaisdk.models.module_state import FX_TRACING
 from xaisdk.runtime.backend import Backend
 from xaisdk.runtime.preprocessing import Preprocessing
+from xaisdk.torch_runtime.memory_layout import ChannelsLastChoice
 from xaisdk.torch_runtime.model_spec import model_generator, model_input_shape, model_value_range
 from xaisdk.torch_runtime.relu_path_ig import (
     ReluConvPrefix,
@@ -47,7 +48,9 @@ class TorchBackend:
     :mod:`xaisdk.torch_runtime.relu_path_ig` (the same sums, those layers not re-run per step), but only
     while that split provably is the model's own function: it is re-checked at every call
     (:class:`~xaisdk.torch_runtime.relu_path_ig.ReluPathGate`), so a hook, a swapped layer or ``train()``
-    after construction sends the call to the plain loop. At most ``max_batch`` rows go through the
+    after construction sends the call to the plain loop. Convolutional models with 3+ input channels
+    get their batches channels-last (faster oneDNN convolutions) once that is proven to give the same
+    answer for the model as it is (:mod:`xaisdk.torch_runtime.memory_layout`). At most ``max_batch`` rows go through the
     model in one pass. Calls are thread-safe and run concurrently. DeepLIFT runs the model's
     torch.fx graph with the rescale rule (:mod:`xaisdk.attribution.deeplift_trace`), never touching
     the module; the graph is traced here, and again only if the model changes. Tracing replaces
@@ -96,6 +99,7 @@ class TorchBackend:
         self._generator = model_generator(generator, model, self.input_shape)
         self.has_generator = self._generator is not None
         self._relu_gate = ReluPathGate(self.module, self.input_shape, self.value_range) if fast_ig else None
+        self._layout = ChannelsLastChoice(self.module, self.input_shape)
 
     def __repr__(self) -> str:
         return (
@@ -133,7 +137,7 @@ class TorchBackend:
         """Logits ``(N, num_classes)`` of ``x`` ``(N, C, H, W)``."""
         xt = self._batch(x)
         with torch.no_grad(), FX_TRACING.shared():
-            out = [self.module(xt[sl]) for sl in chunks(len(xt), self.max_batch)]
+            out = [self._layout.run(lambda t: (self.module(t),), xt[sl])[0] for sl in chunks(len(xt), self.max_batch)]
         return _numpy(torch.cat(out)) if out else np.zeros((0, self.num_classes), np.float32)
 
     def score_gradient(self, x: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -143,7 +147,7 @@ class TorchBackend:
         scores, grads = np.empty(len(xt), np.float32), np.empty(xt.shape, np.float32)
         with FX_TRACING.shared():
             for sl in chunks(len(xt), self.max_batch):
-                score, grad = weighted_gradient(self.module, xt[sl], wt[sl])
+                score, grad = self._layout.run(lambda t, w=wt[sl]: weighted_gradient(self.module, t, w), xt[sl])
                 scores[sl], grads[sl] = _numpy(score), _numpy(grad)
         return scores, grads
 
