@@ -149,8 +149,8 @@ def test_explain_other_methods_and_one_vs_all(exported, digit_pngs, tmp_path):
             ("gradient", [], {"target": None}),
             ("ig", ["--baseline", "0.5", "--steps", "16"], {"target": None, "baseline": 0.5, "n_steps": 16}),
             ("ig", ["--target", "3", "--tolerance", "0.002"], {"target": 3, "tolerance": 0.002})]  # --steps auto: the default
-    for method, extra, options in runs:
-        out = tmp_path / method
+    for i, (method, extra, options) in enumerate(runs):
+        out = tmp_path / f"{method}_{i}"
         result = xaisdk("explain", "--bundle", str(bundle), "--input", str(digit_pngs[0]), "--method", method, *extra,
                         "--out", str(out))
         assert result.returncode == 0, result.stderr

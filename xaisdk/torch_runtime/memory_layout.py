@@ -7,7 +7,8 @@ a model's own code may depend on strides: ``h.view(n, -1)`` raises on a channels
 and ``as_strided`` or a branch on ``is_contiguous()`` would silently compute something else. So
 :class:`ChannelsLastChoice` decides per model state (:func:`~xaisdk.models.module_state.module_state`:
 a layer swapped or a hook added is a new state): the first batch of a state runs both ways, and
-channels-last is kept only if it ran and gave the same answer (max-norm within 1e-3); an error in a
+channels-last is kept only if it ran and gave the same answer (forward values within 1e-4, gradients
+within float32 tie-breaking, see :data:`GRADIENT_AGREEMENT`); an error in a
 later call falls back to the plain layout for that state. Needs torch; used by
 :class:`~xaisdk.torch_runtime.torch_backend.TorchBackend`.
 
@@ -37,23 +38,35 @@ from torch import nn
 
 from xaisdk.models.module_state import module_state
 
-__all__ = ["AGREEMENT", "ChannelsLastChoice"]
+__all__ = ["FORWARD_AGREEMENT", "GRADIENT_AGREEMENT", "ChannelsLastChoice"]
 
-AGREEMENT = 1e-3
-"""Largest max|difference| / max|plain| between the two layouts for channels-last to be kept."""
+FORWARD_AGREEMENT = 1e-4
+"""Largest max|difference| / max|plain| of the forward values (logits or scores) between the two layouts."""
+GRADIENT_AGREEMENT = 1e-2
+"""Largest sum|difference| / sum|plain| of the other outputs (gradients). Looser on purpose: at points
+where a ReLU input or a max-pool window is within float32 rounding of a tie, the two layouts' rounding
+may decide differently, which moves single gradient entries by a few percent (zoo ResNet-18 at 224 px
+from a dark image: 1.2e-2 max, 6.4e-4 summed; DenseNet-121: 2.7e-2, 3.4e-3). A stride-dependent
+model changes its forward values, which are held to 1e-4."""
 
 Outputs = tuple[torch.Tensor, ...]
 
 
 def _agree(plain: Outputs, fast: Outputs) -> bool:
-    for a, b in zip(plain, fast):
+    if len(plain) != len(fast):
+        return False
+    for k, (a, b) in enumerate(zip(plain, fast)):
         a, b = a.detach(), b.detach()
         if a.shape != b.shape or not torch.isfinite(b).all():
             return False
-        scale = float(a.abs().max()) if a.numel() else 0.0
-        if float((a - b).abs().max() if a.numel() else 0.0) > AGREEMENT * scale + 1e-12:
+        if not a.numel():
+            continue
+        diff = (a - b).abs()
+        if k == 0 and float(diff.max()) > FORWARD_AGREEMENT * float(a.abs().max()) + 1e-12:
             return False
-    return len(plain) == len(fast)
+        if k > 0 and float(diff.sum()) > GRADIENT_AGREEMENT * float(a.abs().sum()) + 1e-12:
+            return False
+    return True
 
 
 class ChannelsLastChoice:
