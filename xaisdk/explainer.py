@@ -28,6 +28,7 @@ from xaisdk.attribution.lime import lime
 from xaisdk.errors import InputError
 from xaisdk.limits import DEFAULT_LIMITS, Limits, check_size
 from xaisdk.methods import drivers
+from xaisdk.methods.adaptive_quadrature import AUTO
 from xaisdk.methods.empty_maps import check_explanation
 from xaisdk.methods.meaningful_perturbation import meaningful_perturbation
 from xaisdk.methods.sliding_patch import sliding_patch
@@ -57,7 +58,6 @@ COMPLETE = ("ig", "deeplift", "deepshap")  # methods whose attributions sum to S
 # Input elements per backend call when the caller names no chunk_size: 256 rows of 3x32x32, 27 of 3x224x224.
 CHUNK_INPUT_ELEMENTS = 1 << 22
 SIZE_OPTIONS = ("n_steps", "n_samples", "steps", "n_jitter", "n_segments", "chunk_size", "max_steps")
-AUTO = "auto"
 DEFAULT_IG_STEPS = AUTO  # the Explainer's IG refines each input to 1% completeness (see explain())
 
 

@@ -44,9 +44,11 @@ from xaisdk.limits import check_size
 from xaisdk.methods.common import chunks
 from xaisdk.runtime.arrays import as_float32
 
-__all__ = ["AdaptiveIG", "DEFAULT_MAX_STEPS", "DEFAULT_SEGMENTS", "DEFAULT_TOLERANCE", "adaptive_integrated_gradients",
+__all__ = ["AUTO", "AdaptiveIG", "DEFAULT_MAX_STEPS", "DEFAULT_SEGMENTS", "DEFAULT_TOLERANCE", "adaptive_integrated_gradients",
            "check_tolerance"]
 
+AUTO = "auto"
+"""The ``n_steps`` value that asks for this adaptive rule."""
 DEFAULT_TOLERANCE = 0.01
 """Completeness error allowed, relative to ``|S(x) - S(b)|`` (1%)."""
 DEFAULT_SEGMENTS = 4
@@ -77,9 +79,10 @@ class AdaptiveIG:
     baseline_scores: np.ndarray
     """float32: ``S(b)``, from the path's start point."""
     error_bound: np.ndarray
-    """float32: ``sum_k |e_k| / |S(x) - S(b)|``, the quantity the tolerance bounds (inf when the gap is 0)."""
+    """float32: ``sum_i |e_i| / |S(x) - S(b)|`` over the pieces, at least the relative completeness error
+    (inf when the gap is 0)."""
     converged: np.ndarray
-    """bool: whether ``error_bound <= tolerance`` was reached within ``max_steps``."""
+    """bool: whether ``|sum(attr) - (S(x) - S(b))| <= tolerance * |S(x) - S(b)|`` was reached within ``max_steps``."""
 
     @property
     def convergence_delta(self) -> np.ndarray:
@@ -226,6 +229,8 @@ class _Evaluator:
             got, grads = self.score_grad(batch.reshape(len(n), *self.feature_shape), n)
             scores[sl] = np.asarray(got, np.float64)
             vectors[sl] = self.diff[n] * np.asarray(grads, np.float32).reshape(len(n), -1)
+            if not (np.isfinite(scores[sl]).all() and np.isfinite(vectors[sl]).all()):  # before refining on NaN
+                raise InputError("the gradients or scores along the path are not finite (NaN or inf)")
         return scores, vectors
 
 
@@ -266,10 +271,11 @@ def adaptive_integrated_gradients(
             says which input each row belongs to (for per-input class weights).
         x: inputs ``(N, ...)``.
         baseline: same shape as ``x`` or broadcastable to it.
-        tolerance: allowed ``sum_k |e_k|`` relative to ``|S(x) - S(b)|``, in (0, 1].
+        tolerance: allowed completeness error ``|sum(attr) - (S(x) - S(b))|`` relative to ``|S(x) - S(b)|``, in (0, 1].
         max_steps: most gradient evaluations per input (at least ``segments + 1``; bounded by
             ``Limits.n_steps``).
-        segments: pieces of the path, >= 1.
+        segments: pieces of the path's first pass (``segments + 1`` points), >= 1.
+        max_pieces: most pieces per input; past it, pieces double their intervals instead of splitting.
         chunk_size: rows per ``score_grad`` call.
         progress: show a tqdm bar over the points.
 
@@ -324,8 +330,6 @@ def adaptive_integrated_gradients(
             bound[sl.start + i] = np.abs(errors).sum() / gap if gap > 0 else np.inf
             converged[sl.start + i] = abs(errors.sum()) <= tolerance * gap
     bar.close()
-    if not (np.isfinite(out).all() and np.isfinite(ends).all()):
-        raise InputError("the gradients or scores along the path are not finite (NaN or inf)")
     return AdaptiveIG(out.reshape(xs.shape), steps, ends[:, 1].astype(np.float32), ends[:, 0].astype(np.float32),
                       bound.astype(np.float32), converged)
 

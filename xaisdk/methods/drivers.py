@@ -28,7 +28,13 @@ import numpy as np
 
 from xaisdk.errors import InputError
 from xaisdk.limits import check_size, current_limits
-from xaisdk.methods.adaptive_quadrature import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, AdaptiveIG, adaptive_integrated_gradients
+from xaisdk.methods.adaptive_quadrature import (
+    AUTO,
+    DEFAULT_MAX_STEPS,
+    DEFAULT_TOLERANCE,
+    AdaptiveIG,
+    adaptive_integrated_gradients,
+)
 from xaisdk.methods.common import chunks, default_occlusion_window, occlusion_covers, reference_indices
 from xaisdk.methods.quadrature import path_rule
 from xaisdk.runtime import integrated_gradients_loop
@@ -211,7 +217,7 @@ def integrated_gradients(
     >>> integrated_gradients(backend, x, w, 0.0, n_steps="auto").ravel().tolist()
     [2.0, 2.0]
     """
-    if isinstance(n_steps, str) and n_steps == "auto":
+    if isinstance(n_steps, str) and n_steps == AUTO:
         if rule is not None:
             raise InputError(f"rule: n_steps='auto' places its own points (nested trapezoid pieces); rule={rule!r} "
                              "applies to a fixed n_steps")
