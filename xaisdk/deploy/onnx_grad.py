@@ -3,8 +3,9 @@
 ``torch.onnx.export`` cannot export autograd, and ONNX Runtime's training gradient builder emits
 ``com.microsoft`` ops (ReluGrad, ConvGrad...) that neither TensorRT nor a plain ONNX runtime runs.
 This module walks a forward graph ``x -> logits`` backwards and writes, node by node, the
-vector-Jacobian product with default-domain ops only (ConvTranspose for Conv, Gemm/MatMul for the
-dense layers, Where/Greater masks for ReLU, an ArgMax routing for max pooling...), so the result is
+vector-Jacobian product with default-domain ops only (for Conv a transposed convolution, written as
+a ``Conv`` where its strides are 1; Gemm/MatMul for the dense layers, Where/Greater masks for ReLU,
+an ArgMax routing for max pooling...), so the result is
 an ordinary inference graph that any ONNX runtime, and TensorRT's parser, accepts.
 
 Two graphs are built from one forward graph:
@@ -42,6 +43,7 @@ from xaisdk.deploy.grad_context import (
     refuse_deeplift,
     window_geometry,
 )
+from xaisdk.deploy.grad_conv_transpose import transposed_convolution
 from xaisdk.deploy.grad_rules_activations import ACTIVATION_RULES
 from xaisdk.deploy.grad_rules_layout import LAYOUT_RULES, fold_constants
 from xaisdk.deploy.grad_rules_normalization import NORMALIZATION_RULES
@@ -83,8 +85,8 @@ def _conv(ctx: GradContext, node: onnx.NodeProto, g: str) -> dict[str, str]:
     strides, pads, dilations = window_geometry(node, ctx, kernel)
     extra = conv_transpose_padding(node, ctx, x, node.output[0], kernel, strides, pads, dilations)
     group = int(node_attrs(node).get("group", 1))
-    grad = ctx.w.op("ConvTranspose", [g, weight], strides=strides, pads=pads, dilations=dilations,
-                    group=group, output_padding=extra, kernel_shape=kernel)
+    grad = transposed_convolution(ctx.w, g, weight, weight_shape=ctx.static(node, weight, range(2 + len(kernel))),
+                                  strides=strides, pads=pads, dilations=dilations, output_padding=extra, group=group)
     return {x: grad}
 
 
