@@ -18,6 +18,7 @@ import torch
 from xaisdk.bench import run_bench
 from xaisdk.bench.floor import forward_macs
 from xaisdk.bench.removal import per_step_flip_curve
+from xaisdk.bench.report import markdown
 from xaisdk.errors import InputError
 from xaisdk.models.classifiers import MnistCNN
 
@@ -136,3 +137,17 @@ def test_missing_peer_packages_are_named(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "captum" else real(name, *a))
     with pytest.raises(InputError, match="captum, which is not installed"):
         run_bench(("ig", "mdts"), quick=True, progress=False)
+
+
+def test_bundle_suite_times_both_backends_on_the_same_ig():
+    """The bundle race on one zoo layout: both backends timed, their IG maps the same, the goal judged."""
+    from xaisdk.bench.bundle_speed import bundle_speed_suite
+
+    result = bundle_speed_suite(("mobilenet_v3_small",), quick=True)
+    entry = result["layouts"]["mobilenet_v3_small"]
+    assert entry["torch_s"] > 0 and entry["onnxruntime_s"] > 0
+    assert entry["onnxruntime_speedup"] == pytest.approx(entry["torch_s"] / entry["onnxruntime_s"])
+    assert entry["maps_rel_l1"] < 1e-2  # the bundle's gradient graph answers what torch answers
+    assert result["goal"]["met"] == (entry["onnxruntime_speedup"] >= 1.0)
+    assert "mobilenet_v3_small: onnxruntime" in markdown({"command": "c", "date": "d", "device": {"cpu": "x", "cores": 2},
+                                                           "suites": {"bundle": result}})

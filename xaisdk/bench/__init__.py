@@ -4,7 +4,9 @@ model, inputs, baselines and settings, against a peer (Captum, a plain per-step 
 Suites: ``ig`` (IG-200 latency and throughput), ``occlusion`` (Occlusion-1), ``aopc`` (AOPC_all
 curve), ``mdts`` (nearest target-class search at MNIST scale), ``floor`` (FLOPs of the IG passes vs
 the measured times), ``tolerance`` (time to a 1% completeness error: adaptive IG vs Captum's best
-fixed rule on the digits CNN, a CifarCNN and ResNet-18 at 224 px; :mod:`xaisdk.bench.tolerance`).
+fixed rule on the digits CNN, a CifarCNN and ResNet-18 at 224 px; :mod:`xaisdk.bench.tolerance`),
+``bundle`` (IG on the exported bundle with ONNX Runtime vs torch, every layout of the 224-px zoo;
+:mod:`xaisdk.bench.bundle_speed`).
 Results go to ``<out>/<name>.json`` with device, versions, date and command, plus a markdown table
 and a PNG chart. Needs torch and Captum (``pip install 'xaisdk[dev]'``).
 """
@@ -15,7 +17,7 @@ from xaisdk.errors import InputError
 
 __all__ = ["SUITES", "default_name", "run_bench"]
 
-SUITES = ("ig", "occlusion", "aopc", "mdts", "floor", "tolerance")
+SUITES = ("ig", "occlusion", "aopc", "mdts", "floor", "tolerance", "bundle")
 
 
 def run_bench(suites: tuple[str, ...] = SUITES, *, quick: bool = False, n_images: int = 16, repeats: int = 3,
@@ -26,7 +28,7 @@ def run_bench(suites: tuple[str, ...] = SUITES, *, quick: bool = False, n_images
     >>> run_bench(("nope",))
     Traceback (most recent call last):
     ...
-    xaisdk.errors.InputError: suites: unknown 'nope'; choose from ig, occlusion, aopc, mdts, floor, tolerance
+    xaisdk.errors.InputError: suites: unknown 'nope'; choose from ig, occlusion, aopc, mdts, floor, tolerance, bundle
     """
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
@@ -36,9 +38,9 @@ def run_bench(suites: tuple[str, ...] = SUITES, *, quick: bool = False, n_images
             raise InputError(f"{name}: expected a positive integer, got {value!r}")
     import importlib.util
 
-    for package, needed_by in (("torch", ("ig", "occlusion", "aopc", "floor", "tolerance")),
+    for package, needed_by in (("torch", ("ig", "occlusion", "aopc", "floor", "tolerance", "bundle")),
                                ("captum", ("ig", "occlusion", "floor", "tolerance")),
-                               ("onnxruntime", ("ig", "occlusion", "aopc", "floor", "tolerance"))):
+                               ("onnxruntime", ("ig", "occlusion", "aopc", "floor", "tolerance", "bundle"))):
         users = [s for s in suites if s in needed_by]
         if users and importlib.util.find_spec(package) is None:
             raise InputError(f"suites {', '.join(users)} compare against {package}, which is not installed: "
@@ -73,6 +75,10 @@ def run_bench(suites: tuple[str, ...] = SUITES, *, quick: bool = False, n_images
         from xaisdk.bench.tolerance import tolerance_suite
 
         done["tolerance"] = tolerance_suite(quick=quick, progress=progress)
+    if "bundle" in suites:
+        from xaisdk.bench.bundle_speed import bundle_speed_suite
+
+        done["bundle"] = bundle_speed_suite(quick=quick, progress=progress)
     if "floor" in suites:
         from xaisdk.bench.floor import ig_floor
 

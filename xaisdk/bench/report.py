@@ -9,7 +9,8 @@ __all__ = ["markdown", "write_results"]
 
 _COLUMNS = ("p50_ms", "p95_ms", "images_per_s_batch_64", "max_rel_diff_vs_captum_cpu", "max_rel_diff_vs_captum",
             "max_abs_diff_vs_loop", "seconds", "queries_per_s", "gflops", "index_agreement", "ms", "effective_gflops",
-            "s_per_image", "steps_mean", "steps_max", "converged", "max_rel_error", "reached")
+            "s_per_image", "steps_mean", "steps_max", "converged", "max_rel_error", "reached", "onnxruntime_speedup",
+            "maps_rel_l1")
 
 
 def _cell(value: object) -> str:

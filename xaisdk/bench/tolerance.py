@@ -7,7 +7,7 @@ error ``|sum(attr) - (S(x) - S(b))|`` is within ``tolerance`` of ``|S(x) - S(b)|
 of the fastest rule that gets there (a rule's ladder stops once its time passes the best found).
 When no rule gets there at 512 steps, Captum's time at 512 steps is a lower bound and the ratio is
 reported as "at least". xaisdk runs ``n_steps="auto"`` with the same tolerance on the torch backend
-(relu-path kernels where the model qualifies) and on the exported bundle with ONNX Runtime. The
+(batched gradient calls; the relu-path kernels serve fixed-step IG) and on the exported bundle with ONNX Runtime. The
 scores that define the error come from one forward pass of the torch model, the same for everyone.
 
 xaisdk's times and the fixed-rule race are medians of 3 runs; Captum's ladder is timed once per rung.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CAPTUM_RULES", "LADDER", "ToleranceCase", "tolerance_cases", "tolerance_suite"]
+__all__ = ["CAPTUM_RULES", "LADDER", "ToleranceCase", "runner_up_weights", "tolerance_cases", "tolerance_suite"]
 
 LADDER = (16, 32, 64, 128, 256, 512)
 CAPTUM_RULES = ("riemann_middle", "riemann_trapezoid", "gausslegendre", "riemann_left", "riemann_right")
@@ -61,7 +61,8 @@ class ToleranceCase:
         return (sx - sb).astype(np.float64)
 
 
-def _runner_up_weights(module, x: np.ndarray) -> np.ndarray:
+def runner_up_weights(module, x: np.ndarray) -> np.ndarray:
+    """Class weights (N, K) of "predicted class minus runner-up" for each image under the torch ``module``."""
     import torch
 
     from xaisdk.runtime.backend import class_weights
@@ -87,7 +88,7 @@ def tolerance_cases(quick: bool = False) -> list[ToleranceCase]:
     ganmex = load_shipped_ganmex("digits")
     digits_net = ganmex.classifier.model.eval()
     x = np.ascontiguousarray(load_digits().test.x[:small])
-    weights = _runner_up_weights(digits_net, x)
+    weights = runner_up_weights(digits_net, x)
     target = np.argmax(-weights, 1)
     cases = [ToleranceCase("digits_cnn", "shipped digits CNN (1x28x28), GANMEX baseline", digits_net, x,
                            np.ascontiguousarray(ganmex.baseline(x, target), np.float32), weights, 64)]
@@ -98,14 +99,14 @@ def tolerance_cases(quick: bool = False) -> list[ToleranceCase]:
     x = make_shapes(small, image_size=32, seed=7, class_rule="object_background").x.astype(np.float32)
     cases.append(ToleranceCase("cifar_cnn", f"CifarCNN (3x32x32) trained 3 epochs on shapes (test accuracy "
                                f"{history['test_accuracy']:.2f}), black baseline", cifar, x, np.zeros_like(x),
-                               _runner_up_weights(cifar, x), 64))
+                               runner_up_weights(cifar, x), 64))
     if quick:
         return cases
     torch.manual_seed(0)
     resnet = build("resnet18")
     x = make_shapes(large, image_size=224, seed=1).x.astype(np.float32)
     cases.append(ToleranceCase("resnet18_224", "ResNet-18 (3x224x224, seeded random weights, 1000 classes), black "
-                               "baseline", resnet, x, np.zeros_like(x), _runner_up_weights(resnet, x), 27, (9, 27, 54)))
+                               "baseline", resnet, x, np.zeros_like(x), runner_up_weights(resnet, x), 27, (9, 27, 54)))
     return cases
 
 

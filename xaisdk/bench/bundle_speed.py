@@ -1,0 +1,89 @@
+"""The bundle path against torch: IG on every layout of the 224-px model zoo, ONNX Runtime vs torch.
+
+Each layout (:mod:`xaisdk.bench.zoo`, seeded random weights) is exported to a bundle; the same IG
+(``steps`` midpoint points, predicted class vs runner-up, black baseline, 27 rows per call as the
+Explainer uses at 224 px) runs on :class:`~xaisdk.torch_runtime.torch_backend.TorchBackend` and on
+:class:`~xaisdk.runtime.onnxruntime_backend.OnnxRuntimeBackend`, alternating, ``repeats`` times each;
+the medians are compared. The machine's speed drifts by 10-20% over minutes here, so alternating
+runs compare like with like. The two maps must agree (relative L1 reported).
+
+The goal, from the issue on speed: ONNX Runtime at least as fast as torch on every layout.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["DEFAULT_MODELS", "bundle_speed_suite"]
+
+DEFAULT_MODELS = ("mobilenet_v3_small", "regnet_y_400mf", "resnet18", "efficientnet_b0", "densenet121", "convnext_tiny",
+                  "swin_t", "resnet50", "vgg11_bn", "vit_b_16")
+QUICK_MODELS = ("mobilenet_v3_small", "resnet18")
+ROWS_PER_CALL = 27
+
+
+def _one_layout(name: str, folder: Path, steps: int, repeats: int) -> dict:
+    import torch
+
+    from xaisdk.bench.tolerance import runner_up_weights
+    from xaisdk.bench.zoo import ZOO, build
+    from xaisdk.deploy.export import export_bundle
+    from xaisdk.methods import drivers
+    from xaisdk.runtime.onnxruntime_backend import OnnxRuntimeBackend
+    from xaisdk.torch_runtime.torch_backend import TorchBackend
+
+    torch.manual_seed(0)
+    net = build(name).eval()
+    shape = ZOO[name].input_shape
+    started = time.perf_counter()
+    report = export_bundle(net, folder / name, input_shape=shape, force=True)
+    export_s = time.perf_counter() - started
+    x = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
+    weights = runner_up_weights(net, x)
+    baseline = np.zeros_like(x)
+    backends = {"torch": TorchBackend(net, input_shape=shape), "onnxruntime": OnnxRuntimeBackend(report.path)}
+    seconds: dict[str, list[float]] = {label: [] for label in backends}
+    maps = {}
+    for backend in backends.values():  # warm-up: sessions, oneDNN primitives, the layout choice
+        drivers.integrated_gradients(backend, x, weights, baseline, n_steps=ROWS_PER_CALL, chunk_size=ROWS_PER_CALL)
+    for _ in range(repeats):
+        for label, backend in backends.items():
+            t0 = time.perf_counter()
+            maps[label] = drivers.integrated_gradients(backend, x, weights, baseline, n_steps=steps, chunk_size=ROWS_PER_CALL)
+            seconds[label].append(time.perf_counter() - t0)
+    torch_s, onnx_s = (float(np.median(seconds[k])) for k in ("torch", "onnxruntime"))
+    l1 = float(np.abs(maps["onnxruntime"] - maps["torch"]).sum() / max(np.abs(maps["torch"]).sum(), 1e-30))
+    return {"export_s": round(export_s, 1), "torch_s": torch_s, "onnxruntime_s": onnx_s, "onnxruntime_speedup": torch_s / onnx_s,
+            "maps_rel_l1": l1, "torch_runs_s": seconds["torch"], "onnxruntime_runs_s": seconds["onnxruntime"]}
+
+
+def bundle_speed_suite(models: tuple[str, ...] | None = None, *, quick: bool = False, steps: int = 54, repeats: int = 3,
+                       progress: bool = False) -> dict:
+    """IG seconds per image on torch and on the exported bundle for each zoo layout (see the module docstring)."""
+    models = models or (QUICK_MODELS if quick else DEFAULT_MODELS)
+    if quick:
+        steps, repeats = ROWS_PER_CALL, 1
+    rows: dict = {}
+    layouts: dict = {}
+    with tempfile.TemporaryDirectory(prefix="xaisdk-bench-bundle-") as tmp:
+        for name in models:
+            entry = _one_layout(name, Path(tmp), steps, repeats)
+            layouts[name] = entry
+            rows[f"{name}: torch"] = {"seconds": entry["torch_s"]}
+            rows[f"{name}: onnxruntime"] = {"seconds": entry["onnxruntime_s"],
+                                            "onnxruntime_speedup": entry["onnxruntime_speedup"],
+                                            "maps_rel_l1": entry["maps_rel_l1"]}
+            if progress:
+                print(f"  {name}: torch {entry['torch_s']:.2f} s, onnxruntime {entry['onnxruntime_s']:.2f} s "
+                      f"({entry['onnxruntime_speedup']:.2f}x)", flush=True)
+    slower = [name for name, entry in layouts.items() if entry["onnxruntime_speedup"] < 1.0]
+    return {"what": f"IG ({steps} points, {ROWS_PER_CALL} rows per call, one 224-px image, predicted class vs runner-up) "
+                    f"on the exported bundle with ONNX Runtime vs on torch, median of {repeats} alternating runs",
+            "settings": {"steps": steps, "repeats": repeats, "rows_per_call": ROWS_PER_CALL},
+            "rows": rows, "layouts": layouts,
+            "goal": {"onnxruntime_speedup": ">= 1 on every layout", "slower_layouts": ", ".join(slower) or "none",
+                     "met": not slower}}
