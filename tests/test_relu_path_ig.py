@@ -171,7 +171,34 @@ def _pair_weights(n: int, classes: int, rng: np.random.Generator) -> np.ndarray:
     return (np.eye(classes)[source] - np.eye(classes)[(source + 1) % classes]).astype(np.float32)
 
 
+def _with_statistics(module: nn.Module, seed: int = 3) -> nn.Module:
+    """Every batch norm given running statistics and affine values far from the identity."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=generator))
+                m.running_var.copy_(0.2 + 3 * torch.rand(m.num_features, generator=generator))
+                if m.affine:
+                    m.weight.copy_(torch.randn(m.num_features, generator=generator))
+                    m.bias.copy_(torch.randn(m.num_features, generator=generator))
+    return module
+
+
+def _cifar_like() -> nn.Module:
+    """conv -> batch norm -> ReLU -> conv -> batch norm -> ReLU, as CifarCNN opens."""
+    return _with_statistics(nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 3, stride=2, padding=1),
+        nn.BatchNorm2d(4), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4 * 2 * 2, 5)))
+
+
 MODELS = {
+    "batch_norm_opening": (_cifar_like, (3, 8, 8)),
+    "batch_norm_no_affine_no_bias": (
+        lambda: _with_statistics(nn.Sequential(nn.Conv2d(2, 5, 3, bias=False), nn.BatchNorm2d(5, affine=False), nn.ReLU(),
+                                               nn.Conv2d(5, 3, 3), nn.Flatten(), nn.Linear(3 * 3 * 3, 4))),
+        (2, 7, 7),
+    ),
     "mnist_cnn": (lambda: MnistCNN(), (1, 28, 28)),
     "stride1_nobias_autograd_tail": (
         lambda: nn.Sequential(nn.Conv2d(2, 5, 3, padding=1, bias=False), nn.ReLU(), nn.Conv2d(5, 4, 3, stride=2), nn.ReLU(),
@@ -199,7 +226,8 @@ def test_fast_ig_equals_the_plain_loop(name, rule):
     weights = _pair_weights(3, module(torch.zeros(1, *shape)).shape[1], rng)
     prefix = find_relu_conv_prefix(module, shape)
     assert prefix is not None
-    assert (prefix.dense_head is not None) == (name != "stride1_nobias_autograd_tail")
+    assert (prefix.dense_head is not None) == (name in ("mnist_cnn", "nested_dense_head"))
+    assert (prefix.first_norm is not None) == name.startswith("batch_norm")
     alphas, quad = path_rule(rule, 64)
     got = relu_path_integrated_gradients(prefix, x, b, weights, alphas, quad, rows_per_pass=100)  # several groups
     expected = _reference_ig(module, x, b, weights, rule, 64)
@@ -224,6 +252,49 @@ def test_models_that_do_not_open_with_conv_relu_conv_are_left_to_the_loop():
     backend = TorchBackend(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), input_shape=(1, 2, 2))
     assert backend.fused_integrated_gradients(np.ones((1, 1, 2, 2), np.float32), np.zeros((1, 1, 2, 2), np.float32),
                                               np.eye(3, dtype=np.float32)[:1], np.array([0.5]), np.array([1.0])) is None
+
+
+def test_batch_norms_that_are_not_per_channel_maps_are_left_to_the_loop():
+    """Batch statistics (no running ones), training mode, a subclass with its own forward: no fold."""
+    batch_stats = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False), nn.ReLU(),
+                                nn.Conv2d(2, 2, 3), nn.Flatten()).eval()
+    assert find_relu_conv_prefix(batch_stats, (1, 6, 6)) is None
+
+    class ShiftedNorm(nn.BatchNorm2d):
+        def forward(self, x):
+            return super().forward(x) + 1.0
+
+    subclass = _with_statistics(nn.Sequential(nn.Conv2d(1, 2, 3), ShiftedNorm(2), nn.ReLU(), nn.Conv2d(2, 2, 3),
+                                              nn.Flatten())).eval()
+    assert find_relu_conv_prefix(subclass, (1, 6, 6)) is None
+    training = _cifar_like()
+    assert find_relu_conv_prefix(training, (3, 8, 8)) is None  # built in training mode
+    assert find_relu_conv_prefix(training.eval(), (3, 8, 8)) is not None
+
+
+def test_fold_follows_weights_and_statistics_changed_in_place():
+    """load_state_dict and in-place edits keep every tensor's identity (the gate's state does not change):
+    the fold is recomputed from the live values at each call, so the fast path answers for the model as it is now."""
+    torch.manual_seed(1)
+    module = _cifar_like().eval()
+    shape = (3, 8, 8)
+    backend = TorchBackend(module, input_shape=shape)
+    rng = _rng(2)
+    x, b = rng.random((2, *shape), dtype=np.float32), np.zeros((2, *shape), np.float32)
+    weights = _pair_weights(2, 5, rng)
+    alphas, quad = path_rule("riemann_middle", 32)
+    before = backend.fused_integrated_gradients(x, b, weights, alphas, quad)
+    assert before is not None  # the relu-path took it
+    np.testing.assert_allclose(before, _reference_ig(module, x, b, weights, "riemann_middle", 32),
+                               atol=2e-5 * np.abs(before).max())
+    other = _with_statistics(_cifar_like(), seed=9).eval()
+    module.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        module[1].running_var.mul_(2.0)
+    after = backend.fused_integrated_gradients(x, b, weights, alphas, quad)
+    expected = _reference_ig(module, x, b, weights, "riemann_middle", 32)
+    np.testing.assert_allclose(after, expected, atol=2e-5 * np.abs(expected).max())
+    assert np.abs(after - before).max() > 0.1 * np.abs(before).max()
 
 
 def test_backend_fast_path_matches_the_chunked_loop_on_the_shipped_model(digits):

@@ -51,15 +51,61 @@ try:
 except ImportError:  # not built: find_relu_conv_prefix then finds nothing and callers keep the plain loop
     _ext = None
 
-__all__ = ["ReluConvPrefix", "ReluPathGate", "find_relu_conv_prefix", "relu_path_integrated_gradients",
-           "relu_path_occluded_scores", "relu_path_perturbed_scores"]
+__all__ = ["FoldedConv", "ReluConvPrefix", "ReluPathGate", "find_relu_conv_prefix", "fold_batch_norm",
+           "relu_path_integrated_gradients", "relu_path_occluded_scores", "relu_path_perturbed_scores"]
+
+
+@dataclass(frozen=True)
+class FoldedConv:
+    """A convolution followed by an eval-mode batch norm, as one convolution (weights scaled per output channel)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding)
+
+
+def fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> FoldedConv:
+    """``norm(conv(x))`` in eval mode as one convolution, from the modules' values now.
+
+    >>> conv, norm = nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2).eval()
+    >>> _ = norm.running_mean.fill_(0.5), norm.running_var.fill_(4.0)
+    >>> x = torch.rand(1, 1, 5, 5)
+    >>> bool(torch.allclose(fold_batch_norm(conv, norm)(x), norm(conv(x)), atol=1e-6))
+    True
+    """
+    with torch.no_grad():
+        scale = torch.rsqrt(norm.running_var + norm.eps)
+        if norm.weight is not None:
+            scale = scale * norm.weight
+        shift = -norm.running_mean * scale
+        if norm.bias is not None:
+            shift = shift + norm.bias
+        bias = shift if conv.bias is None else conv.bias * scale + shift
+        weight = (conv.weight * scale.view(-1, 1, 1, 1)).detach()
+        return FoldedConv(weight, bias.detach(), tuple(conv.stride), tuple(conv.padding))
+
+
+def _foldable_norm(layer: nn.Module, conv: nn.Conv2d) -> bool:
+    """An eval-mode batch norm over ``conv``'s channels that uses running statistics (without them, eval
+    mode still normalises by the batch's own statistics: not a per-channel affine map)."""
+    return (type(layer) is nn.BatchNorm2d and layer.track_running_stats and layer.running_mean is not None
+            and layer.running_var is not None and layer.num_features == conv.out_channels
+            and layer.running_var.dtype == torch.float32)
 
 
 @dataclass(frozen=True)
 class ReluConvPrefix:
-    """A model split as ``tail(second(relu(first(x))))``; shapes are per image (C, H, W)."""
+    """A model split as ``tail(second(relu(first(x))))``; shapes are per image (C, H, W).
 
-    first: nn.Conv2d
+    ``first`` is the opening convolution, with the batch norm after it folded in when there is one
+    (computed from the live modules at each access, so weights or statistics changed in place,
+    ``load_state_dict`` included, are always the ones used)."""
+
+    first_conv: nn.Conv2d
     second: nn.Conv2d
     tail: Callable[[torch.Tensor], torch.Tensor]
     input_shape: tuple[int, int, int]
@@ -69,6 +115,11 @@ class ReluConvPrefix:
     dense_head: tuple[nn.Linear, nn.Linear] | None = None
     """``(hidden, output)`` when the tail is ReLU -> Flatten -> Linear -> ReLU -> Linear (dropout and
     identity layers aside): its gradient is then followed by hand, not by autograd."""
+    first_norm: nn.BatchNorm2d | None = None
+
+    @property
+    def first(self) -> nn.Conv2d | FoldedConv:
+        return self.first_conv if self.first_norm is None else fold_batch_norm(self.first_conv, self.first_norm)
 
 
 def _layers(module: nn.Module) -> list[nn.Module] | None:
@@ -124,7 +175,9 @@ def find_relu_conv_prefix(module: nn.Module, input_shape: tuple[int, ...],
     - the module is an ``nn.Sequential`` (nested ones too) or GANMEX's ``MnistCNN``, by exact type,
       so its ``forward`` is known code (a subclass or any other class may do anything in forward);
     - its first three layers are exactly ``nn.Conv2d`` (groups 1, dilation 1, zero padding,
-      float32), ``nn.ReLU`` and ``nn.Conv2d``; the layers after them run as the model's own modules,
+      float32), ``nn.ReLU`` and ``nn.Conv2d``, or the same with an ``nn.BatchNorm2d`` that keeps
+      running statistics after the first convolution (folded into it: in eval mode it is a per-channel
+      affine map); the layers after them run as the model's own modules,
       except that a ReLU -> Flatten -> Linear -> ReLU -> Linear head (dropout, identity aside) is
       followed by hand;
     - no module has a forward or backward hook (nor is a process-wide one set), none has a method
@@ -149,10 +202,16 @@ def find_relu_conv_prefix(module: nn.Module, input_shape: tuple[int, ...],
     layers = _layers(module)
     if layers is None or len(layers) < 4:
         return None
-    first, relu, second = layers[:3]
-    if not (_plain_conv(first) and type(relu) is nn.ReLU and _plain_conv(second)):
+    conv, rest, norm = layers[0], layers[1:], None
+    if _plain_conv(conv) and _foldable_norm(rest[0], conv):
+        norm, rest = rest[0], rest[1:]
+    if len(rest) < 3:
         return None
-    tail = nn.Sequential(*layers[3:])
+    relu, second = rest[:2]
+    if not (_plain_conv(conv) and type(relu) is nn.ReLU and _plain_conv(second)):
+        return None
+    first = conv if norm is None else fold_batch_norm(conv, norm)
+    tail = nn.Sequential(*rest[2:])
     low, high = (float(v) for v in value_range)
     generator = torch.Generator().manual_seed(0)
     probe = torch.cat([
@@ -169,9 +228,9 @@ def find_relu_conv_prefix(module: nn.Module, input_shape: tuple[int, ...],
             return None
     if split.shape != whole.shape or not torch.allclose(split, whole, rtol=1e-4, atol=1e-5 * (1 + float(whole.abs().max()))):
         return None
-    inplace = any(getattr(layer, "inplace", False) for layer in layers[3:])
-    return ReluConvPrefix(first, second, tail, tuple(input_shape), tuple(hidden.shape[1:]), tuple(out.shape[1:]), inplace,
-                          _dense_head(layers[3:]))
+    inplace = any(getattr(layer, "inplace", False) for layer in rest[2:])
+    return ReluConvPrefix(conv, second, tail, tuple(input_shape), tuple(hidden.shape[1:]), tuple(out.shape[1:]), inplace,
+                          _dense_head(rest[2:]), norm)
 
 
 class ReluPathGate:
