@@ -10,7 +10,7 @@ from torch import nn
 from xaisdk import _ext
 from xaisdk.methods import drivers
 from xaisdk.methods.quadrature import path_rule
-from xaisdk.models.classifiers import MnistCNN
+from xaisdk.models.classifiers import CifarCNN, MnistCNN
 from xaisdk.torch_runtime.relu_path_ig import (
     find_relu_conv_prefix,
     relu_path_integrated_gradients,
@@ -200,6 +200,7 @@ MODELS = {
         (2, 7, 7),
     ),
     "mnist_cnn": (lambda: MnistCNN(), (1, 28, 28)),
+    "batch_norm_cifar_cnn": (lambda: _with_statistics(CifarCNN(in_channels=3, image_size=16, widths=(4, 6))), (3, 16, 16)),
     "stride1_nobias_autograd_tail": (
         lambda: nn.Sequential(nn.Conv2d(2, 5, 3, padding=1, bias=False), nn.ReLU(), nn.Conv2d(5, 4, 3, stride=2), nn.ReLU(),
                               nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4 * 2 * 2, 6)),

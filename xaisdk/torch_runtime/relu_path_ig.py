@@ -126,12 +126,12 @@ def _layers(module: nn.Module) -> list[nn.Module] | None:
     """The module as a flat list of layers applied one after the other, when its class's code says so.
 
     Only classes whose ``forward`` is known are taken, by exact type (a subclass may override
-    ``forward`` or anything it calls): ``nn.Sequential`` and GANMEX's ``MnistCNN``, whose forward is
-    ``head(features(x))``. Everything else is None, and the caller keeps the plain loop.
+    ``forward`` or anything it calls): ``nn.Sequential`` and GANMEX's ``MnistCNN`` and ``CifarCNN``,
+    whose forward is ``head(features(x))``. Everything else is None, and the caller keeps the plain loop.
     """
-    from xaisdk.models.classifiers import MnistCNN
+    from xaisdk.models.classifiers import CifarCNN, MnistCNN
 
-    if type(module) is MnistCNN and type(module).forward is MnistCNN.forward:
+    if type(module) in (MnistCNN, CifarCNN) and type(module).forward in (MnistCNN.forward, CifarCNN.forward):
         parts: list[nn.Module] = [module.features, module.head]
     elif type(module) is nn.Sequential:
         parts = list(module)
@@ -172,7 +172,7 @@ def find_relu_conv_prefix(module: nn.Module, input_shape: tuple[int, ...],
 
     Taken only when all of these hold (otherwise None, and callers keep the plain loop):
 
-    - the module is an ``nn.Sequential`` (nested ones too) or GANMEX's ``MnistCNN``, by exact type,
+    - the module is an ``nn.Sequential`` (nested ones too) or GANMEX's ``MnistCNN`` or ``CifarCNN``, by exact type,
       so its ``forward`` is known code (a subclass or any other class may do anything in forward);
     - its first three layers are exactly ``nn.Conv2d`` (groups 1, dilation 1, zero padding,
       float32), ``nn.ReLU`` and ``nn.Conv2d``, or the same with an ``nn.BatchNorm2d`` that keeps
