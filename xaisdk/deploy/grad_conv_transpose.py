@@ -51,6 +51,15 @@ def transposed_convolution(w: GraphWriter, g: str, weight: str, *, weight_shape:
 
     ``weight_shape``: the static ``(C_in, C_out / group, *kernel)`` of ``weight``; the other arguments
     are ``ConvTranspose``'s attributes.
+
+    >>> w = GraphWriter({"g", "weight"})
+    >>> args = dict(weight_shape=(4, 3, 3, 3), pads=[1, 1, 1, 1], dilations=[1, 1], output_padding=[0, 0], group=1)
+    >>> _ = transposed_convolution(w, "g", "weight", strides=[1, 1], **args)
+    >>> [n.op_type for n in w.nodes][-1]
+    'Conv'
+    >>> _ = transposed_convolution(w, "g", "weight", strides=[2, 2], **args)
+    >>> [n.op_type for n in w.nodes][-1]
+    'ConvTranspose'
     """
     kernel = [int(k) for k in weight_shape[2:]]
     rank = len(kernel)
