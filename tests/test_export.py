@@ -170,7 +170,7 @@ def images():
 def test_ganmex_bundle_files_and_manifest(exports):
     report = exports["ganmex"]
     folder = report.path
-    graphs = ["classifier.onnx", "classifier_grad.onnx", "deeplift_grad.onnx", "generator_ganmex.onnx"]
+    graphs = ["classifier.onnx", "classifier_grad.onnx", "deeplift_grad.onnx", "generator_ganmex.onnx", "relu_path.bin"]
     assert sorted(p.name for p in folder.iterdir()) == sorted([*graphs, "manifest.json"])
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary folders left
     assert report.files == {p.name: p.stat().st_size for p in folder.iterdir()}
@@ -205,7 +205,7 @@ def test_ganmex_bundle_files_and_manifest(exports):
     assert verification["tolerance"] == TOL and verification["real_inputs"] is True and verification["inputs"] >= 6
     numbers = {k: v for k, v in verification.items() if k.endswith("_rel_err")}
     assert set(numbers) == {"logits_rel_err", "score_rel_err", "grad_rel_err", "grad_fd_rel_err", "deeplift_rel_err",
-                            "generator_rel_err"}
+                            "generator_rel_err", "relu_path_ig_rel_err"}
     assert all(0 <= v <= TOL for v in numbers.values()), numbers
     assert {k: v for k, v in report.checks.items() if k.endswith("_rel_err")} == numbers
     # DeepLIFT is compared with a float64 reference, within the larger of TOL and 4x torch float32's own error
@@ -432,3 +432,4 @@ def test_numpy_integer_opset_and_batch_are_accepted(tmp_path):
     report = export_bundle(classifier(SmallCNN), tmp_path / "b", opset=np.int64(17), batch=np.int32(2))
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["opset"] == 17 and manifest["input"]["batch"] == 2 and report.checks["grad_rel_err"] <= TOL
+

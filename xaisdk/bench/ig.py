@@ -75,7 +75,11 @@ def ig_contenders(work: Workload, batch: int) -> tuple[dict[str, tuple[IGFn, IGF
     found["xaisdk torch (relu-path kernels)"] = (fast, fast)
     plain = _driver(TorchBackend(work.model, fast_ig=False), work.steps)
     found["xaisdk torch (per-step autograd loop)"] = (plain, plain)
-    ort = _driver(OnnxRuntimeBackend(work.bundle), work.steps)
+    ort_backend = OnnxRuntimeBackend(work.bundle)
+    if ort_backend.uses_relu_path:
+        ort = _driver(ort_backend, work.steps)
+        found["xaisdk onnxruntime (relu-path kernels)"] = (ort, ort)
+    ort = _driver(OnnxRuntimeBackend(work.bundle, relu_path=False), work.steps)
     found["xaisdk onnxruntime (C++ IG loop)"] = (ort, ort)
     _gpu_contenders(work, found, skipped)
     return found, skipped, settings

@@ -58,6 +58,7 @@ from xaisdk.deploy.export_errors import VerificationError
 from xaisdk.deploy.graph_checks import TOLERANCE, checked_graph, completeness_error, random_class_pairs, relative_error
 from xaisdk.deploy.manifest import COMPUTES, bundle_manifest
 from xaisdk.deploy.onnx_grad import UnsupportedOpError, deeplift_graph, gradient_graph
+from xaisdk.deploy.relu_path_export import add_relu_path, verify_relu_path
 from xaisdk.deploy.torch_intake import classifier_from_module, load_torch_classifier
 from xaisdk.errors import InputError
 from xaisdk.models.checkpoint import Classifier
@@ -487,7 +488,7 @@ def export_bundle(model: nn.Module | Classifier | GanmexModel | str | os.PathLik
     >>> from xaisdk.models import shipped_classifier_path
     >>> report = export_bundle(shipped_classifier_path("digits"), os.path.join(tempfile.mkdtemp(), "bundle"))
     >>> sorted(report.files), report.checks["grad_rel_err"] < 1e-4
-    (['classifier.onnx', 'classifier_grad.onnx', 'deeplift_grad.onnx', 'manifest.json'], True)
+    (['classifier.onnx', 'classifier_grad.onnx', 'deeplift_grad.onnx', 'manifest.json', 'relu_path.bin'], True)
     """
     started = time.perf_counter()
     opset, batch = _check_arguments(opset, batch)
@@ -551,6 +552,7 @@ def _write_bundle(out: Path, token: str, graphs: dict[str, bytes], classifier: C
             _write_file(staging / f"{role}.onnx", data)
             files[f"{role}.onnx"] = {"sha256": sha256_bytes(data), "bytes": len(data)}
         manifest = _manifest(classifier, ganmex, graphs, files, opset, batch, source, deeplift_unavailable)
+        add_relu_path(staging, manifest, graphs["classifier"])
         counterfactual_checks = _add_counterfactuals(staging, manifest, counterfactuals, opset, seed)
         if inpainter_model is not None:
             manifest["inpainter"] = {"name": inpainter_model.name, "source": inpainter_source,
@@ -559,7 +561,9 @@ def _write_bundle(out: Path, token: str, graphs: dict[str, bytes], classifier: C
         rng = np.random.default_rng(seed)
         x, real = _verification_inputs(classifier, ganmex.data if ganmex else {}, rng, verify_inputs)
         _write_manifest(staging, manifest)
-        checks = {**_verify(staging, module, generator, x, seed), **counterfactual_checks}
+        relu_path_checks = verify_relu_path(staging, manifest, x, seed)
+        _write_manifest(staging, manifest)  # again: a split that failed its check is gone
+        checks = {**_verify(staging, module, generator, x, seed), **counterfactual_checks, **relu_path_checks}
         if inpainter_model is not None:
             checks["inpainter_rel_err"] = _verify_inpainter(staging / "inpainter.onnx", inpainter_model, x, seed)
         dropped = _drop_failed_deeplift(staging, manifest, files, checks)

@@ -42,6 +42,7 @@ from typing import Any
 from xaisdk.errors import InputError
 from xaisdk.runtime.bundle_integrity import MAX_GRAPH_BYTES, MAX_MANIFEST_BYTES, load_json, read_inside, scan_onnx
 from xaisdk.runtime.preprocessing import Preprocessing
+from xaisdk.runtime.relu_path_bundle import RELU_PATH_FILE, RELU_PATH_TAIL, TAIL_INPUT, ReluPathSpec, parse_relu_path
 
 __all__ = ["MANIFEST", "SCHEMA", "SCHEMA_VERSION", "Bundle", "GraphSpec", "read_bundle", "sha256_bytes"]
 
@@ -58,6 +59,8 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # optional counterfactual generators, served by xaisdk.runtime.explaingan_onnx / exaggeration_onnx
     "explaingan": (("x",), ("transformed", "mask", "composite", "source", "flipped_prob")),
     "exaggeration": (("x", "condition"), ("image",)),
+    # optional: the gradient of the classifier from its second convolution on (see xaisdk.runtime.relu_path_bundle)
+    RELU_PATH_TAIL: ((TAIL_INPUT, "w"), ("score", "grad")),
 }
 REQUIRED_ROLES = ("classifier", "classifier_grad")
 # Bounds on what a manifest may ask a process to allocate (checked before any graph is read).
@@ -107,6 +110,8 @@ class Bundle:
     graphs: dict[str, GraphSpec]
     preprocessing: Preprocessing | None = None
     """The model's pixel pipeline (manifest ``"preprocessing"``), None for bundles that take model-range inputs."""
+    relu_path: ReluPathSpec | None = None
+    """The opening Conv -> ReLU -> Conv split for the fast IG loop (manifest ``"relu_path"``), when exported."""
 
     @property
     def num_classes(self) -> int:
@@ -255,6 +260,7 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
     if missing:
         raise InputError(f"{where}: the bundle lacks the required graphs {missing}")
     graphs = {role: _read_graph(folder, role, entry, files, where) for role, entry in graphs_entry.items()}
+    relu_path = _read_relu_path(folder, manifest, files, input_shape, len(names), graphs, where)
     preprocessing = None
     if manifest.get("preprocessing") is not None:
         preprocessing = Preprocessing.from_manifest(manifest["preprocessing"], f"{where}: preprocessing")
@@ -262,4 +268,21 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
         if value_range != (0.0, 1.0):
             raise InputError(f"{where}: a bundle with a pixel pipeline takes [0, 1] pixels, but its value_range is "
                              f"{list(value_range)}")
-    return Bundle(folder, manifest, input_shape, value_range, names, batch, graphs, preprocessing)
+    return Bundle(folder, manifest, input_shape, value_range, names, batch, graphs, preprocessing, relu_path)
+
+
+def _read_relu_path(folder: Path, manifest: dict, files: dict, input_shape: tuple[int, int, int], num_classes: int,
+                    graphs: dict[str, GraphSpec], where: Path) -> ReluPathSpec | None:
+    """The manifest's ``relu_path`` with its file read, hashed and checked (None when the bundle has none)."""
+    entry = manifest.get("relu_path")
+    if entry is None:
+        return None
+    sha256, size = _file_record(files, RELU_PATH_FILE, where)
+    data = read_inside(folder, RELU_PATH_FILE, limit=MAX_GRAPH_BYTES, size=size)
+    if sha256_bytes(data) != sha256:
+        raise InputError(f"{folder / RELU_PATH_FILE}: sha256 does not match the manifest (file changed or truncated after "
+                         "export; re-export the bundle)")
+    spec = parse_relu_path(entry, data, input_shape, num_classes, str(where))
+    if spec.tail == "graph" and RELU_PATH_TAIL not in graphs:
+        raise InputError(f"{where}: relu_path has a graph tail, but the bundle has no {RELU_PATH_TAIL!r} graph")
+    return spec

@@ -15,8 +15,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from xaisdk.errors import InputError
+from xaisdk.runtime import relu_path_core
 from xaisdk.runtime.bundle import Bundle, GraphSpec, read_bundle
 from xaisdk.runtime.bundle_graphs import BundleGraphs
+from xaisdk.runtime.relu_path_bundle import RELU_PATH_TAIL, TAIL_INPUT, BundleOpening, prove_opening
 
 __all__ = ["PREFERRED_PROVIDERS", "OnnxRuntimeBackend", "load_session", "pick_providers", "run_session"]
 
@@ -104,6 +106,9 @@ class OnnxRuntimeBackend(BundleGraphs):
             34 ms without; a single large gradient call is ~15% faster with it).
         max_batch: most rows per session run for bundles with a dynamic batch.
         warmup: run every graph once now, so the first request does not pay for initialisation.
+        relu_path: run fixed-step IG through the bundle's relu-path split (:mod:`xaisdk.runtime.relu_path_bundle`)
+            when it has one and only the CPU provider runs; False keeps the plain loop over the gradient graph.
+            A split in the bundle is proven against the classifier graph either way.
 
     Example (needs an exported bundle)::
 
@@ -115,7 +120,7 @@ class OnnxRuntimeBackend(BundleGraphs):
 
     def __init__(self, bundle: Bundle | str | os.PathLike, *, providers: Sequence[str] | None = None,
                  intra_op_threads: int | None = None, max_batch: int = 256, warmup: bool = True,
-                 spin_wait: bool = False) -> None:
+                 spin_wait: bool = False, relu_path: bool = True) -> None:
         ort = _onnxruntime()
         self.bundle = bundle if isinstance(bundle, Bundle) else read_bundle(bundle)
         if int(max_batch) < 1:
@@ -139,6 +144,8 @@ class OnnxRuntimeBackend(BundleGraphs):
         self.supports_deeplift = "deeplift_grad" in self._sessions
         self.deeplift_unavailable = None if self.supports_deeplift else self.bundle.deeplift_unavailable
         self.has_generator = "generator_ganmex" in self._sessions
+        self._opening = self._relu_path_opening()
+        self._relu_path_on = bool(relu_path)
         if warmup:
             self._warmup()
 
@@ -148,16 +155,53 @@ class OnnxRuntimeBackend(BundleGraphs):
         names = tuple(i.name for i in session.get_inputs()), tuple(o.name for o in session.get_outputs())
         if set(names[0]) != set(spec.inputs) or set(names[1]) != set(spec.outputs):
             raise InputError(f"{where}: graph I/O {names} differs from the manifest {(spec.inputs, spec.outputs)}")
-        self._check_shapes(session, where)
+        self._check_shapes(session, where, spec.role)
         return session
 
-    def _check_shapes(self, session, where) -> None:
+    def _relu_path_opening(self) -> BundleOpening | None:
+        """The bundle's relu-path split, proven against its classifier graph on probe inputs; None when the bundle
+        has none or the C++ kernels are not built. A split that is not the classifier's function raises InputError."""
+        spec = self.bundle.relu_path
+        if spec is None or not relu_path_core.available():
+            return None
+
+        def tail(z2: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            score, grad = self._run(RELU_PATH_TAIL, {TAIL_INPUT: z2, "w": w}, ["score", "grad"])
+            return score, grad
+
+        opening = BundleOpening(spec, tail if spec.tail == "graph" else None)
+        prove_opening(opening, lambda x, w: (self.logits(x) * w).sum(1), self.value_range, self.num_classes,
+                      str(self.bundle.path / "manifest.json"))
+        return opening
+
+    @property
+    def uses_relu_path(self) -> bool:
+        """Whether :meth:`fused_integrated_gradients` runs the relu-path (a split in the bundle, CPU provider only:
+        its kernels are CPU code, and on a GPU the plain graphs are the faster path)."""
+        return self._relu_path_on and self._opening is not None and self.providers == ["CPUExecutionProvider"]
+
+    def fused_integrated_gradients(self, x: np.ndarray, baseline: np.ndarray, weights: np.ndarray, alphas: np.ndarray,
+                                   quadrature: np.ndarray) -> np.ndarray | None:
+        """IG ``(x - b) * sum_s quadrature[s] dScore/dx(b + alphas[s] (x - b))`` by the relu-path
+        (:func:`xaisdk.runtime.relu_path_core.path_integrated_gradients`) when :attr:`uses_relu_path`; None otherwise,
+        and the driver runs its chunked loop over :meth:`score_gradient`."""
+        if not self.uses_relu_path:
+            return None
+        x, baseline = self._check(x), self._check(baseline, "baseline")
+        if baseline.shape != x.shape:
+            raise InputError(f"baseline: expected shape {x.shape}, got {baseline.shape}")
+        return relu_path_core.path_integrated_gradients(self._opening, x, baseline, self._weights(weights, len(x)),
+                                                        alphas, quadrature)
+
+    def _check_shapes(self, session, where, role: str = "classifier") -> None:
         """Every graph input/output is float32 and shaped as the manifest's input spec, class count and
         batch imply; a graph edited (or a manifest changed) otherwise would fail on the first run."""
         rows, k = self.bundle.batch, self.num_classes
         image = (rows, *self.input_shape)
         expected = {"x": image, "baseline": image, "grad": image, "multipliers": image, "image": image,
                     "w": (rows, k), "target": (rows, k), "logits": (rows, k), "score": (rows,), "score_baseline": (rows,)}
+        if role == RELU_PATH_TAIL and self.bundle.relu_path is not None:
+            expected["grad"] = expected[TAIL_INPUT] = (rows, *self.bundle.relu_path.output_shape)
         for arg in [*session.get_inputs(), *session.get_outputs()]:
             want = expected.get(arg.name)
             if want is None:

@@ -2,12 +2,11 @@
 
 On the straight path ``x(a) = b + a (x - b)`` the first convolution's output is affine in ``a``, so
 every unit of the first ReLU is on for one interval of the path points, and the second convolution
-changes only where a unit switches (each unit at most once along the whole path). The C++ kernels of
-``xaisdk._ext`` (``csrc/relu_path.h``) follow those switches: the second layer's pre-activations at
-all S steps cost about two convolutions plus one column of the second layer per switching unit, and
-going back, the gradients of all steps reach the first layer through one transposed convolution plus
-one row per switching unit. Only the rest of the network (for GANMEX's MNIST CNN: the dense layers)
-runs once per path point. The sum computed is exactly the one of the plain loop,
+changes only where a unit switches (each unit at most once along the whole path). The loop
+(:mod:`xaisdk.runtime.relu_path_core`, shared with bundles) follows those switches with the C++
+kernels of ``xaisdk._ext``; this module finds the split in a torch model and runs its layers. Only
+the rest of the network (for GANMEX's MNIST CNN: the dense layers) runs once per path point. The sum
+computed is exactly the one of the plain loop,
 ``(x - b) * sum_s w_s dS/dx(b + a_s (x - b))``; numbers differ by float32 rounding, except that
 a unit whose pre-activation is within rounding of 0 at a path point may be counted as on or off
 differently for that one point (ReLU's derivative at 0 is 0 in both). Measured against a float64
@@ -45,6 +44,8 @@ import torch
 from torch import nn
 
 from xaisdk.models.module_state import global_hooks_present, hooked_module, instance_override, module_state
+from xaisdk.runtime.relu_path_core import path_integrated_gradients
+from xaisdk.runtime.relu_path_core import rows_per_pass as rows_per_pass_for
 
 try:
     from xaisdk import _ext
@@ -284,35 +285,58 @@ def _conv_args(conv: nn.Conv2d) -> dict:
     return {"stride": tuple(conv.stride), "padding": tuple(conv.padding)}
 
 
-def _tail_gradient(prefix: ReluConvPrefix, z2: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Gradient (N, S, F) of ``weights[n] . tail(z2[n, s])`` w.r.t. the second layer's output z2 (N, S, F)."""
-    n, steps, features = z2.shape
-    if prefix.dense_head is not None:
-        hidden, output = prefix.dense_head
+class _TorchOpening:
+    """The :class:`~xaisdk.runtime.relu_path_core.OpeningLayers` of a proven split, run by torch; the first
+    layer (with its batch norm folded in) is taken from the live modules once, when built."""
+
+    def __init__(self, prefix: ReluConvPrefix) -> None:
+        self.prefix = prefix
+        self.first_layer = prefix.first
+        second = prefix.second
+        self.input_shape, self.hidden_shape, self.output_shape = prefix.input_shape, prefix.hidden_shape, prefix.output_shape
+        self.second_weight = np.ascontiguousarray(second.weight.detach().numpy(), np.float32)
+        self.second_bias = None if second.bias is None else np.ascontiguousarray(second.bias.detach().numpy(), np.float32)
+        self.second_stride, self.second_padding = tuple(second.stride), tuple(second.padding)
+
+    def first(self, images: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            flat = torch.from_numpy(z2).view(n * steps, features)
-            z3 = nn.functional.linear(torch.relu(flat), hidden.weight, hidden.bias)
-            u = torch.from_numpy(weights) @ output.weight  # d score / d relu(z3), the same at every step
-        return _ext.relu_dense_backward(z2, np.ascontiguousarray(z3.view(n, steps, -1).numpy()), np.ascontiguousarray(u.numpy()),
-                                        np.ascontiguousarray(hidden.weight.detach().numpy()))
-    leaf = torch.from_numpy(z2).view(n * steps, *prefix.output_shape).requires_grad_(True)
-    row_weights = torch.from_numpy(np.repeat(weights, steps, axis=0))
-    with torch.enable_grad():
-        logits = prefix.tail(leaf.clone() if prefix.tail_inplace else leaf)
-        (g2,) = torch.autograd.grad((logits * row_weights).sum(), leaf)
-    return np.ascontiguousarray(g2.reshape(n, steps, features).numpy())
+            return self.first_layer(torch.from_numpy(images)).reshape(len(images), -1).numpy()
 
+    def second_linear(self, hidden: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            second = self.prefix.second
+            out = nn.functional.conv2d(torch.from_numpy(hidden), second.weight, None, **_conv_args(second))
+        return out.reshape(len(hidden), -1).numpy()
 
-def _rows_per_pass(requested: int, *row_sizes: int) -> int:
-    """Rows (path points, window positions, curve rows) per kernel call: ``requested``, fewer when one
-    row's buffers are large, so that memory stays about :data:`PASS_BYTES` whatever the step count,
-    window count or image size."""
-    per_row = 4 * max(1, *row_sizes)
-    return max(1, min(int(requested), PASS_BYTES // per_row))
+    def second_transpose(self, grad: np.ndarray) -> np.ndarray:
+        second = self.prefix.second
+        with torch.no_grad():
+            out = torch.nn.grad.conv2d_input((len(grad), *self.hidden_shape), second.weight,
+                                             torch.from_numpy(grad).view(len(grad), *self.output_shape), **_conv_args(second))
+        return out.reshape(len(grad), -1).numpy()
 
+    def first_transpose(self, grad: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return torch.nn.grad.conv2d_input((len(grad), *self.input_shape), self.first_layer.weight,
+                                              torch.from_numpy(grad).view(len(grad), *self.hidden_shape),
+                                              **_conv_args(self.first_layer)).numpy()
 
-PASS_BYTES = 64 << 20
-"""About how many bytes of per-row buffers one kernel call holds (rows are chunked to fit)."""
+    def tail_gradient(self, z2: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        prefix = self.prefix
+        n, steps, features = z2.shape
+        if prefix.dense_head is not None:
+            hidden, output = prefix.dense_head
+            with torch.no_grad():  # torch's GEMM here: numpy's BLAS threads would contend with torch's
+                z3 = nn.functional.linear(torch.relu(torch.from_numpy(z2).view(n * steps, features)), hidden.weight, hidden.bias)
+                u = torch.from_numpy(weights) @ output.weight  # d score / d relu(z3), the same at every step
+            return _ext.relu_dense_backward(z2, np.ascontiguousarray(z3.view(n, steps, -1).numpy()),
+                                            np.ascontiguousarray(u.numpy()), np.ascontiguousarray(hidden.weight.detach().numpy()))
+        leaf = torch.from_numpy(z2).view(n * steps, *prefix.output_shape).requires_grad_(True)
+        row_weights = torch.from_numpy(np.repeat(weights, steps, axis=0))
+        with torch.enable_grad():
+            logits = prefix.tail(leaf.clone() if prefix.tail_inplace else leaf)
+            (g2,) = torch.autograd.grad((logits * row_weights).sum(), leaf)
+        return g2.reshape(n, steps, features).numpy()
 
 
 def relu_path_integrated_gradients(
@@ -328,62 +352,12 @@ def relu_path_integrated_gradients(
     """``(x - b) * sum_s quadrature[s] * dScore/dx(b + alphas[s] (x - b))`` for ``Score_n = weights[n] . logits``.
 
     ``x``, ``baseline``: float32 (N, C, H, W); ``weights``: (N, classes); ``alphas``, ``quadrature``:
-    (S,) in any order. Images go through in groups of about ``rows_per_pass`` path points; a path
-    longer than that goes through in pieces of consecutive points whose sums add up, so memory does
-    not grow with S.
+    (S,) in any order. The loop is :func:`xaisdk.runtime.relu_path_core.path_integrated_gradients` (memory
+    bounded whatever S), with the split's layers run by torch.
     """
-    order = np.argsort(alphas, kind="stable")
-    a_all = np.ascontiguousarray(np.asarray(alphas, np.float32)[order])
-    w_all = np.ascontiguousarray(np.asarray(quadrature, np.float32)[order])
-    units = int(np.prod(prefix.hidden_shape))
-    features = int(np.prod(prefix.output_shape))
-    rows = _rows_per_pass(rows_per_pass, units, features)
-    steps_per_pass = max(1, min(len(a_all), rows))
-    group = max(1, rows // steps_per_pass)
-    out = np.empty(x.shape, np.float32)
-    for start in range(0, len(x), group):
-        sl = slice(start, min(start + group, len(x)))
-        n = sl.stop - sl.start
-        xt, bt = torch.from_numpy(np.ascontiguousarray(x[sl])), torch.from_numpy(np.ascontiguousarray(baseline[sl]))
-        with torch.no_grad():
-            hidden = prefix.first(torch.cat([bt, xt]))
-            z0 = np.ascontiguousarray(hidden[:n].reshape(n, units).numpy())
-            dz = np.ascontiguousarray((hidden[n:] - hidden[:n]).reshape(n, units).numpy())
-        grad_sum = torch.zeros(xt.shape)
-        for s0 in range(0, len(a_all), steps_per_pass):
-            piece = slice(s0, s0 + steps_per_pass)
-            grad_sum += _path_gradient_sum(prefix, z0, dz, np.asarray(weights[sl], np.float32), a_all[piece], w_all[piece],
-                                           tuple(xt.shape))
-        out[sl] = ((xt - bt) * grad_sum).numpy()
-    return out
-
-
-def _path_gradient_sum(prefix: ReluConvPrefix, z0: np.ndarray, dz: np.ndarray, weights: np.ndarray, a: np.ndarray,
-                       w: np.ndarray, input_shape: tuple[int, ...]) -> torch.Tensor:
-    """``sum_s w[s] dScore/dx`` at the path points ``a`` (sorted) for first-layer outputs ``z0 + a dz`` (N, E)."""
-    n, steps = len(z0), len(a)
-    first, second = prefix.first, prefix.second
-    w2 = np.ascontiguousarray(second.weight.detach().numpy(), np.float32)
-    b2 = None if second.bias is None else np.ascontiguousarray(second.bias.detach().numpy(), np.float32)
-    geometry = (prefix.hidden_shape, prefix.output_shape, tuple(second.stride), tuple(second.padding))
-    features = int(np.prod(prefix.output_shape))
     with torch.no_grad():
-        lo, hi = _ext.relu_active_ranges(z0, dz, a)
-        on_at_start = ((lo == 0) & (hi > 0)).astype(np.float32)
-        bases = nn.functional.conv2d(
-            torch.from_numpy(np.concatenate([z0 * on_at_start, dz * on_at_start])).view(2 * n, *prefix.hidden_shape),
-            second.weight, None, **_conv_args(second),
-        ).reshape(2 * n, features)
-        base_p, base_q = np.ascontiguousarray(bases[:n].numpy()), np.ascontiguousarray(bases[n:].numpy())
-        z2 = _ext.relu_conv_forward(z0, dz, lo, hi, a, w2, b2, base_p, base_q, *geometry)
-    g2 = _tail_gradient(prefix, z2, weights)
-    partial, total = _ext.relu_conv_backward(lo, hi, g2, w, w2, *geometry)
-    with torch.no_grad():
-        dense = torch.nn.grad.conv2d_input((n, *prefix.hidden_shape), second.weight,
-                                           torch.from_numpy(total).view(n, *prefix.output_shape), **_conv_args(second))
-        on_at_end = torch.from_numpy((hi == steps) & (lo < hi)).view(n, *prefix.hidden_shape)
-        unit_grad = torch.from_numpy(partial).view(n, *prefix.hidden_shape) + torch.where(on_at_end, dense, 0.0)
-        return torch.nn.grad.conv2d_input(input_shape, first.weight, unit_grad, **_conv_args(first))
+        return path_integrated_gradients(_TorchOpening(prefix), x, baseline, weights, alphas, quadrature,
+                                         rows_per_pass_requested=rows_per_pass)
 
 
 def _opening_layers(prefix: ReluConvPrefix, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -424,7 +398,7 @@ def relu_path_occluded_scores(
     n_all = len(x)
     scores = np.empty((n_all, len(row_lo), len(col_lo)), np.float32)
     width = int(np.prod(prefix.output_shape)) if prefix.dense_head is None else prefix.dense_head[0].out_features
-    rows = _rows_per_pass(rows_per_pass, width)
+    rows = rows_per_pass_for(rows_per_pass, width)
     band = max(1, rows // len(col_lo))  # window rows per kernel call: memory does not grow with the window count
     group = max(1, rows // (band * len(col_lo)))
     for start in range(0, n_all, group):
@@ -507,7 +481,7 @@ def relu_path_perturbed_scores(
     w2 = np.ascontiguousarray(second.weight.detach().numpy(), np.float32)
     n_all, steps = lo.shape
     scores = np.empty((n_all, steps), np.float32)
-    rows = _rows_per_pass(rows_per_pass, int(np.prod(prefix.output_shape)))
+    rows = rows_per_pass_for(rows_per_pass, int(np.prod(prefix.output_shape)))
     piece = max(1, min(steps, rows))  # curve rows per kernel call (a piece restarts from base: same rows)
     group = max(1, rows // piece)
     for start in range(0, n_all, group):
