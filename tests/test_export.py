@@ -433,3 +433,34 @@ def test_numpy_integer_opset_and_batch_are_accepted(tmp_path):
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["opset"] == 17 and manifest["input"]["batch"] == 2 and report.checks["grad_rel_err"] <= TOL
 
+
+class MaxPoolTieNet(nn.Module):
+    """Two hidden values that tie in float32 (1 and 1 + 2^-24 both round to 1) but not in float64: max pooling
+    picks the first in float32 (torch and ONNX Runtime alike) and the second in float64."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix, self.out = nn.Linear(2, 2), nn.Linear(1, 3)
+        with torch.no_grad():
+            self.mix.weight.copy_(torch.eye(2))
+            self.mix.bias.copy_(torch.tensor([0.0, 2.0 ** -24], dtype=torch.float64))
+            self.out.weight.copy_(torch.tensor([[1.0], [-2.0], [0.5]]))
+            self.out.bias.zero_()
+
+    def forward(self, x):
+        hidden = self.mix(x.flatten(1)).view(-1, 1, 1, 2)
+        return self.out(nn.functional.max_pool2d(hidden, (1, 2)).flatten(1))
+
+
+def test_verification_tells_a_float64_near_tie_from_a_wrong_rule(tmp_path):
+    """At an input where float32 and float64 pick different max-pool cells (a near-tie), the float64 finite
+    differences and DeepLIFT reference follow the other cell: the export re-judges the gradient on ONNX
+    Runtime's routes and DeepLIFT without the pairs holding that image, and says so, instead of refusing
+    the model or dropping its DeepLIFT graph (seen on ResNet-50 and VGG-11-BN on an AVX-512 CPU)."""
+    tie = np.ones((1, 1, 1, 2), np.float32)
+    report = export_bundle(MaxPoolTieNet().eval(), tmp_path / "b", input_shape=(1, 1, 2), verify_inputs=tie)
+    checks = report.checks
+    assert checks["grad_fd_near_tie_flips"] == 1 and checks["grad_fd_near_tie_margin"] < 1e-7
+    assert checks["grad_fd_rel_err"] <= TOL and checks["deeplift_rel_err"] <= TOL
+    assert checks["deeplift_near_tie_pairs_left_out"] == 2  # the tie image as input, and as the next pair's baseline
+    assert report.deeplift_unavailable is None

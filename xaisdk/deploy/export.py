@@ -184,11 +184,15 @@ def _verify(folder: Path, model: nn.Module, generator: nn.Module | None, x: np.n
         recheck, routed_exact = _gradient_recheck(folder, model, x, weights, got, want)
         checks.update(recheck)
     checks.update(_finite_difference_checks(model, x, weights, got, want, rng, routed_exact))
+    if routed_exact is None and checks["grad_fd_rel_err"] > checks["grad_fd_tolerance"]:
+        checks.update(_finite_difference_recheck(folder, model, x, weights, got, want, rng))
     if backend.supports_deeplift:
         base = np.roll(x, 1, axis=0)
         attr = (x - base) * backend.deeplift_multipliers(x, base, weights.numpy())
         try:
             checks.update(_deeplift_checks(model, x, base, weights, attr))
+            if checks["deeplift_rel_err"] > checks["deeplift_tolerance"]:
+                checks.update(_deeplift_recheck(folder, model, x, base, weights, attr))
         except InputError:  # the torch reference cannot analyse the model (e.g. TorchScript): check completeness
             w = weights.numpy()
             checks["deeplift_completeness_rel_err"] = completeness_error(attr, (backend.logits(x) * w).sum(1),
@@ -285,6 +289,40 @@ def _deeplift_checks(model: nn.Module, x: np.ndarray, base: np.ndarray, weights:
             "deeplift_tolerance": _floor_tolerance(floor, DEEPLIFT_FLOOR_FACTOR)}
 
 
+def _near_tie_images(folder: Path, model: nn.Module, x: np.ndarray, weights: torch.Tensor) -> np.ndarray | None:
+    """Per image of ``x``: whether ONNX Runtime takes a ReLU or max-pool decision the other way than the float64
+    model, at a near-tie (:data:`~xaisdk.deploy.near_ties.NEAR_TIE`); None when the decisions cannot be matched."""
+    from xaisdk.deploy.near_ties import NEAR_TIE, onnx_decision_inputs, routed_gradient
+
+    decisions = onnx_decision_inputs(onnx.load(str(folder / "classifier.onnx")), x)
+    model64 = copy.deepcopy(model).double().eval()
+    near = np.zeros(len(x), bool)
+    for i in range(len(x)):
+        one = slice(i, i + 1)
+        routed = routed_gradient(model64, [(kind, value[one]) for kind, value in decisions], x[one], weights[one])
+        if routed is None:
+            return None
+        near[i] = routed.flips > 0 and routed.max_margin <= NEAR_TIE
+    return near
+
+
+def _deeplift_recheck(folder: Path, model: nn.Module, x: np.ndarray, base: np.ndarray, weights: torch.Tensor,
+                      got: np.ndarray) -> dict[str, float]:
+    """The DeepLIFT check again without the pairs whose input or baseline holds a near-tie that ONNX Runtime
+    resolves the other way: a max-pool window whose top two values are within rounding routes DeepLIFT's
+    multipliers through either cell, and one such window in VGG-11-BN (small size, AVX-512 CPU) moved a pair's
+    attributions by 2.9e-2 while every other pair stayed within 1.2e-5. Taken only when at least half the
+    pairs remain (``base`` is ``x`` rolled by one, so pair i holds images i and i - 1); otherwise nothing changes."""
+    near = _near_tie_images(folder, model, x, weights)
+    if near is None or not near.any():
+        return {}
+    keep = ~(near | np.roll(near, 1))
+    if 2 * int(keep.sum()) < len(x):
+        return {}
+    return {**_deeplift_checks(model, x[keep], base[keep], weights[keep], got[keep]),
+            "deeplift_near_tie_pairs_left_out": float((~keep).sum())}
+
+
 def _floor_tolerance(floor: float, factor: float = GRAD_FLOOR_FACTOR) -> float:
     """``factor`` times torch float32's own error where that error is rounding (at most ``FLOOR_CAP``), else ``TOLERANCE``."""
     return max(TOLERANCE, factor * floor) if floor <= FLOOR_CAP else TOLERANCE
@@ -297,7 +335,8 @@ def _failed_checks(checks: dict[str, float]) -> dict[str, float]:
               "grad_fd_rel_err": checks.get("grad_fd_tolerance", TOLERANCE)}
     about_reference = ("deeplift_float32_floor", "deeplift_tolerance", "grad_float32_rel_err", "grad_near_tie_flips",
                        "grad_near_tie_margin", "grad_float32_floor", "grad_tolerance", "grad_fd_float32_floor",
-                       "grad_fd_tolerance")
+                       "grad_fd_tolerance", "grad_fd_near_tie_flips", "grad_fd_near_tie_margin",
+                       "deeplift_near_tie_pairs_left_out")
     return {k: v for k, v in checks.items() if k not in about_reference and not v <= limits.get(k, TOLERANCE)}
 
 
@@ -410,6 +449,24 @@ def _finite_difference_checks(model: nn.Module, x: np.ndarray, weights: torch.Te
     floor = relative_error(np.concatenate(reference), exact) if routed_exact is None else 0.0
     return {"grad_fd_rel_err": relative_error(np.concatenate(analytic), exact), "grad_fd_float32_floor": floor,
             "grad_fd_tolerance": _floor_tolerance(floor)}
+
+
+def _finite_difference_recheck(folder: Path, model: nn.Module, x: np.ndarray, weights: torch.Tensor, grad: np.ndarray,
+                               torch_grad: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
+    """The finite-difference check again, on ONNX Runtime's routes, where the graph matched torch float32 but both
+    missed float64 differences: float64 took a ReLU or max-pool decision at a near-tie the other way (seen on
+    ResNet-50 at its small size on an AVX-512 CPU: torch float32 and the graph 3.4e-2 from float64, 1e-6 from each
+    other). The reference becomes the float64 model's gradient with ONNX Runtime's decisions imposed,
+    accepted only where every decision it changes is a near-tie in float64's own values
+    (:data:`~xaisdk.deploy.near_ties.NEAR_TIE`); otherwise nothing changes and the check stays failed."""
+    from xaisdk.deploy.near_ties import NEAR_TIE, onnx_decision_inputs, routed_gradient
+
+    decisions = onnx_decision_inputs(onnx.load(str(folder / "classifier.onnx")), x)
+    routed64 = routed_gradient(copy.deepcopy(model).double().eval(), decisions, x, weights)
+    if routed64 is None or routed64.max_margin > NEAR_TIE:
+        return {}
+    return {**_finite_difference_checks(model, x, weights, grad, torch_grad, rng, routed64.grad),
+            "grad_fd_near_tie_flips": float(routed64.flips), "grad_fd_near_tie_margin": routed64.max_margin}
 
 
 def _resolve(model: Classifier | GanmexModel | nn.Module | str | os.PathLike, input_shape: Any, class_names: Any,
