@@ -52,7 +52,8 @@ def test_export_writes_a_verified_bundle(exported):
     bundle, result = exported
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    files = ["classifier.onnx", "classifier_grad.onnx", "deeplift_grad.onnx", "generator_ganmex.onnx", "manifest.json"]
+    files = ["classifier.onnx", "classifier_grad.onnx", "deeplift_grad.onnx", "generator_ganmex.onnx", "manifest.json",
+             "relu_path.bin"]
     assert sorted(p.name for p in bundle.iterdir()) == sorted(files)
     for name in files:  # one line per file with its size in MB
         line = next(line for line in result.stdout.splitlines() if line.strip().startswith(name))

@@ -282,3 +282,17 @@ def test_a_graph_tail_swapped_for_another_models_fails_the_proof(bundles, tmp_pa
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(InputError, match="does not reproduce the classifier"):
         OnnxRuntimeBackend(folder, providers=CPU)
+
+
+def test_bundle_ig_of_an_image_does_not_depend_on_its_batch(bundles, digits):
+    """A dataset job's shards and one Explainer call must give the same bits: every matrix product of the split
+    sums in float64 and rounds once, so BLAS's choice of kernel by batch size cannot show."""
+    backend = OnnxRuntimeBackend(bundles["dense"], providers=CPU)
+    x = digits.test.x[:20].astype(np.float32)
+    baseline = np.roll(x, 1, axis=0)
+    weights = np.zeros((20, 10), np.float32)
+    weights[:, 3], weights[:, 5] = 1, -1
+    rule = path_rule("riemann_middle", 16)
+    whole = backend.fused_integrated_gradients(x, baseline, weights, *rule)
+    shards = [backend.fused_integrated_gradients(x[i:i + 3], baseline[i:i + 3], weights[i:i + 3], *rule) for i in range(0, 20, 3)]
+    assert np.array_equal(whole, np.concatenate(shards))

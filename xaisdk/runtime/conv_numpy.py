@@ -48,18 +48,19 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: t
 
 
 def conv2d_input(grad: np.ndarray, weight: np.ndarray, input_size: tuple[int, int], stride: tuple[int, int],
-                 padding: tuple[int, int]) -> np.ndarray:
-    """The transpose of :func:`conv2d` (its gradient w.r.t. the input): ``grad`` (N, O, Ho, Wo) to (N, C, H, W),
-    with ``(H, W) = input_size`` (a strided convolution may have dropped the last rows or columns)."""
+                 padding: tuple[int, int], *, accumulate: type = np.float32) -> np.ndarray:
+    """The transpose of :func:`conv2d` (its gradient w.r.t. the input): ``grad`` (N, O, Ho, Wo) to float32 (N, C, H, W),
+    with ``(H, W) = input_size`` (a strided convolution may have dropped the last rows or columns), its sums
+    taken in ``accumulate``."""
     n, o, ho, wo = grad.shape
     _, c, kh, kw = weight.shape
     (sh, sw), (ph, pw) = stride, padding
     h, w = input_size
-    cols = (np.ascontiguousarray(np.asarray(grad, np.float32).transpose(0, 2, 3, 1)).reshape(n * ho * wo, o)
-            @ np.asarray(weight, np.float32).reshape(o, c * kh * kw))
+    cols = (np.ascontiguousarray(np.asarray(grad, accumulate).transpose(0, 2, 3, 1)).reshape(n * ho * wo, o)
+            @ np.asarray(weight, accumulate).reshape(o, c * kh * kw))
     cols = cols.reshape(n, ho, wo, c, kh, kw).transpose(0, 3, 4, 5, 1, 2)  # (N, C, KH, KW, Ho, Wo)
-    padded = np.zeros((n, c, max(h + 2 * ph, (ho - 1) * sh + kh), max(w + 2 * pw, (wo - 1) * sw + kw)), np.float32)
+    padded = np.zeros((n, c, max(h + 2 * ph, (ho - 1) * sh + kh), max(w + 2 * pw, (wo - 1) * sw + kw)), accumulate)
     for i in range(kh):
         for j in range(kw):
             padded[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] += cols[:, :, i, j]
-    return np.ascontiguousarray(padded[:, :, ph:ph + h, pw:pw + w])
+    return np.ascontiguousarray(padded[:, :, ph:ph + h, pw:pw + w], np.float32)

@@ -165,13 +165,14 @@ class BundleOpening:
 
     def second_transpose(self, grad: np.ndarray) -> np.ndarray:
         grad = grad.reshape(len(grad), *self.output_shape)
-        out = conv2d_input(grad, self.second_weight, self.hidden_shape[1:], self.second_stride, self.second_padding)
+        out = conv2d_input(grad, self.second_weight, self.hidden_shape[1:], self.second_stride, self.second_padding,
+                           accumulate=np.float64)
         return out.reshape(len(grad), -1)
 
     def first_transpose(self, grad: np.ndarray) -> np.ndarray:
         s = self.spec
         return conv2d_input(grad.reshape(len(grad), *self.hidden_shape), s.arrays["first.weight"], self.input_shape[1:],
-                            s.first_stride, s.first_padding)
+                            s.first_stride, s.first_padding, accumulate=np.float64)
 
     def tail_gradient(self, z2: np.ndarray, weights: np.ndarray) -> np.ndarray:
         a = self.spec.arrays

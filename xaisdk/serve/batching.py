@@ -155,6 +155,20 @@ class BatchingBackend:
     def generate(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
         return self._call("generate", x, target)[0]
 
+    def fused_integrated_gradients(self, x: np.ndarray, baseline: np.ndarray, weights: np.ndarray, alphas: np.ndarray,
+                                   quadrature: np.ndarray) -> np.ndarray | None:
+        """The backend's relu-path IG (all path points of the images in one call, CPU kernels whose work is per
+        image), run from the caller's thread and unmerged, so a request gets the library's own numbers; None
+        where the backend has no relu-path for its model, and the driver's path points then go through
+        :meth:`score_gradient`, merged with other requests' rows."""
+        if not getattr(self.backend, "uses_relu_path", False):
+            return None
+        _check_current()
+        out = self.backend.fused_integrated_gradients(x, baseline, weights, alphas, quadrature)
+        if out is not None and self._on_batch is not None:
+            self._on_batch("fused_integrated_gradients", len(x), 1)
+        return out
+
     # --- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
         """Stop the dispatcher after the calls already queued have run."""
