@@ -38,7 +38,7 @@ def test_ig_suite_agrees_with_captum_on_every_path(quick_result):
     ig = quick_result["suites"]["ig"]
     names = set(ig["rows"])
     assert {"captum (cpu)", "xaisdk torch (relu-path kernels)", "xaisdk torch (per-step autograd loop)",
-            "xaisdk onnxruntime (C++ IG loop)"} <= names
+            "xaisdk onnxruntime (C++ IG loop)", "xaisdk onnxruntime (relu-path kernels)"} <= names
     for name, row in ig["rows"].items():
         assert row["max_rel_diff_vs_captum_cpu"] < 1e-4, name
         assert row["p95_ms"] >= row["p50_ms"] > 0

@@ -296,3 +296,23 @@ def test_bundle_ig_of_an_image_does_not_depend_on_its_batch(bundles, digits):
     whole = backend.fused_integrated_gradients(x, baseline, weights, *rule)
     shards = [backend.fused_integrated_gradients(x[i:i + 3], baseline[i:i + 3], weights[i:i + 3], *rule) for i in range(0, 20, 3)]
     assert np.array_equal(whole, np.concatenate(shards))
+
+
+def _entry(first: list[int], second: list[int], hidden: list[int], output: list[int], pad: int = 0) -> dict:
+    return {"file": "relu_path.bin", "tail": "graph", "hidden_shape": hidden, "output_shape": output,
+            "first": {"stride": [1, 1], "padding": [pad, pad]}, "second": {"stride": [1, 1], "padding": [0, 0]},
+            "arrays": [["first.weight", first], ["second.weight", second]]}
+
+
+@pytest.mark.parametrize("entry, image, message", [
+    # 16 first-layer channels over a 4096 x 4096 image: 2.7e8 units per image, from a 128-byte file
+    (_entry([16, 1, 1, 1], [1, 16, 1, 1], [16, 4096, 4096], [1, 4096, 4096]), (1, 4096, 4096), "hidden_shape"),
+    # a 64 x 64 kernel over 2048 x 2048 positions: a window matrix of 1.7e10 values per image
+    (_entry([1, 1, 64, 64], [1, 1, 1, 1], [1, 2049, 2049], [1, 2049, 2049], pad=32), (1, 2048, 2048), "window matrix"),
+])
+def test_a_manifest_cannot_make_the_loader_allocate_without_bound(entry, image, message):
+    from xaisdk.runtime.relu_path_bundle import parse_relu_path
+
+    values = sum(int(np.prod(shape)) for _, shape in entry["arrays"])
+    with pytest.raises(InputError, match=message):
+        parse_relu_path(entry, bytes(4 * values), image, 3, "bundle/manifest.json")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["conv2d", "conv2d_input", "conv_output_size"]
+__all__ = ["PIECE_BYTES", "conv2d", "conv2d_input", "conv_output_size"]
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -30,6 +30,14 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+PIECE_BYTES = 64 << 20
+"""About how many bytes of window matrix one step of :func:`conv2d` / :func:`conv2d_input` holds (images in pieces)."""
+
+
+def _images_per_piece(window_values: int, accumulate: type) -> int:
+    return max(1, PIECE_BYTES // max(1, window_values * np.dtype(accumulate).itemsize))
+
+
 def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: tuple[int, int],
            padding: tuple[int, int], *, accumulate: type = np.float32) -> np.ndarray:
     """``conv2d(x, weight, bias)`` for ``x`` (N, C, H, W) and ``weight`` (O, C, KH, KW): float32 (N, O, Ho, Wo),
@@ -38,6 +46,10 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: t
     o, _, kh, kw = weight.shape
     (sh, sw), (ph, pw) = stride, padding
     ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+    group = _images_per_piece(ho * wo * c * kh * kw, accumulate)
+    if n > group:  # the window matrix of all images at once could be large: a few images at a time
+        return np.concatenate([conv2d(x[i:i + group], weight, bias, stride, padding, accumulate=accumulate)
+                               for i in range(0, n, group)])
     padded = np.pad(np.asarray(x, accumulate), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     windows = np.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :ho, :wo]
     cols = np.ascontiguousarray(windows.transpose(0, 2, 3, 1, 4, 5)).reshape(n * ho * wo, c * kh * kw)
@@ -56,6 +68,10 @@ def conv2d_input(grad: np.ndarray, weight: np.ndarray, input_size: tuple[int, in
     _, c, kh, kw = weight.shape
     (sh, sw), (ph, pw) = stride, padding
     h, w = input_size
+    group = _images_per_piece(ho * wo * c * kh * kw, accumulate)
+    if n > group:
+        return np.concatenate([conv2d_input(grad[i:i + group], weight, input_size, stride, padding, accumulate=accumulate)
+                               for i in range(0, n, group)])
     cols = (np.ascontiguousarray(np.asarray(grad, accumulate).transpose(0, 2, 3, 1)).reshape(n * ho * wo, o)
             @ np.asarray(weight, accumulate).reshape(o, c * kh * kw))
     cols = cols.reshape(n, ho, wo, c, kh, kw).transpose(0, 3, 4, 5, 1, 2)  # (N, C, KH, KW, Ho, Wo)

@@ -41,6 +41,11 @@ RELU_PATH_TAIL = "relu_path_tail"
 """The graph role of the tail's gradient graph (inputs ``z2``, ``w``; outputs ``score``, ``grad``)."""
 TAIL_INPUT = "z2"
 MAX_ARRAY_VALUES = 1 << 28
+MAX_UNITS = 1 << 26
+"""Most values per image of either convolution's output (what a manifest may make the loader allocate per image)."""
+MAX_WINDOW_VALUES = 1 << 25
+"""Most values of one image's window matrix in either convolution (output positions x C x KH x KW): 256 MiB in
+float64, what the numpy convolutions hold for one image (VGG-16's second layer at 224 px needs 2.9e7)."""
 _NAMES = ("first.weight", "first.bias", "second.weight", "second.bias", "hidden.weight", "hidden.bias", "output.weight",
           "output.bias")
 PROBE_TOLERANCE = 1e-4
@@ -111,6 +116,9 @@ def parse_relu_path(entry: Any, data: bytes, input_shape: tuple[int, int, int], 
                            _ints(part.get("padding"), 2, 0, f"{layer}.padding", where))
     hidden = _ints(entry.get("hidden_shape"), 3, 1, "hidden_shape", where)
     output = _ints(entry.get("output_shape"), 3, 1, "output_shape", where)
+    for name, shape in (("hidden_shape", hidden), ("output_shape", output)):
+        if math.prod(shape) > MAX_UNITS:
+            raise InputError(f"{where}: relu_path: {name} {list(shape)} has more than {MAX_UNITS} values per image")
     _chain(arrays, "first", input_shape, hidden, geometry["first"], where)
     _chain(arrays, "second", hidden, output, geometry["second"], where)
     if entry["tail"] == "dense":
@@ -138,6 +146,8 @@ def _chain(arrays: dict[str, np.ndarray], layer: str, given: tuple[int, ...], ma
     size = (conv_output_size(given[1], weight.shape[2], sh, ph), conv_output_size(given[2], weight.shape[3], sw, pw))
     if size != tuple(made[1:]):
         raise InputError(f"{where}: relu_path: {layer} maps {list(given)} to {[made[0], *size]}, not {list(made)}")
+    if math.prod(size) * math.prod(weight.shape[1:]) > MAX_WINDOW_VALUES:
+        raise InputError(f"{where}: relu_path: {layer}'s window matrix has more than {MAX_WINDOW_VALUES} values per image")
 
 
 class BundleOpening:
