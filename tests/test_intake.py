@@ -604,3 +604,30 @@ def test_models_from_the_dynamo_exporter(tmp_path, name):
     xt = torch.from_numpy(x).requires_grad_(True)
     (net(xt) * torch.from_numpy(w)).sum().backward()
     assert rel(got, xt.grad.numpy()) < 1e-4
+
+
+def test_an_onnx_file_with_unnamed_nodes_exports(tmp_path):
+    """Node names are optional in ONNX: the DeepLIFT graph's baseline copies of unnamed nodes must not all be named
+    "ref/" (ONNX Runtime refuses duplicate names), and a BatchNormalization node of another exporter is fine."""
+    rng = np.random.default_rng(0)
+
+    def array(name, shape, low=-0.5, high=0.5):
+        return onnx.numpy_helper.from_array(rng.uniform(low, high, shape).astype(np.float32), name)
+
+    h = onnx.helper
+    inits = [array("w1", (4, 1, 3, 3)), array("b1", (4,)), array("scale", (4,), 0.5, 1.5), array("shift", (4,)),
+             array("mean", (4,)), array("var", (4,), 0.5, 2.0), array("w2", (3, 4, 3, 3)), array("w3", (5, 3 * 8 * 8))]
+    nodes = [h.make_node("Conv", ["image", "w1", "b1"], ["a"], pads=[1, 1, 1, 1]),
+             h.make_node("BatchNormalization", ["a", "scale", "shift", "mean", "var"], ["bn"], epsilon=1e-3),
+             h.make_node("Relu", ["bn"], ["r1"]), h.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             h.make_node("Relu", ["c2"], ["r2"]), h.make_node("Flatten", ["r2"], ["flat"]),
+             h.make_node("Gemm", ["flat", "w3"], ["scores"], transB=1)]
+    graph = h.make_graph(nodes, "unnamed", [h.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["b", 1, 8, 8])],
+                         [h.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, ["b", 5])], inits)
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), tmp_path / "model.onnx")
+    report = export_onnx_classifier(tmp_path / "model.onnx", tmp_path / "bundle")
+    assert report.deeplift_unavailable is None and report.checks["deeplift_completeness_rel_err"] < 1e-4
+    explainer = Explainer.load(report.path)
+    e = explainer.explain(np.random.default_rng(1).random((2, 1, 8, 8)).astype(np.float32), target="runner-up", method="deeplift",
+                          baseline=0.5)
+    assert np.all(np.abs(e.convergence_delta) < 1e-4 * np.abs(e.score - e.baseline_score).max() + 1e-6)

@@ -316,3 +316,46 @@ def test_a_manifest_cannot_make_the_loader_allocate_without_bound(entry, image, 
     values = sum(int(np.prod(shape)) for _, shape in entry["arrays"])
     with pytest.raises(InputError, match=message):
         parse_relu_path(entry, bytes(4 * values), image, 3, "bundle/manifest.json")
+
+
+def _graph_with_batch_norm(z_is_output: bool):
+    """x -> Conv -> BatchNormalization -> Relu -> Conv (z) -> Flatten -> Gemm, nodes unnamed, as other exporters write."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def array(name, shape, low=-0.5, high=0.5):
+        return numpy_helper.from_array(rng.uniform(low, high, shape).astype(np.float32), name)
+
+    inits = [array("w1", (4, 1, 3, 3)), array("b1", (4,)), array("scale", (4,), 0.5, 1.5), array("shift", (4,)),
+             array("mean", (4,)), array("var", (4,), 0.5, 2.0), array("w2", (3, 4, 3, 3)), array("w3", (5, 3 * 4 * 4))]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["a", "scale", "shift", "mean", "var"], ["bn"], epsilon=1e-3),
+             helper.make_node("Relu", ["bn"], ["h"]),
+             helper.make_node("Conv", ["h", "w2"], ["z"], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Flatten", ["z"], ["f"]), helper.make_node("Gemm", ["f", "w3"], ["logits"], transB=1)]
+    outputs = [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 5])]
+    if z_is_output:
+        outputs.append(helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, ["N", 3, 4, 4]))
+    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, 8, 8])],
+                              outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_batch_norm_node_is_folded_into_the_first_convolution():
+    """torch's exporter folds batch norms itself; graphs from other frameworks keep the node: the split folds it, and its
+    layers give the graph's own second-convolution output (run by ONNX Runtime)."""
+    import onnxruntime
+
+    split = split_opening(_graph_with_batch_norm(False))
+    assert split is not None and split.tail_kind == "graph"
+    assert set(split.arrays) == {"first.weight", "first.bias", "second.weight"}
+    x = np.random.default_rng(1).random((3, 1, 8, 8), dtype=np.float32)
+    want = onnxruntime.InferenceSession(_graph_with_batch_norm(True).SerializeToString(),
+                                        providers=CPU).run(["z"], {"x": x})[0]
+    hidden = np.maximum(conv2d(x, split.arrays["first.weight"], split.arrays["first.bias"], split.first["stride"],
+                               split.first["padding"]), 0)
+    got = conv2d(hidden, split.arrays["second.weight"], None, split.second["stride"], split.second["padding"])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert split_opening(_graph_with_batch_norm(True)) is None  # z read by the graph's output too: no split

@@ -447,7 +447,7 @@ def _baseline_pass(graph: onnx.GraphProto, active: set[str], x_name: str, baseli
         rename.update({name: f"ref/{name}" for name in node.output if name and name not in rename})
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
-        copy.name = f"ref/{node.name}"
+        copy.name = f"ref/{node.name}" if node.name else ""  # unnamed nodes (valid ONNX) stay unnamed: no clashes
         del copy.input[:]
         copy.input.extend(rename.get(name, name) for name in node.input)
         del copy.output[:]
