@@ -359,3 +359,54 @@ def test_a_batch_norm_node_is_folded_into_the_first_convolution():
     got = conv2d(hidden, split.arrays["second.weight"], None, split.second["stride"], split.second["padding"])
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert split_opening(_graph_with_batch_norm(True)) is None  # z read by the graph's output too: no split
+
+
+class Normalised(nn.Module):
+    """``model((x - mean) / std)``: the function of a bundle exported with that pixel pipeline."""
+
+    def __init__(self, model: nn.Module, mean, std) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean)[:, None, None])
+        self.register_buffer("std", torch.tensor(std)[:, None, None])
+
+    def forward(self, x):
+        return self.model((x - self.mean) / self.std)
+
+
+def test_a_normalised_model_keeps_its_split_with_the_pixel_pipeline_in_front(tmp_path):
+    """A bundle with a pixel pipeline takes [0, 1] pixels and starts with (x - mean) / std: the split composes that
+    per-channel affine in front of the first convolution (before its zero padding, as the graph does)."""
+    from xaisdk.runtime.preprocessing import Preprocessing
+
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).eval()
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    export_bundle(model, tmp_path / "b", input_shape=(3, 12, 12), preprocessing=Preprocessing(mean=mean, std=std))
+    backend = OnnxRuntimeBackend(tmp_path / "b", providers=CPU)
+    assert backend.uses_relu_path and "input.scale" in backend.bundle.relu_path.arrays
+    x, baseline, weights = _case(backend, 4, seed=9)
+    attr = backend.fused_integrated_gradients(x, baseline, weights, *path_rule("riemann_middle", 32))
+    assert _rel(attr, ig_float64(Normalised(model, mean, std), x, baseline, weights, 32)) < 1e-4
+
+
+@pytest.mark.parametrize("constant, splits", [(np.full((1, 3, 1, 1), 0.5, np.float32), True), (np.float32(0.5), True),
+                                              (np.full((3,), 0.5, np.float32), False)])  # (3,) would meet the width
+def test_only_per_channel_constants_in_front_of_the_first_convolution_are_composed(constant, splits):
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.asarray(constant), "k"),
+             numpy_helper.from_array(rng.normal(size=(2, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(size=(2, 2, 1, 1)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Sub", ["x", "k"], ["c"]), helper.make_node("Conv", ["c", "w1"], ["a"]),
+             helper.make_node("Relu", ["a"], ["h"]), helper.make_node("Conv", ["h", "w2"], ["z"]),
+             helper.make_node("Flatten", ["z"], ["logits"])]
+    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 3, 3])],
+                              [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 2])], inits)
+    split = split_opening(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert (split is not None) == splits
+    if splits:
+        np.testing.assert_allclose(split.arrays["input.shift"], [-0.5, -0.5, -0.5])

@@ -3,7 +3,9 @@
 Where the classifier graph's input feeds exactly one ``Conv`` (2-D, groups 1, dilation 1, constant
 weights, symmetric explicit padding), whose output feeds exactly one ``Relu`` (a constant
 ``BatchNormalization`` between them is folded into the convolution), whose output feeds exactly one
-such ``Conv``, the bundle also carries:
+such ``Conv``, the bundle also carries what follows. Per-channel constant ``Sub``/``Div``/``Mul``/``Add``
+ops between the input and that ``Conv`` (a pixel pipeline's ``(x - mean) / std``; every ONNX-intake
+bundle has one) are composed into ``input.scale`` / ``input.shift``, applied before the padding:
 
 - ``relu_path.bin``: the two convolutions' weights and biases, raw little-endian float32, laid out
   as the manifest's ``relu_path.arrays`` lists them (no parser: the reader checks the byte count);
@@ -121,6 +123,44 @@ def _conv(node: onnx.NodeProto, consts: dict[str, np.ndarray], source: str) -> _
     return _Conv(weight, bias, [int(s) for s in attrs.get("strides", [1, 1])], [int(p) for p in pads[:2]])
 
 
+_AFFINE_OPS = ("Sub", "Div", "Mul", "Add")
+
+
+def _input_affine(readers: dict, outputs: set[str], consts: dict[str, np.ndarray], x: str, channels: int):
+    """Per-channel constant Sub/Div/Mul/Add ops between the input and the first convolution (a pixel pipeline's
+    ``(x - mean) / std``), composed as ``scale * x + shift``: ``(tensor the first convolution reads, scale, shift,
+    the nodes)``, scale and shift None when there are none; None when such an op is not per-channel or reads
+    anything else."""
+    scale, shift, nodes = np.ones(channels), np.zeros(channels), []
+    while True:
+        found = readers.get(x, [])
+        if len(found) != 1 or found[0].op_type not in _AFFINE_OPS:
+            break
+        node = found[0]
+        if x in outputs or node.domain not in ("", "ai.onnx") or len(node.input) != 2 or node.input[0] != x:
+            return None
+        k = consts.get(node.input[1])
+        per_channel = k is not None and (k.size == 1 or (k.ndim >= 3 and k.shape[-3:] == (channels, 1, 1)
+                                                        and all(d == 1 for d in k.shape[:-3])))
+        if not per_channel or k.dtype != np.float32:  # a (C,) constant would broadcast along the width, not channels
+            return None
+        k = np.broadcast_to(k.astype(np.float64).reshape(-1), (channels,))
+        if node.op_type == "Div" and not np.all(k != 0):
+            return None
+        if node.op_type == "Sub":
+            shift = shift - k
+        elif node.op_type == "Add":
+            shift = shift + k
+        else:
+            factor = k if node.op_type == "Mul" else 1.0 / k
+            scale, shift = scale * factor, shift * factor
+        nodes.append(node)
+        x = node.output[0]
+    if not nodes:
+        return x, None, None, []
+    return x, scale.astype(np.float32), shift.astype(np.float32), nodes
+
+
 def _fold_norm(conv: _Conv, node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> _Conv | None:
     """``BatchNormalization(conv(x))`` (inference: constant statistics) as one convolution."""
     attrs = node_attrs(node)
@@ -200,12 +240,15 @@ def split_opening(model: onnx.ModelProto) -> OpeningSplit | None:
         return None
     consts = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     readers, outputs = _readers(graph), {o.name for o in graph.output}
-    x = inputs[0].name
+    affine = _input_affine(readers, outputs, consts, inputs[0].name, dims[1])
+    if affine is None:
+        return None
+    x, scale, shift, taken = affine
     first_node = _only_reader(readers, outputs, x, "Conv")
     first = None if first_node is None else _conv(first_node, consts, x)
     if first is None or first.weight.shape[1] != dims[1]:
         return None
-    taken = [first_node]
+    taken = [*taken, first_node]
     after = first_node.output[0]
     norm = (readers.get(after) or [None])[0]
     if norm is not None and norm.op_type == "BatchNormalization" and _only_reader(readers, outputs, after, "BatchNormalization"):
@@ -230,7 +273,8 @@ def split_opening(model: onnx.ModelProto) -> OpeningSplit | None:
     if min(hidden + output) < 1:
         return None
     rest = [node for node in graph.node if all(node is not t for t in taken)]
-    arrays = {"first.weight": first.weight}
+    arrays = {} if scale is None else {"input.scale": scale, "input.shift": shift}
+    arrays["first.weight"] = first.weight
     if first.bias is not None:
         arrays["first.bias"] = first.bias
     arrays["second.weight"] = second.weight

@@ -46,8 +46,8 @@ MAX_UNITS = 1 << 26
 MAX_WINDOW_VALUES = 1 << 25
 """Most values of one image's window matrix in either convolution (output positions x C x KH x KW): 256 MiB in
 float64, what the numpy convolutions hold for one image (VGG-16's second layer at 224 px needs 2.9e7)."""
-_NAMES = ("first.weight", "first.bias", "second.weight", "second.bias", "hidden.weight", "hidden.bias", "output.weight",
-          "output.bias")
+_NAMES = ("input.scale", "input.shift", "first.weight", "first.bias", "second.weight", "second.bias", "hidden.weight",
+          "hidden.bias", "output.weight", "output.bias")
 PROBE_TOLERANCE = 1e-4
 """Largest difference, relative to the largest |score|, between the split's scores and the classifier's on probes."""
 
@@ -121,6 +121,9 @@ def parse_relu_path(entry: Any, data: bytes, input_shape: tuple[int, int, int], 
             raise InputError(f"{where}: relu_path: {name} {list(shape)} has more than {MAX_UNITS} values per image")
     _chain(arrays, "first", input_shape, hidden, geometry["first"], where)
     _chain(arrays, "second", hidden, output, geometry["second"], where)
+    scale, shift = arrays.get("input.scale"), arrays.get("input.shift")
+    if (scale is None) != (shift is None) or scale is not None and not scale.shape == shift.shape == (input_shape[0],):
+        raise InputError(f"{where}: relu_path: input.scale and input.shift come together, each of shape ({input_shape[0]},)")
     if entry["tail"] == "dense":
         features = math.prod(output)
         hw, ow = arrays.get("hidden.weight"), arrays.get("output.weight")
@@ -165,6 +168,8 @@ class BundleOpening:
 
     def first(self, images: np.ndarray) -> np.ndarray:
         s = self.spec
+        if "input.scale" in s.arrays:  # the pixel pipeline's per-channel affine, before the padding as in the graph
+            images = images * s.arrays["input.scale"].astype(np.float64)[:, None, None] + s.arrays["input.shift"][:, None, None]
         out = conv2d(images, s.arrays["first.weight"], s.arrays.get("first.bias"), s.first_stride, s.first_padding,
                      accumulate=np.float64)
         return out.reshape(len(images), -1)
@@ -181,8 +186,11 @@ class BundleOpening:
 
     def first_transpose(self, grad: np.ndarray) -> np.ndarray:
         s = self.spec
-        return conv2d_input(grad.reshape(len(grad), *self.hidden_shape), s.arrays["first.weight"], self.input_shape[1:],
-                            s.first_stride, s.first_padding, accumulate=np.float64)
+        out = conv2d_input(grad.reshape(len(grad), *self.hidden_shape), s.arrays["first.weight"], self.input_shape[1:],
+                           s.first_stride, s.first_padding, accumulate=np.float64)
+        if "input.scale" in s.arrays:  # the affine's linear part, transposed: its scale
+            out *= s.arrays["input.scale"][:, None, None]
+        return out
 
     def tail_gradient(self, z2: np.ndarray, weights: np.ndarray) -> np.ndarray:
         a = self.spec.arrays
