@@ -410,3 +410,21 @@ def test_only_per_channel_constants_in_front_of_the_first_convolution_are_compos
     assert (split is not None) == splits
     if splits:
         np.testing.assert_allclose(split.arrays["input.shift"], [-0.5, -0.5, -0.5])
+
+
+def test_a_tail_graph_whose_score_is_right_and_gradient_wrong_fails_the_proof(bundles, tmp_path):
+    """An adversary that keeps the tail's score output and doubles its gradient output (hash updated) would pass
+    a forward-only check: the proof also compares input gradients."""
+    import onnx
+    from onnx import helper
+
+    folder = tmp_path / "b"
+    shutil.copytree(bundles["graph"], folder)
+    model = onnx.load(str(folder / "relu_path_tail.onnx"))
+    producer = next(node for node in model.graph.node if "grad" in node.output)
+    producer.output[list(producer.output).index("grad")] = "grad/honest"
+    model.graph.node.append(helper.make_node("Add", ["grad/honest", "grad/honest"], ["grad"], name="doubled"))
+    onnx.save(model, str(folder / "relu_path_tail.onnx"))
+    _rehash(folder, "relu_path_tail.onnx")
+    with pytest.raises(InputError, match="gradients by"):
+        OnnxRuntimeBackend(folder, providers=CPU)

@@ -170,8 +170,7 @@ class OnnxRuntimeBackend(BundleGraphs):
             return score, grad
 
         opening = BundleOpening(spec, tail if spec.tail == "graph" else None)
-        prove_opening(opening, lambda x, w: (self.logits(x) * w).sum(1), self.value_range, self.num_classes,
-                      str(self.bundle.path / "manifest.json"))
+        prove_opening(opening, self.score_gradient, self.value_range, self.num_classes, str(self.bundle.path / "manifest.json"))
         return opening
 
     @property

@@ -50,6 +50,8 @@ _NAMES = ("input.scale", "input.shift", "first.weight", "first.bias", "second.we
           "hidden.bias", "output.weight", "output.bias")
 PROBE_TOLERANCE = 1e-4
 """Largest difference, relative to the largest |score|, between the split's scores and the classifier's on probes."""
+GRADIENT_PROBE_TOLERANCE = 1e-3
+"""The same for input gradients (float32 sums in another order; a wrong gradient is off by order 1)."""
 
 TailGradient = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 """``(z2 (M, *output_shape), w (M, K)) -> (score (M,), grad (M, *output_shape))``: the tail graph's run."""
@@ -213,20 +215,36 @@ class BundleOpening:
         return (logits * weights).sum(1)
 
 
-def prove_opening(opening: BundleOpening, classifier_scores: Callable[[np.ndarray, np.ndarray], np.ndarray],
+def prove_opening(opening: BundleOpening, classifier_gradient: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
                   value_range: tuple[float, float], num_classes: int, where: str) -> None:
-    """Raise InputError unless ``opening`` gives ``classifier_scores`` on probe inputs spanning ``value_range``
-    (random images and both ends, random class weights): a relu-path that is not the classifier's own
-    function (a file edited together with its hash, a writer's bug) is never used."""
+    """Raise InputError unless ``opening`` gives the scores and input gradients of ``classifier_gradient`` (the
+    bundle's gradient graph: ``(x, w) -> (score, grad)``) on probe inputs spanning ``value_range``: scores on
+    random images and both ends, gradients (one path point at x itself, through every piece the IG loop uses:
+    the kernels, both transposes, the tail's gradient) on the random ones, where ties are unlikely. A relu-path
+    that is not the classifier's own function, forward or backward (a file edited together with its hash, a
+    tail graph whose score is right and gradient not, a writer's bug), is never used."""
+    from xaisdk.runtime.relu_path_core import path_integrated_gradients
+
     rng = np.random.default_rng(0)
     low, high = value_range
     shape = opening.input_shape
-    probes = np.concatenate([low + (high - low) * rng.random((4, *shape), dtype=np.float32),
-                             np.full((1, *shape), low, np.float32), np.full((1, *shape), high, np.float32)])
+    randoms = low + (high - low) * rng.random((4, *shape), dtype=np.float32)
+    probes = np.concatenate([randoms, np.full((1, *shape), low, np.float32), np.full((1, *shape), high, np.float32)])
     weights = rng.normal(size=(len(probes), num_classes)).astype(np.float32)
-    want = np.asarray(classifier_scores(probes, weights), np.float64)
-    got = np.asarray(opening.scores(probes, weights), np.float64)
-    gap = float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-6))
-    if not np.isfinite(gap) or gap > PROBE_TOLERANCE:
+    want_scores, want_grads = classifier_gradient(probes, weights)
+    gaps = {"scores": _gap(opening.scores(probes, weights), want_scores, PROBE_TOLERANCE)}
+    # IG with the single point a = 1 from b = x - 1 is the gradient at x
+    grads = path_integrated_gradients(opening, randoms, randoms - 1, weights[:4], np.ones(1), np.ones(1))
+    gaps["gradients"] = _gap(grads, want_grads[:4], GRADIENT_PROBE_TOLERANCE)
+    missed = {k: v for k, v in gaps.items() if v is not None}
+    if missed:
+        said = ", ".join(f"{k} by {v:.3g}" for k, v in missed.items())
         raise InputError(f"{where}: the relu-path split ({RELU_PATH_FILE}) does not reproduce the classifier graph's "
-                         f"scores on probe inputs (relative difference {gap:.3g}); the bundle was altered: re-export it")
+                         f"{said} (relative) on probe inputs; the bundle was altered: re-export it")
+
+
+def _gap(got: np.ndarray, want: np.ndarray, tolerance: float) -> float | None:
+    """The largest difference relative to the largest |want|, when it exceeds ``tolerance`` (or is not finite)."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    gap = float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-6))
+    return None if np.isfinite(gap) and gap <= tolerance else gap
