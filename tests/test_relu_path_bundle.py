@@ -428,3 +428,29 @@ def test_a_tail_graph_whose_score_is_right_and_gradient_wrong_fails_the_proof(bu
     _rehash(folder, "relu_path_tail.onnx")
     with pytest.raises(InputError, match="gradients by"):
         OnnxRuntimeBackend(folder, providers=CPU)
+
+
+def test_an_onnx_file_with_a_dense_head_gets_the_dense_tail(tmp_path):
+    """The ONNX intake puts its pixel pipeline in front and an Identity behind: the split takes both, and the
+    ReLU -> Flatten -> Gemm -> ReLU -> Gemm head is followed by hand; IG equals the plain loop's."""
+    import io
+    import warnings
+
+    from xaisdk.deploy.onnx_intake import export_onnx_classifier
+
+    torch.manual_seed(10)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(4 * 4 * 4, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, torch.zeros(1, 1, 8, 8), buffer, dynamo=False, opset_version=17, input_names=["image"],
+                          output_names=["scores"], dynamic_axes={"image": {0: "b"}, "scores": {0: "b"}})
+    (tmp_path / "model.onnx").write_bytes(buffer.getvalue())
+    export_onnx_classifier(tmp_path / "model.onnx", tmp_path / "b")
+    backend = OnnxRuntimeBackend(tmp_path / "b", providers=CPU)
+    assert backend.uses_relu_path and backend.bundle.relu_path.tail == "dense"
+    x, baseline, weights = _case(backend, 3, seed=11)
+    fast = drivers.integrated_gradients(backend, x, weights, baseline, n_steps=32)
+    assert _rel(fast, _plain(backend, x, baseline, weights, 32)) < 1e-4
+    assert _rel(fast, ig_float64(model, x, baseline, weights, 32)) < 1e-4

@@ -180,7 +180,10 @@ def _fold_norm(conv: _Conv, node: onnx.NodeProto, consts: dict[str, np.ndarray])
 
 def _dense_tail(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarray], z2: str, logits: str,
                 features: int) -> dict[str, np.ndarray] | None:
-    """The arrays of a tail ReLU -> Flatten -> Gemm -> ReLU -> Gemm from ``z2`` to ``logits``, or None."""
+    """The arrays of a tail ReLU -> Flatten -> Gemm -> ReLU -> Gemm from ``z2`` to ``logits`` (then an Identity, as
+    the ONNX intake writes one to name its output), or None."""
+    if nodes and nodes[-1].op_type == "Identity" and len(nodes[-1].input) == 1 and nodes[-1].output[0] == logits:
+        logits, nodes = nodes[-1].input[0], nodes[:-1]
     if [n.op_type for n in nodes] != ["Relu", "Flatten", "Gemm", "Relu", "Gemm"]:
         return None
     chain = [z2] + [n.output[0] for n in nodes]
