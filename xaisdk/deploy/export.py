@@ -56,7 +56,7 @@ from xaisdk.deploy.bundle_folder import (
 )
 from xaisdk.deploy.export_errors import VerificationError
 from xaisdk.deploy.graph_checks import TOLERANCE, checked_graph, completeness_error, random_class_pairs, relative_error
-from xaisdk.deploy.manifest import COMPUTES, bundle_manifest
+from xaisdk.deploy.manifest import COMPUTES, bundle_manifest, write_manifest
 from xaisdk.deploy.onnx_grad import UnsupportedOpError, deeplift_graph, gradient_graph
 from xaisdk.deploy.relu_path_export import add_relu_path, verify_relu_path
 from xaisdk.deploy.torch_intake import classifier_from_module, load_torch_classifier
@@ -617,9 +617,9 @@ def _write_bundle(out: Path, token: str, graphs: dict[str, bytes], classifier: C
                                      "parameters": sum(p.numel() for p in inpainter_model.network.parameters())}
         rng = np.random.default_rng(seed)
         x, real = _verification_inputs(classifier, ganmex.data if ganmex else {}, rng, verify_inputs)
-        _write_manifest(staging, manifest)
+        write_manifest(staging, manifest)
         relu_path_checks = verify_relu_path(staging, manifest, x, seed)
-        _write_manifest(staging, manifest)  # again: a split that failed its check is gone
+        write_manifest(staging, manifest)  # again: a split that failed its check is gone
         checks = {**_verify(staging, module, generator, x, seed), **counterfactual_checks, **relu_path_checks}
         if inpainter_model is not None:
             checks["inpainter_rel_err"] = _verify_inpainter(staging / "inpainter.onnx", inpainter_model, x, seed)
@@ -635,7 +635,7 @@ def _write_bundle(out: Path, token: str, graphs: dict[str, bytes], classifier: C
                            "autograd is not the derivative of the function the graphs differentiate; remove the detach")
             raise VerificationError(f"exported graphs disagree with torch beyond {TOLERANCE:g} (relative): {failed}{why}")
         manifest["verification"] = {"tolerance": TOLERANCE, "inputs": len(x), "real_inputs": real, **checks}
-        _write_manifest(staging, manifest)
+        write_manifest(staging, manifest)
         read_bundle(staging)  # the bundle reads back as a loader will read it
         kept = carry_user_files(out, staging)
         install_bundle(staging, out, token)
@@ -644,10 +644,6 @@ def _write_bundle(out: Path, token: str, graphs: dict[str, bytes], classifier: C
         raise
     return files, checks, kept, dropped
 
-
-def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    with atomic_file(folder / MANIFEST) as handle:
-        handle.write((json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
 
 
 def _manifest(classifier: Classifier, ganmex: GanmexModel | None, graphs: dict[str, bytes], files: dict,

@@ -11,13 +11,16 @@ One writer for every intake (torch models, ONNX files), torch-free.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from xaisdk import __version__
-from xaisdk.runtime.bundle import ROLES, SCHEMA, SCHEMA_VERSION
+from xaisdk.runtime.atomic_files import atomic_file
+from xaisdk.runtime.bundle import MANIFEST, ROLES, SCHEMA, SCHEMA_VERSION
 
-__all__ = ["COMPUTES", "bundle_manifest"]
+__all__ = ["COMPUTES", "bundle_manifest", "write_manifest"]
 
 COMPUTES = {
     "classifier": "logits[n, k] of the classifier",
@@ -70,3 +73,9 @@ def bundle_manifest(*, input_shape: Sequence[int], value_range: Sequence[float],
     if deeplift_unavailable:
         manifest["deeplift_unavailable"] = deeplift_unavailable
     return manifest
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest`` as ``folder/manifest.json`` (indented JSON, atomically: never half a file)."""
+    with atomic_file(folder / MANIFEST) as handle:
+        handle.write((json.dumps(manifest, indent=2) + "\n").encode("utf-8"))

@@ -30,7 +30,6 @@ Example (needs an ONNX file)::
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -58,12 +57,12 @@ from xaisdk.deploy.float64_reference import Float64Reference
 from xaisdk.deploy.grad_context import UnsupportedOpError
 from xaisdk.deploy.graph_checks import TOLERANCE, checked_graph, completeness_error, random_class_pairs, relative_error
 from xaisdk.deploy.graph_names import rename_tensor, tensor_names, unused_name
-from xaisdk.deploy.manifest import bundle_manifest
+from xaisdk.deploy.manifest import bundle_manifest, write_manifest
 from xaisdk.deploy.onnx_grad import deeplift_graph, gradient_graph
 from xaisdk.deploy.relu_path_export import VERIFY_IMAGES, add_relu_path, verify_relu_path
 from xaisdk.errors import InputError
 from xaisdk.input_files import open_regular_file
-from xaisdk.runtime.atomic_files import atomic_file, output_error
+from xaisdk.runtime.atomic_files import output_error
 from xaisdk.runtime.backend import class_weights
 from xaisdk.runtime.bundle import MANIFEST, read_bundle, sha256_bytes
 from xaisdk.runtime.bundle_integrity import MAX_GRAPH_BYTES
@@ -446,11 +445,11 @@ def export_onnx_classifier(path: str | os.PathLike, out: str | os.PathLike, *, i
                                        preprocessing=None if spec.is_identity else spec.to_manifest())
             manifest["model"]["source_layout"] = "NHWC" if last else "NCHW"  # the file's; the bundle's graphs take NCHW
             add_relu_path(staging, manifest, graphs["classifier"])
-            _write_manifest(staging, manifest)
+            write_manifest(staging, manifest)
             probes = np.random.default_rng(seed).random((VERIFY_IMAGES, *shape), dtype=np.float32)
             checks = {**checks, **verify_relu_path(staging, manifest, probes, seed)}
             manifest["verification"] = {"tolerance": TOLERANCE, "fd_reference": "float64 onnx.reference", **checks}
-            _write_manifest(staging, manifest)
+            write_manifest(staging, manifest)
             read_bundle(staging)
             kept = carry_user_files(out, staging)
             install_bundle(staging, out, token)
@@ -465,10 +464,6 @@ def export_onnx_classifier(path: str | os.PathLike, out: str | os.PathLike, *, i
     return OnnxExportReport(path=Path(out), files=sizes, seconds=time.perf_counter() - started, checks=checks, batch=batch,
                             deeplift_unavailable=deeplift_unavailable, kept=kept, recovered=recovered, channels_last=last)
 
-
-def _write_manifest(folder: Path, manifest: dict) -> None:
-    with atomic_file(folder / MANIFEST) as handle:
-        handle.write((json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
 
 
 def _opset_of(model: onnx.ModelProto) -> int:

@@ -31,7 +31,7 @@ import numpy as np
 
 from xaisdk.errors import InputError
 from xaisdk.runtime.conv_numpy import conv2d, conv2d_input, conv_output_size
-from xaisdk.runtime.relu_path_core import dense_tail_gradient
+from xaisdk.runtime.relu_path_core import dense_tail_gradient, path_integrated_gradients
 
 __all__ = ["RELU_PATH_FILE", "RELU_PATH_TAIL", "TAIL_INPUT", "BundleOpening", "ReluPathSpec", "parse_relu_path",
            "prove_opening"]
@@ -223,8 +223,6 @@ def prove_opening(opening: BundleOpening, classifier_gradient: Callable[[np.ndar
     the kernels, both transposes, the tail's gradient) on the random ones, where ties are unlikely. A relu-path
     that is not the classifier's own function, forward or backward (a file edited together with its hash, a
     tail graph whose score is right and gradient not, a writer's bug), is never used."""
-    from xaisdk.runtime.relu_path_core import path_integrated_gradients
-
     rng = np.random.default_rng(0)
     low, high = value_range
     shape = opening.input_shape

@@ -43,7 +43,8 @@ try:
 except ImportError:  # not built: callers check `available()` and keep their plain loops
     _ext = None
 
-__all__ = ["PASS_BYTES", "OpeningLayers", "available", "dense_tail_gradient", "path_integrated_gradients", "rows_per_pass"]
+__all__ = ["PASS_BYTES", "OpeningLayers", "available", "dense_backward", "dense_tail_gradient", "path_integrated_gradients",
+           "rows_per_pass"]
 
 PASS_BYTES = 64 << 20
 """About how many bytes of per-row buffers one kernel call holds (rows are chunked to fit)."""
@@ -117,8 +118,14 @@ def dense_tail_gradient(z2: np.ndarray, weights: np.ndarray, hidden_weight: np.n
     if hidden_bias is not None:
         z3 += hidden_bias
     u = np.asarray(weights, np.float32) @ output_weight  # d score / d relu(z3), the same at every step
-    return _ext.relu_dense_backward(z2, np.ascontiguousarray(z3.reshape(n, steps, -1), np.float32),
-                                    np.ascontiguousarray(u, np.float32), np.ascontiguousarray(hidden_weight, np.float32))
+    return dense_backward(z2, z3.reshape(n, steps, -1), u, hidden_weight)
+
+
+def dense_backward(z2: np.ndarray, z3: np.ndarray, u: np.ndarray, hidden_weight: np.ndarray) -> np.ndarray:
+    """``g2 = [z2 > 0] * W3^T ([z3 > 0] * u)`` (N, S, F) at every step, given the hidden pre-activations ``z3``
+    (N, S, H) however they were computed (numpy here, torch's GEMM on the torch side) and ``u`` (N, H)."""
+    return _ext.relu_dense_backward(z2, np.ascontiguousarray(z3, np.float32), np.ascontiguousarray(u, np.float32),
+                                    np.ascontiguousarray(hidden_weight, np.float32))
 
 
 def path_integrated_gradients(

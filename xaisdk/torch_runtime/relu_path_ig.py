@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from xaisdk.models.module_state import global_hooks_present, hooked_module, instance_override, module_state
-from xaisdk.runtime.relu_path_core import path_integrated_gradients
+from xaisdk.runtime.relu_path_core import dense_backward, path_integrated_gradients
 from xaisdk.runtime.relu_path_core import rows_per_pass as rows_per_pass_for
 
 try:
@@ -329,8 +329,7 @@ class _TorchOpening:
             with torch.no_grad():  # torch's GEMM here: numpy's BLAS threads would contend with torch's
                 z3 = nn.functional.linear(torch.relu(torch.from_numpy(z2).view(n * steps, features)), hidden.weight, hidden.bias)
                 u = torch.from_numpy(weights) @ output.weight  # d score / d relu(z3), the same at every step
-            return _ext.relu_dense_backward(z2, np.ascontiguousarray(z3.view(n, steps, -1).numpy()),
-                                            np.ascontiguousarray(u.numpy()), np.ascontiguousarray(hidden.weight.detach().numpy()))
+            return dense_backward(z2, z3.view(n, steps, -1).numpy(), u.numpy(), hidden.weight.detach().numpy())
         leaf = torch.from_numpy(z2).view(n * steps, *prefix.output_shape).requires_grad_(True)
         row_weights = torch.from_numpy(np.repeat(weights, steps, axis=0))
         with torch.enable_grad():
