@@ -373,9 +373,12 @@ def _slow_body(images: np.ndarray, n_steps: int = 512) -> dict:
 
 
 def test_a_full_house_answers_503_with_retry_after_and_the_deadline_504(bundle, images):
-    srv = Server(bundle, "--max-queue", "1", "--timeout-s", "1", "--max-steps", "4096")
+    # 16 images x 65536 path points hold the relu-path for tens of seconds on any CPU, so the 1 s deadline
+    # always passes first; the abandoned request must then stop within one pass of the loop, not at its end
+    srv = Server(bundle, "--max-queue", "1", "--timeout-s", "1", "--max-steps", "65536")
     try:
-        slow = {"instances": [{"b64": _png_b64(im)} for im in images], "parameters": {"method": "ig", "n_steps": 4096}}
+        many = np.concatenate([images] * 3)[:16]
+        slow = {"instances": [{"b64": _png_b64(im)} for im in many], "parameters": {"method": "ig", "n_steps": 65536}}
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(srv.request, "POST", f"/v1/models/{MODEL}:explain", slow)
             end = time.monotonic() + 10
@@ -386,7 +389,7 @@ def test_a_full_house_answers_503_with_retry_after_and_the_deadline_504(bundle, 
             assert status == 503 and headers.get("retry-after") == "1" and "max_queue 1" in body["error"]
             status, _, body = first.result()
         assert status == 504 and "deadline of 1 s" in body["error"]
-        end = time.monotonic() + 10  # the abandoned request stops at its next backend call
+        end = time.monotonic() + 10  # the abandoned request stops at its next backend call or relu-path pass
         while srv.metric("xaisdk_queue_depth") > 0 and time.monotonic() < end:
             time.sleep(0.05)
         assert srv.metric("xaisdk_queue_depth") == 0
@@ -499,6 +502,41 @@ def test_a_request_past_its_deadline_or_cancelled_stops_at_its_next_backend_call
                 with pytest.raises(RequestAborted, match="cancelled"):
                     backend.logits(x)
             assert backend.logits(x).shape == (1, 3)  # outside a request: no deadline
+
+
+class _CancelAfter(RequestContext):
+    """A request context that counts its checks and turns cancelled after ``allowed`` of them."""
+
+    def __init__(self, allowed: int) -> None:
+        super().__init__()
+        self.allowed, self.checks = allowed, 0
+
+    def check(self) -> None:
+        self.checks += 1
+        if self.checks > self.allowed:
+            self.cancelled.set()
+        super().check()
+
+
+def test_a_long_relu_path_call_stops_between_its_passes(bundle, images):
+    from xaisdk.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    inner = OnnxRuntimeBackend(bundle)
+    assert inner.uses_relu_path
+    x = (images[:2, None] / 255.0).astype(np.float32)
+    baseline, weights = np.zeros_like(x), np.eye(inner.num_classes, dtype=np.float32)[[3, 5]]
+    alphas = ((np.arange(8192) + 0.5) / 8192).astype(np.float32)
+    quadrature = np.full(8192, 1 / 8192, np.float32)
+    with BatchingBackend(inner) as backend:
+        whole = _CancelAfter(10**6)
+        with request_context(whole):
+            got = backend.fused_integrated_gradients(x, baseline, weights, alphas, quadrature)
+        np.testing.assert_array_equal(got, inner.fused_integrated_gradients(x, baseline, weights, alphas, quadrature))
+        assert whole.checks >= 4  # one before the call, then one per pass: a long path takes several passes
+        stopped = _CancelAfter(2)
+        with request_context(stopped), pytest.raises(RequestAborted, match="cancelled"):
+            backend.fused_integrated_gradients(x, baseline, weights, alphas, quadrature)
+        assert stopped.checks == 3  # the call's own check, the first pass, then refused before the second
 
 
 def test_the_batcher_does_not_wait_for_rows_that_cannot_come():

@@ -10,7 +10,7 @@ their inputs padded to that size chunk by chunk; others run up to ``max_batch`` 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -180,17 +180,19 @@ class OnnxRuntimeBackend(BundleGraphs):
         return self._relu_path_on and self._opening is not None and self.providers == ["CPUExecutionProvider"]
 
     def fused_integrated_gradients(self, x: np.ndarray, baseline: np.ndarray, weights: np.ndarray, alphas: np.ndarray,
-                                   quadrature: np.ndarray) -> np.ndarray | None:
+                                   quadrature: np.ndarray, *, checkpoint: Callable[[], None] | None = None,
+                                   ) -> np.ndarray | None:
         """IG ``(x - b) * sum_s quadrature[s] dScore/dx(b + alphas[s] (x - b))`` by the relu-path
         (:func:`xaisdk.runtime.relu_path_core.path_integrated_gradients`) when :attr:`uses_relu_path`; None otherwise,
-        and the driver runs its chunked loop over :meth:`score_gradient`."""
+        and the driver runs its chunked loop over :meth:`score_gradient`. ``checkpoint`` is called before every
+        pass of the loop (a server passes its request's deadline check)."""
         if not self.uses_relu_path:
             return None
         x, baseline = self._check(x), self._check(baseline, "baseline")
         if baseline.shape != x.shape:
             raise InputError(f"baseline: expected shape {x.shape}, got {baseline.shape}")
         return relu_path_core.path_integrated_gradients(self._opening, x, baseline, self._weights(weights, len(x)),
-                                                        alphas, quadrature)
+                                                        alphas, quadrature, checkpoint=checkpoint)
 
     def _check_shapes(self, session, where, role: str = "classifier") -> None:
         """Every graph input/output is float32 and shaped as the manifest's input spec, class count and

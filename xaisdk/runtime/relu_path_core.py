@@ -34,6 +34,7 @@ convolutions, their transposes and the tail's gradient: torch modules
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -137,13 +138,15 @@ def path_integrated_gradients(
     quadrature: np.ndarray,
     *,
     rows_per_pass_requested: int = 2048,
+    checkpoint: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """``(x - b) * sum_s quadrature[s] * dScore/dx(b + alphas[s] (x - b))`` for ``Score_n = weights[n] . logits``.
 
     ``x``, ``baseline``: float32 (N, C, H, W); ``weights``: (N, classes); ``alphas``, ``quadrature``:
     (S,) in any order. Images go through in groups of about ``rows_per_pass_requested`` path points; a
     path longer than that goes through in pieces of consecutive points whose sums add up, so memory
-    does not grow with S.
+    does not grow with S. ``checkpoint``, if given, is called before every pass; what it raises stops the
+    loop (a server's deadline or a client that went away stops a long path within one pass).
     """
     order = np.argsort(alphas, kind="stable")
     a_all = np.ascontiguousarray(np.asarray(alphas, np.float32)[order])
@@ -163,6 +166,8 @@ def path_integrated_gradients(
         dz = np.ascontiguousarray(hidden[n:] - hidden[:n])
         grad_sum = np.zeros(xs.shape, np.float32)
         for s0 in range(0, len(a_all), steps_per_pass):
+            if checkpoint is not None:
+                checkpoint()
             piece = slice(s0, s0 + steps_per_pass)
             grad_sum += _path_gradient_sum(opening, z0, dz, np.asarray(weights[sl], np.float32), a_all[piece], w_all[piece])
         out[sl] = (xs - bs) * grad_sum

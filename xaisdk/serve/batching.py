@@ -160,11 +160,12 @@ class BatchingBackend:
         """The backend's relu-path IG (all path points of the images in one call, CPU kernels whose work is per
         image), run from the caller's thread and unmerged, so a request gets the library's own numbers; None
         where the backend has no relu-path for its model, and the driver's path points then go through
-        :meth:`score_gradient`, merged with other requests' rows."""
+        :meth:`score_gradient`, merged with other requests' rows. The request's deadline and cancellation are
+        checked before every pass of the loop, not only before the call: one call can hold a whole long path."""
         if not getattr(self.backend, "uses_relu_path", False):
             return None
         _check_current()
-        out = self.backend.fused_integrated_gradients(x, baseline, weights, alphas, quadrature)
+        out = self.backend.fused_integrated_gradients(x, baseline, weights, alphas, quadrature, checkpoint=_check_current)
         if out is not None and self._on_batch is not None:
             self._on_batch("fused_integrated_gradients", len(x), 1)
         return out
