@@ -168,16 +168,18 @@ class Explainer:
 
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str = "auto", *, providers: list[str] | None = None,
-             intra_op_threads: int | None = None, spin_wait: bool = False, limits: Limits | None = None) -> Explainer:
+             intra_op_threads: int | None = None, spin_wait: bool = False, row_parallel: bool | None = None,
+             limits: Limits | None = None) -> Explainer:
         """An Explainer for an exported bundle folder (ONNX Runtime) or a ``.pt`` checkpoint (torch).
 
         ``backend``: ``"auto"`` (bundle folders on ONNX Runtime, checkpoints on torch),
         ``"onnxruntime"`` or ``"torch"``; on an NVIDIA GPU also ``"tensorrt"`` (a bundle's graphs as
         TensorRT engines, cached in the bundle; ``pip install 'xaisdk[tensorrt]'``) or
         ``"torch-cuda"`` (a checkpoint on the GPU, gradient steps replayed as a CUDA graph).
-        ``providers``, ``intra_op_threads`` and ``spin_wait`` (see
+        ``providers``, ``intra_op_threads``, ``spin_wait`` and ``row_parallel`` (see
         :class:`~xaisdk.runtime.onnxruntime_backend.OnnxRuntimeBackend`) configure ONNX
-        Runtime (default: TensorRT/CUDA when onnxruntime-gpu offers them, else CPU; all cores).
+        Runtime (default: TensorRT/CUDA when onnxruntime-gpu offers them, else CPU; all cores; on the CPU,
+        calls of several rows split into one single-threaded piece per core).
         Sessions are warmed up before this returns. ``limits`` as in :class:`Explainer`.
 
         Example (needs an exported bundle)::
@@ -200,7 +202,8 @@ class Explainer:
                 return cls(TensorRTBackend(path), limits=limits)
             from xaisdk.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
-            runtime = OnnxRuntimeBackend(path, providers=providers, intra_op_threads=intra_op_threads, spin_wait=spin_wait)
+            runtime = OnnxRuntimeBackend(path, providers=providers, intra_op_threads=intra_op_threads, spin_wait=spin_wait,
+                                         row_parallel=row_parallel)
             inpainter = explaingan = exaggeration = None
             graphs = runtime.bundle.graphs
             if "inpainter" in graphs:

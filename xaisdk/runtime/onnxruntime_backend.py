@@ -10,6 +10,7 @@ their inputs padded to that size chunk by chunk; others run up to ``max_batch`` 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -19,11 +20,16 @@ from xaisdk.runtime import relu_path_core
 from xaisdk.runtime.bundle import Bundle, GraphSpec, read_bundle
 from xaisdk.runtime.bundle_graphs import BundleGraphs
 from xaisdk.runtime.relu_path_bundle import RELU_PATH_TAIL, TAIL_INPUT, BundleOpening, prove_opening
+from xaisdk.runtime.row_parallel import RowPool, row_pieces, usable_cores
 
 __all__ = ["PREFERRED_PROVIDERS", "OnnxRuntimeBackend", "load_session", "pick_providers", "run_session"]
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
+
+MIN_PIECE_ROWS = 2
+"""Fewest rows per piece of a split call: one-row pieces of the digits CNN lost to the thread hand-off (1.40 ms
+against 1.09 ms for a 2-row gradient call), two-row ones won (1.31 against 1.51 ms at 4 rows)."""
 
 # Counterfactual graphs a bundle may carry; their own runtimes load them (xaisdk.runtime.explaingan_onnx,
 # exaggeration_onnx), this backend does not.
@@ -99,7 +105,8 @@ class OnnxRuntimeBackend(BundleGraphs):
     Args:
         bundle: a bundle folder (``xaisdk export --out``) or a :class:`~xaisdk.runtime.bundle.Bundle`.
         providers: execution providers; None picks them (see :func:`pick_providers`).
-        intra_op_threads: threads per operator (None: ONNX Runtime's default, all cores).
+        intra_op_threads: threads per operator of a multi-threaded run, and pieces of a split call (None: ONNX
+            Runtime's default, all cores, for the former; the cores this process may use for the latter).
         spin_wait: let ONNX Runtime's worker threads busy-wait after each run (its default). Off
             here: between the IG loop's chunks the spinning threads take the cores that the C++
             extension and numpy need next (IG-200 on one digit, 2 cores: 47 ms with spinning,
@@ -109,6 +116,12 @@ class OnnxRuntimeBackend(BundleGraphs):
         relu_path: run fixed-step IG through the bundle's relu-path split (:mod:`xaisdk.runtime.relu_path_bundle`)
             when it has one and only the CPU provider runs; False keeps the plain loop over the gradient graph.
             A split in the bundle is proven against the classifier graph either way.
+        row_parallel: on the CPU provider with 2+ threads (``intra_op_threads``, default: the cores this
+            process may use), a call of 4+ rows is cut into one contiguous piece per thread, each run by
+            a single-threaded session of the same graph bytes (:mod:`xaisdk.runtime.row_parallel`); a
+            one-row call keeps the multi-threaded session. The single-threaded session of a graph is made on
+            its first split call (by :meth:`__init__`'s warm-up when ``warmup``), and holds its own copy of
+            the graph's weights. None (default) turns it on where it applies; False never splits.
 
     Example (needs an exported bundle)::
 
@@ -120,7 +133,7 @@ class OnnxRuntimeBackend(BundleGraphs):
 
     def __init__(self, bundle: Bundle | str | os.PathLike, *, providers: Sequence[str] | None = None,
                  intra_op_threads: int | None = None, max_batch: int = 256, warmup: bool = True,
-                 spin_wait: bool = False, relu_path: bool = True) -> None:
+                 spin_wait: bool = False, relu_path: bool = True, row_parallel: bool | None = None) -> None:
         ort = _onnxruntime()
         self.bundle = bundle if isinstance(bundle, Bundle) else read_bundle(bundle)
         if int(max_batch) < 1:
@@ -140,6 +153,13 @@ class OnnxRuntimeBackend(BundleGraphs):
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
         self._sessions = {role: self._session(spec, options) for role, spec in self.bundle.graphs.items()
                           if role not in SERVED_ELSEWHERE}
+        threads = int(intra_op_threads) if intra_op_threads else usable_cores()
+        self.row_threads = threads if row_parallel is not False and self.providers == ["CPUExecutionProvider"] else 1
+        self._rows_pool = RowPool(self.row_threads)
+        self._single_options = ort.SessionOptions()
+        self._single_options.intra_op_num_threads = self._single_options.inter_op_num_threads = 1
+        self._single_sessions: dict = {}
+        self._single_lock = threading.Lock()
         self._where = {role: self.bundle.path / spec.file for role, spec in self.bundle.graphs.items()}
         self.supports_deeplift = "deeplift_grad" in self._sessions
         self.deeplift_unavailable = None if self.supports_deeplift else self.bundle.deeplift_unavailable
@@ -215,18 +235,46 @@ class OnnxRuntimeBackend(BundleGraphs):
                                  f"and class names make it tensor(float) {shown}")
 
     def _warmup(self) -> None:
-        x = np.full((1, *self.input_shape), self.value_range[0], np.float32)
-        w = np.zeros((1, self.num_classes), np.float32)
-        self.logits(x)
-        self.score_gradient(x, w)
-        if self.supports_deeplift:
-            self.deeplift_multipliers(x, x, w)
-        if self.has_generator:
-            self.generate(x, np.zeros(1, np.int64))
+        split = 2 * (MIN_PIECE_ROWS if self.bundle.batch is None else self.rows)
+        for rows in [1] + ([split] if self.row_threads > 1 else []):  # one row: the multi-threaded sessions; then the split ones
+            x = np.full((rows, *self.input_shape), self.value_range[0], np.float32)
+            w = np.zeros((rows, self.num_classes), np.float32)
+            self.logits(x)
+            self.score_gradient(x, w)
+            if self.supports_deeplift:
+                self.deeplift_multipliers(x, x, w)
+            if self.has_generator:
+                self.generate(x, np.zeros(rows, np.int64))
+
+    def _row_pieces(self, total: int) -> list[range]:
+        """The rows of a call of ``total`` rows, cut into one piece per thread (whole fixed-batch chunks)."""
+        if self.row_threads == 1 or total < 2 * MIN_PIECE_ROWS:
+            return [range(total)]
+        if self.bundle.batch is None:
+            return row_pieces(total, min(self.row_threads, total // MIN_PIECE_ROWS))
+        chunks = row_pieces(-(-total // self.rows), self.row_threads)
+        return [range(c.start * self.rows, min(c.stop * self.rows, total)) for c in chunks]
+
+    def _single_session(self, role: str):
+        with self._single_lock:
+            session = self._single_sessions.get(role)
+            if session is None:
+                session = self._single_sessions[role] = self._session(self.bundle.graphs[role], self._single_options)
+            return session
 
     def _run(self, role: str, feeds: dict[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
-        """Run ``role`` over the rows of ``feeds`` in chunks of ``self.rows`` (padded for fixed batches)."""
-        session = self._sessions[role]
+        """Run ``role`` over the rows of ``feeds``: one piece per thread when the call splits (see ``row_parallel``),
+        each in chunks of ``self.rows`` (padded for fixed batches)."""
+        pieces = self._row_pieces(len(next(iter(feeds.values()))))
+        if len(pieces) == 1:
+            return self._run_rows(self._sessions[role], role, feeds, outputs)
+        session = self._single_session(role)
+        parts = self._rows_pool.map([
+            lambda p=p: self._run_rows(session, role, {k: v[p.start:p.stop] for k, v in feeds.items()}, outputs)
+            for p in pieces])
+        return [np.concatenate([part[i] for part in parts]) for i in range(len(outputs))]
+
+    def _run_rows(self, session, role: str, feeds: dict[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
         total = len(next(iter(feeds.values())))
         pieces: list[list[np.ndarray]] = [[] for _ in outputs]
         for start in range(0, total, self.rows):
