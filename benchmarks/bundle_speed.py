@@ -5,7 +5,7 @@
 OpenMP threads sleep between operators and slows the torch side by up to 2x at 224 px. This script
 leaves OpenMP at its default, as a service embedding ``xaisdk.Explainer`` gets it.
 
-    python benchmarks/bundle_speed.py [--models resnet18 ...] [--name bundle_cpu_<date>]
+    python benchmarks/bundle_speed.py [--models resnet18 ...] [--contention] [--one-session] [--name bundle_cpu_<date>]
 
 Writes ``benchmarks/results/<name>.{json,md,png}``.
 """
@@ -25,12 +25,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=list(DEFAULT_MODELS), choices=list(DEFAULT_MODELS))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--contention", action="store_true", help="race while another process keeps one core busy")
+    parser.add_argument("--one-session", action="store_true",
+                        help="also race the bundle with row_parallel=False (a third copy of each model in memory)")
     parser.add_argument("--name", default=None)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
     command = "python benchmarks/bundle_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
     result = {**describe_environment(command.strip()), "quick": False,
-              "suites": {"bundle": bundle_speed_suite(tuple(args.models), repeats=args.repeats, progress=True)}}
+              "suites": {"bundle": bundle_speed_suite(tuple(args.models), repeats=args.repeats, progress=True,
+                                                   contention=args.contention, one_session=args.one_session)}}
     name = args.name or f"bundle_cpu_{result['date'][:10]}"
     print(markdown(result))
     for path in write_results(result, args.out, name):

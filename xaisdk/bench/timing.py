@@ -2,12 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
-__all__ = ["latency", "seconds_per_call"]
+__all__ = ["competing_process", "latency", "seconds_per_call"]
+
+
+def _spin(stop) -> None:
+    x = 0
+    while not stop.is_set():
+        for _ in range(100_000):
+            x += 1
+
+
+@contextlib.contextmanager
+def competing_process() -> Iterator[None]:
+    """Inside the block another process keeps one core busy (pure-Python arithmetic, started 0.5 s before).
+
+    >>> with competing_process():
+    ...     pass
+    """
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    worker = context.Process(target=_spin, args=(stop,), daemon=True)
+    worker.start()
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        stop.set()
+        worker.join(timeout=10)
 
 
 def seconds_per_call(fn: Callable[[], object], repeats: int) -> list[float]:

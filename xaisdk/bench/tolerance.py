@@ -18,7 +18,6 @@ fixed IG-200 again with one competing CPU-bound process on the machine.
 
 from __future__ import annotations
 
-import multiprocessing
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from xaisdk.bench.timing import competing_process
 
 __all__ = ["CAPTUM_RULES", "LADDER", "ToleranceCase", "runner_up_weights", "tolerance_cases", "tolerance_suite"]
 
@@ -215,25 +216,10 @@ def _fixed_ig200(case: ToleranceCase, torch_backend, contention: bool) -> dict:
     return out
 
 
-def _spin(stop) -> None:
-    x = 0
-    while not stop.is_set():
-        for _ in range(100_000):
-            x += 1
-
-
 def _contended(fn: Callable[[], object]) -> float:
     """Seconds of ``fn()`` while another process keeps one core busy."""
-    context = multiprocessing.get_context("spawn")
-    stop = context.Event()
-    worker = context.Process(target=_spin, args=(stop,), daemon=True)
-    worker.start()
-    try:
-        time.sleep(0.5)
+    with competing_process():
         return _timed(fn)[1]
-    finally:
-        stop.set()
-        worker.join(timeout=10)
 
 
 def tolerance_suite(*, tolerance: float = 0.01, quick: bool = False, progress: bool = False,
