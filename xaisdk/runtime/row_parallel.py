@@ -2,10 +2,10 @@
 core, each piece run by a single-threaded session on its own thread.
 
 ONNX Runtime's own intra-op threads meet at a barrier after every operator, several hundred times per
-gradient-graph run; a piece per core meets once per call. On 2 cores this made the 27-row gradient
-call of ResNet-18 at 224 px 1.13-1.27x faster than one two-threaded run, and MobileNetV3-small's
-(about 500 small operators) 1.08x (medians of 9-15 alternating runs). It also leaves nothing spinning
-or waiting at a barrier when another process takes a core. Imports numpy only.
+gradient-graph run; a piece per core meets once per call. On 2 cores, IG over 27-row calls ran 1.13x
+(ResNet-18) to 1.30x (MobileNetV3-small, RegNetY-400MF) faster than with one two-threaded session
+(``benchmarks/results/bundle_cpu_2026-12-03_rows.md``), and nothing spins or waits at a barrier while
+another process takes a core. Imports numpy only.
 
 >>> [(piece.start, piece.stop) for piece in row_pieces(27, 2)]
 [(0, 14), (14, 27)]
