@@ -168,7 +168,7 @@ class Explainer:
 
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str = "auto", *, providers: list[str] | None = None,
-             intra_op_threads: int | None = None, spin_wait: bool = False, row_parallel: bool | None = None,
+             intra_op_threads: int | None = None, spin_wait: bool = False, row_parallel: bool = True,
              limits: Limits | None = None) -> Explainer:
         """An Explainer for an exported bundle folder (ONNX Runtime) or a ``.pt`` checkpoint (torch).
 

@@ -121,7 +121,7 @@ class OnnxRuntimeBackend(BundleGraphs):
             a single-threaded session of the same graph bytes (:mod:`xaisdk.runtime.row_parallel`); a
             one-row call keeps the multi-threaded session. The single-threaded session of a graph is made on
             its first split call (by :meth:`__init__`'s warm-up when ``warmup``), and holds its own copy of
-            the graph's weights. None (default) turns it on where it applies; False never splits.
+            the graph's weights. False never splits.
 
     Example (needs an exported bundle)::
 
@@ -133,7 +133,7 @@ class OnnxRuntimeBackend(BundleGraphs):
 
     def __init__(self, bundle: Bundle | str | os.PathLike, *, providers: Sequence[str] | None = None,
                  intra_op_threads: int | None = None, max_batch: int = 256, warmup: bool = True,
-                 spin_wait: bool = False, relu_path: bool = True, row_parallel: bool | None = None) -> None:
+                 spin_wait: bool = False, relu_path: bool = True, row_parallel: bool = True) -> None:
         ort = _onnxruntime()
         self.bundle = bundle if isinstance(bundle, Bundle) else read_bundle(bundle)
         if int(max_batch) < 1:
@@ -154,7 +154,7 @@ class OnnxRuntimeBackend(BundleGraphs):
         self._sessions = {role: self._session(spec, options) for role, spec in self.bundle.graphs.items()
                           if role not in SERVED_ELSEWHERE}
         threads = int(intra_op_threads) if intra_op_threads else usable_cores()
-        self.row_threads = threads if row_parallel is not False and self.providers == ["CPUExecutionProvider"] else 1
+        self.row_threads = threads if row_parallel and self.providers == ["CPUExecutionProvider"] else 1
         self._rows_pool = RowPool(self.row_threads)
         self._single_options = ort.SessionOptions()
         self._single_options.intra_op_num_threads = self._single_options.inter_op_num_threads = 1
